@@ -1,0 +1,62 @@
+"""hfcelery: Hangfire's job model for Celery.
+
+Load it with ``hfcelery.init_app(app)``, then create jobs with :data:`BackgroundJob`; every job
+has a persisted state and state history, read through :func:`monitoring`.
+"""
+
+from __future__ import annotations
+
+from hfcelery.calls import Call, call
+from hfcelery.client import BackgroundJob, BackgroundJobClient
+from hfcelery.config import HfConfig
+from hfcelery.errors import (
+    ArgumentSerializationError,
+    ConfigurationError,
+    ForbiddenFunctionError,
+    FunctionNotFoundError,
+    HfceleryError,
+    InvalidCallError,
+    InvalidScheduleError,
+    JobNotFoundError,
+    NotInitializedError,
+    SchemaOutOfDateError,
+    StoreError,
+)
+from hfcelery.extension import init_app
+from hfcelery.monitoring import Monitoring, monitoring
+from hfcelery.records import JobDetails, JobPage, JobSummary, ServerRecord, StateRecord
+from hfcelery.states import State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Setting up
+    "HfConfig",
+    "init_app",
+    # Creating and managing jobs
+    "BackgroundJob",
+    "BackgroundJobClient",
+    "Call",
+    "call",
+    # Reading jobs
+    "JobDetails",
+    "JobPage",
+    "JobSummary",
+    "Monitoring",
+    "ServerRecord",
+    "State",
+    "StateRecord",
+    "monitoring",
+    # Errors
+    "ArgumentSerializationError",
+    "ConfigurationError",
+    "ForbiddenFunctionError",
+    "FunctionNotFoundError",
+    "HfceleryError",
+    "InvalidCallError",
+    "InvalidScheduleError",
+    "JobNotFoundError",
+    "NotInitializedError",
+    "SchemaOutOfDateError",
+    "StoreError",
+]

@@ -1,0 +1,268 @@
+"""What a job performs: turning *the call* into an importable, JSON-carried invocation.
+
+The client accepts ``hfcelery.call(func, *args, **kwargs)``, a :class:`functools.partial`, a Celery
+signature (``task.s(...)``) or a callable that takes no arguments. Each becomes an
+:class:`Invocation`: the Celery task that runs it, a dotted path naming the function, and its
+arguments. Everything is checked here, before the client writes or sends anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task
+from celery.canvas import Signature
+
+from hfcelery.errors import (
+    ArgumentSerializationError,
+    ForbiddenFunctionError,
+    FunctionNotFoundError,
+    InvalidCallError,
+)
+from hfcelery.jsonutil import to_json
+
+#: Name of the generic Celery task that performs plain functions.
+PERFORM_TASK_NAME = "hfcelery.perform"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A function with its arguments, to be performed by a worker: ``call(func, *args, **kw)``."""
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def call(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Call:
+    """Describe a call of ``func(*args, **kwargs)`` for a background job.
+
+    ``func`` is a module-level function, a classmethod or staticmethod reachable from its
+    module, or a Celery task. Nothing is checked until the call is enqueued.
+    """
+    return Call(func, args, dict(kwargs))
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A validated call, ready to be stored and sent.
+
+    ``function`` names what runs (``module:qualname`` for a plain function, the task name for a
+    Celery task); ``task_name`` is the Celery task that the message is addressed to.
+    """
+
+    task_name: str
+    function: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    args_json: str
+    kwargs_json: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_plain_function(self) -> bool:
+        return self.task_name == PERFORM_TASK_NAME
+
+    def message_args(self) -> tuple[Any, ...]:
+        """Positional arguments of the Celery message."""
+        if self.is_plain_function:
+            return (self.function, *self.args)
+        return self.args
+
+
+def to_invocation(the_call: object) -> Invocation:
+    """Normalise any accepted form of *the call* into an :class:`Invocation`, or raise."""
+    if isinstance(the_call, Signature):
+        return _from_signature(the_call)
+    if isinstance(the_call, Call):
+        func, args, kwargs = the_call.func, tuple(the_call.args), dict(the_call.kwargs)
+    elif isinstance(the_call, functools.partial):
+        func, args, kwargs = _flatten_partial(the_call)
+    elif callable(the_call):
+        func, args, kwargs = the_call, (), {}
+    else:
+        raise InvalidCallError(
+            f"cannot enqueue {the_call!r}: pass hfcelery.call(func, ...), a functools.partial, "
+            "a Celery signature or a callable that takes no arguments",
+            target=the_call,
+        )
+    if isinstance(func, Task):
+        return _build(func.name, func.name, args, kwargs, target=func)
+    path = function_path(func)
+    _check_arguments_fit(func, args, kwargs, path)
+    return _build(PERFORM_TASK_NAME, path, args, kwargs, target=func)
+
+
+def function_path(func: object) -> str:
+    """Return ``module:qualname`` for an importable function, or raise :class:`InvalidCallError`."""
+    if isinstance(func, functools.partial):
+        raise InvalidCallError("nested functools.partial objects are not supported", target=func)
+    target = func
+    if inspect.ismethod(func):
+        owner = func.__self__
+        if not inspect.isclass(owner):
+            raise InvalidCallError(
+                f"{func.__qualname__} is a method bound to an instance, which a worker cannot "
+                "import: use a module-level function, a classmethod or a staticmethod",
+                target=func,
+            )
+        target = func.__func__
+    if not callable(func) or not hasattr(target, "__qualname__"):
+        raise InvalidCallError(f"{func!r} is not a function", target=func)
+    module = getattr(target, "__module__", None)
+    qualname: str = target.__qualname__
+    name = getattr(target, "__name__", qualname)
+    if name == "<lambda>":
+        raise InvalidCallError(
+            "a lambda cannot be performed by a worker: define a module-level function",
+            target=func,
+        )
+    if "<locals>" in qualname:
+        raise InvalidCallError(
+            f"{qualname} is a nested function, which a worker cannot import: "
+            "define it at module level",
+            target=func,
+        )
+    if not module or module == "__main__":
+        raise InvalidCallError(
+            f"{qualname} is defined in __main__, which a worker cannot import: "
+            "move it into an importable module",
+            target=func,
+        )
+    path = f"{module}:{qualname}"
+    try:
+        found = _resolve(module, qualname)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidCallError(f"{path} cannot be imported: {exc}", target=func) from exc
+    if not _same_function(found, func):
+        raise InvalidCallError(
+            f"{path} does not name {func!r} (it was replaced or decorated without functools.wraps)",
+            target=func,
+        )
+    return path
+
+
+def dumps_json(value: object, *, what: str, target: object = None) -> str:
+    """Serialise with the message serializer's JSON (kombu's), raising a typed error."""
+    try:
+        return to_json(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArgumentSerializationError(
+            f"{what} cannot be carried as JSON: {exc}", target=target, value=value
+        ) from exc
+
+
+def load_function(path: str, allowed: Callable[[str], bool]) -> Callable[..., Any]:
+    """Import the function a job names, in a worker, after checking its module is allowed.
+
+    The module is checked before it is imported, so a forbidden module's import-time code
+    never runs.
+    """
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise FunctionNotFoundError(str(path), "expected 'module:qualname'")
+    module, qualname = path.split(":")
+    if not module or not qualname:
+        raise FunctionNotFoundError(path, "expected 'module:qualname'")
+    if not allowed(module):
+        raise ForbiddenFunctionError(path, module)
+    try:
+        func = _resolve(module, qualname)
+    except (ImportError, AttributeError) as exc:
+        raise FunctionNotFoundError(path, str(exc)) from exc
+    if not callable(func):
+        raise FunctionNotFoundError(path, "it is not callable")
+    return func
+
+
+def module_allowed(module: str, exact: Iterable[str], prefixes: Iterable[str]) -> bool:
+    """Whether ``module`` is one of ``exact`` or inside one of the packages in ``prefixes``."""
+    if module in exact:
+        return True
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _resolve(module: str, qualname: str) -> object:
+    obj: object = sys.modules.get(module) or importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _same_function(found: object, func: object) -> bool:
+    if found is func:
+        return True
+    found_func = getattr(found, "__func__", found)
+    wanted = getattr(func, "__func__", func)
+    return found_func is wanted
+
+
+def _flatten_partial(
+    p: functools.partial[Any],
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    # functools.partial already flattens nested partials of plain functions on creation.
+    return p.func, tuple(p.args), dict(p.keywords)
+
+
+def _from_signature(sig: Signature) -> Invocation:
+    if type(sig) is not Signature:
+        raise InvalidCallError(
+            f"cannot enqueue a {type(sig).__name__}: enqueue a single task signature "
+            "and use continue_job_with for what follows",
+            target=sig,
+        )
+    if not isinstance(sig.task, str):
+        raise InvalidCallError(f"signature {sig!r} has no task name", target=sig)
+    for option in ("eta", "countdown"):
+        if sig.options.get(option) is not None:
+            raise InvalidCallError(
+                f"signature option {option!r} is not supported: delays are kept in the store, "
+                "use BackgroundJob.schedule",
+                target=sig,
+            )
+    options = {k: v for k, v in sig.options.items() if k in ("queue", "priority")}
+    return _build(
+        sig.task, sig.task, tuple(sig.args), dict(sig.kwargs), target=sig, options=options
+    )
+
+
+def _check_arguments_fit(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], path: str
+) -> None:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: the worker will tell
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InvalidCallError(f"arguments do not fit {path}{signature}: {exc}") from exc
+
+
+def _build(
+    task_name: str,
+    function: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    target: object,
+    options: dict[str, Any] | None = None,
+) -> Invocation:
+    if not all(isinstance(k, str) for k in kwargs):
+        raise ArgumentSerializationError(
+            "keyword argument names must be strings", target=target, value=kwargs
+        )
+    return Invocation(
+        task_name=task_name,
+        function=function,
+        args=args,
+        kwargs=kwargs,
+        args_json=dumps_json(list(args), what=f"arguments of {function}", target=target),
+        kwargs_json=dumps_json(kwargs, what=f"keyword arguments of {function}", target=target),
+        options=options or {},
+    )

@@ -1,0 +1,111 @@
+"""hfcelery's settings, read once from ``app.conf.hfcelery_*`` and ``init_app`` keyword options."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hfcelery.errors import ConfigurationError
+
+DEFAULT_STORE_URL = "sqlite:///hfcelery.db"
+DEFAULT_SUCCEEDED_RETENTION_SECONDS = 24 * 60 * 60
+DEFAULT_DELETED_RETENTION_SECONDS = 24 * 60 * 60
+DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 2.0
+DEFAULT_SERVER_TIMEOUT_SECONDS = 15.0
+DEFAULT_POLL_INTERVAL_SECONDS = 1.0
+DEFAULT_PUBLISH_GRACE_SECONDS = 5.0
+DEFAULT_MAINTENANCE_BATCH_SIZE = 500
+
+#: Celery settings hfcelery wants for reliable processing; applied only where the user set nothing.
+RELIABLE_CELERY_DEFAULTS: Mapping[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HfConfig:
+    """hfcelery's settings for one Celery app.
+
+    Each field is read from ``app.conf.hfcelery_<field>`` unless given to ``init_app``.
+    """
+
+    #: SQLAlchemy URL of the job store; SQLite is the embedded default.
+    store_url: str = DEFAULT_STORE_URL
+    #: Extra modules (or packages, matched with their submodules) whose functions workers may run.
+    allowed_modules: tuple[str, ...] = ()
+    #: How long Succeeded jobs are kept.
+    succeeded_retention_seconds: float = DEFAULT_SUCCEEDED_RETENTION_SECONDS
+    #: How long Deleted jobs are kept.
+    deleted_retention_seconds: float = DEFAULT_DELETED_RETENTION_SECONDS
+    #: How often a worker writes its heartbeat into the store.
+    heartbeat_interval_seconds: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS
+    #: A server without a heartbeat for this long is dead; its jobs are requeued.
+    server_timeout_seconds: float = DEFAULT_SERVER_TIMEOUT_SECONDS
+    #: How often the worker's maintenance loop runs (publishing, recovery).
+    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_SECONDS
+    #: An Enqueued job not published after this long is published by the maintenance loop.
+    publish_grace_seconds: float = DEFAULT_PUBLISH_GRACE_SECONDS
+    #: Rows handled per maintenance step.
+    maintenance_batch_size: int = DEFAULT_MAINTENANCE_BATCH_SIZE
+    #: Track tasks sent the plain Celery way (``delay``, ``apply_async``) as jobs.
+    track_celery_tasks: bool = True
+
+    @classmethod
+    def from_app(cls, conf: Mapping[str, Any], options: Mapping[str, Any]) -> HfConfig:
+        """Build the config from ``app.conf`` with ``options`` taking precedence."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise ConfigurationError(f"unknown hfcelery option(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name in names:
+            if name in options:
+                values[name] = options[name]
+            else:
+                value = conf.get(f"hfcelery_{name}")
+                if value is not None:
+                    values[name] = value
+        if "allowed_modules" in values:
+            values["allowed_modules"] = _module_tuple(values["allowed_modules"])
+        config = cls(**values)
+        config._validate()
+        return config
+
+    def _validate(self) -> None:
+        for name in (
+            "succeeded_retention_seconds",
+            "deleted_retention_seconds",
+            "heartbeat_interval_seconds",
+            "server_timeout_seconds",
+            "poll_interval_seconds",
+            "publish_grace_seconds",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigurationError(f"hfcelery_{name} must be a number >= 0, got {value!r}")
+        if self.server_timeout_seconds <= self.heartbeat_interval_seconds:
+            raise ConfigurationError(
+                "hfcelery_server_timeout_seconds must be longer than "
+                "hfcelery_heartbeat_interval_seconds"
+            )
+        if not isinstance(self.maintenance_batch_size, int) or self.maintenance_batch_size < 1:
+            raise ConfigurationError("hfcelery_maintenance_batch_size must be an integer >= 1")
+        if not isinstance(self.store_url, str) or not self.store_url:
+            raise ConfigurationError("hfcelery_store_url must be a SQLAlchemy URL string")
+
+
+def _module_tuple(value: str | Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    modules = tuple(v for v in value if v)
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigurationError(f"hfcelery_allowed_modules: {module!r} is not a module name")
+    return modules

@@ -1,0 +1,128 @@
+"""The exceptions hfcelery raises.
+
+Every error derives from :class:`HfceleryError`, so ``except HfceleryError`` catches all of them.
+Errors raised for bad input happen before anything is written to the store or sent to the broker.
+"""
+
+from __future__ import annotations
+
+
+class HfceleryError(Exception):
+    """Root of every hfcelery error.
+
+    Errors whose constructor takes other arguments than a message define ``_reduce_args`` so
+    they pickle intact across Celery's process boundaries (Celery otherwise reports the nearest
+    picklable base class).
+    """
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return self.args
+
+    def __reduce__(self) -> tuple[type[HfceleryError], tuple[object, ...]]:
+        return type(self), self._reduce_args()
+
+
+class ConfigurationError(HfceleryError):
+    """hfcelery is not set up, or its settings are invalid."""
+
+
+class NotInitializedError(ConfigurationError):
+    """``hfcelery.init_app(app)`` was not called for the app in use."""
+
+    def __init__(self, app_name: str) -> None:
+        super().__init__(
+            f"hfcelery is not initialised for Celery app {app_name!r}: "
+            "call hfcelery.init_app(app) where the app is created"
+        )
+        self.app_name = app_name
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (self.app_name,)
+
+
+class InvalidCallError(HfceleryError, TypeError):
+    """The call given to enqueue cannot be performed by a worker.
+
+    Raised at enqueue time for lambdas, nested functions, bound methods of instances, functions
+    defined in ``__main__``, canvas primitives, or arguments that do not fit the function.
+    """
+
+    def __init__(self, message: str, *, target: object = None) -> None:
+        super().__init__(message)
+        self.target = target
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (str(self),)  # the target may be a lambda, which does not pickle
+
+
+class ArgumentSerializationError(InvalidCallError):
+    """An argument or keyword argument of the call cannot be carried as JSON."""
+
+    def __init__(self, message: str, *, target: object = None, value: object = None) -> None:
+        super().__init__(message, target=target)
+        self.value = value
+
+
+class InvalidScheduleError(HfceleryError, ValueError):
+    """A delay or due time is invalid (negative, or a naive datetime)."""
+
+
+class ForbiddenFunctionError(HfceleryError):
+    """A worker was asked to perform a function whose module is not allowed.
+
+    The worker performs only functions in the app's own task modules and in the modules listed in
+    ``hfcelery_allowed_modules``; anything else (``os.system``, say) fails the job with this error.
+    """
+
+    def __init__(self, function_path: str, module: str) -> None:
+        super().__init__(
+            f"function {function_path!r} is not allowed: module {module!r} is neither a task "
+            "module of this Celery app nor listed in hfcelery_allowed_modules"
+        )
+        self.function_path = function_path
+        self.module = module
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (self.function_path, self.module)
+
+
+class FunctionNotFoundError(HfceleryError):
+    """A worker could not import the function a job names."""
+
+    def __init__(self, function_path: str, reason: str) -> None:
+        super().__init__(f"cannot load function {function_path!r}: {reason}")
+        self.function_path = function_path
+        self.reason = reason
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (self.function_path, self.reason)
+
+
+class StoreError(HfceleryError):
+    """The job store failed (a database error, wrapped)."""
+
+
+class SchemaOutOfDateError(StoreError):
+    """The store's schema is not at the version this hfcelery needs."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        super().__init__(
+            f"the hfcelery store schema is at {current or 'nothing'}, this version needs {head}: "
+            "run `celery -A <your app> hf migrate`"
+        )
+        self.current = current
+        self.head = head
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (self.current, self.head)
+
+
+class JobNotFoundError(HfceleryError, LookupError):
+    """No job with the given id exists in the store."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (self.job_id,)

@@ -1,0 +1,99 @@
+"""``init_app``: loading hfcelery into a Celery app, and the per-app state it keeps."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from hfcelery.calls import module_allowed
+from hfcelery.config import RELIABLE_CELERY_DEFAULTS, HfConfig
+from hfcelery.errors import ConfigurationError, NotInitializedError
+from hfcelery.store import Store
+
+if TYPE_CHECKING:
+    from hfcelery.client import BackgroundJobClient
+
+logger = logging.getLogger(__name__)
+
+_ATTRIBUTE = "_hfcelery_extension"
+
+
+class Extension:
+    """What hfcelery keeps for one Celery app: its config, store and client.
+
+    Settings are read on first use, so ``app.config_from_object`` may come after ``init_app``.
+    """
+
+    def __init__(self, app: Celery, options: dict[str, Any]) -> None:
+        self.app = app
+        self.options = options
+        #: Set in a worker (before its pool forks) to the id under which it heartbeats.
+        self.server_id: str | None = None
+
+    @cached_property
+    def config(self) -> HfConfig:
+        return HfConfig.from_app(self.app.conf, self.options)
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.config.store_url)
+
+    @cached_property
+    def client(self) -> BackgroundJobClient:
+        from hfcelery.client import BackgroundJobClient
+
+        return BackgroundJobClient(self.app)
+
+    @cached_property
+    def _own_task_modules(self) -> frozenset[str]:
+        modules = {type(task).__module__ for task in self.app.tasks.values()}
+        modules.update(self.app.conf.include or ())
+        modules.update(self.app.conf.imports or ())
+        return frozenset(m for m in modules if not m.startswith(("celery.", "hfcelery.")))
+
+    def module_allowed(self, module: str) -> bool:
+        """Whether a worker may perform functions of ``module``."""
+        return module_allowed(module, self._own_task_modules, self.config.allowed_modules)
+
+
+def init_app(app: Celery, **options: Any) -> Extension:
+    """Load hfcelery into a Celery app.
+
+    Registers the task that performs plain functions, the worker bootstep and the signal
+    handlers that move jobs through their states, and makes acks-late delivery, rejection on a
+    lost worker, a prefetch of one and JSON-only messages the defaults where the app sets
+    nothing else. Options are the ``hfcelery_*`` settings without the prefix (``store_url``,
+    ``allowed_modules``, ...) and win over ``app.conf``. Calling it again returns the same
+    extension; calling it again with other options is an error.
+    """
+    existing: Extension | None = getattr(app, _ATTRIBUTE, None)
+    if existing is not None:
+        if options and options != existing.options:
+            raise ConfigurationError(
+                f"hfcelery is already initialised for app {app.main!r} with other options"
+            )
+        return existing
+    from hfcelery.worker import install
+
+    HfConfig.from_app({}, options)  # reject unknown or invalid options now, not at first use
+    extension = Extension(app, dict(options))
+    setattr(app, _ATTRIBUTE, extension)
+    app.add_defaults(dict(RELIABLE_CELERY_DEFAULTS))
+    install(app)
+    return extension
+
+
+def extension_of(app: Celery) -> Extension:
+    """The extension of ``app``; raises :class:`NotInitializedError` if there is none."""
+    extension: Extension | None = getattr(app, _ATTRIBUTE, None)
+    if extension is None:
+        raise NotInitializedError(str(app.main))
+    return extension
+
+
+def find_extension(app: Celery | None) -> Extension | None:
+    """The extension of ``app``, or None (for signal handlers that see every app)."""
+    return getattr(app, _ATTRIBUTE, None) if app is not None else None

@@ -1,0 +1,53 @@
+"""Reading jobs: the API the state-report pages and the command line are built on."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from hfcelery.errors import JobNotFoundError
+from hfcelery.extension import extension_of
+from hfcelery.records import JobDetails, JobPage, ServerRecord
+from hfcelery.states import State
+from hfcelery.store import Store
+
+MAX_PAGE_SIZE = 500
+
+
+class Monitoring:
+    """Read-only views of the job store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def job(self, job_id: str) -> JobDetails:
+        """A job with its arguments and state history; raises JobNotFoundError."""
+        details = self._store.job(job_id)
+        if details is None:
+            raise JobNotFoundError(job_id)
+        return details
+
+    def find_job(self, job_id: str) -> JobDetails | None:
+        """A job with its state history, or None when there is no such job."""
+        return self._store.job(job_id)
+
+    def state_counts(self) -> dict[State, int]:
+        """How many jobs are in each state."""
+        return self._store.state_counts()
+
+    def jobs(self, state: State | str, *, limit: int = 20, after: str | None = None) -> JobPage:
+        """A page of the jobs in ``state``, most recently changed first.
+
+        Pass the page's ``next_cursor`` as ``after`` to get the next page.
+        """
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        return self._store.jobs(State(state), limit=limit, after=after)
+
+    def servers(self) -> list[ServerRecord]:
+        """The workers currently registered, with their last heartbeat."""
+        return self._store.servers()
+
+
+def monitoring(app: Celery) -> Monitoring:
+    """The monitoring API of an app that has hfcelery loaded."""
+    return Monitoring(extension_of(app).store)

@@ -1,0 +1,102 @@
+"""Plain records the store returns and takes: jobs, states, servers, pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hfcelery.states import State
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be written: what it runs and its first state."""
+
+    id: str
+    function: str
+    task_name: str
+    args_json: str
+    kwargs_json: str
+    queue: str
+    state: State
+    reason: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One entry of a job's state history."""
+
+    state: State
+    reason: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as lists show it."""
+
+    id: str
+    function: str
+    task_name: str
+    queue: str
+    state: State
+    created_at: datetime
+    state_changed_at: datetime
+    server_id: str | None
+    retry_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetails:
+    """A job with its arguments and its whole state history, oldest first."""
+
+    id: str
+    function: str
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    state: State
+    created_at: datetime
+    state_changed_at: datetime
+    expire_at: datetime | None
+    server_id: str | None
+    worker_id: str | None
+    retry_count: int
+    history: list[StateRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """A page of a list; pass ``next_cursor`` as ``after`` for the next one (None at the end)."""
+
+    items: list[JobSummary]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """A running ``celery worker`` as the store knows it."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """What is needed to (re)send a job's message."""
+
+    id: str
+    function: str
+    task_name: str
+    args_json: str
+    kwargs_json: str
+    queue: str

@@ -1,0 +1,138 @@
+"""The store's tables. Changes to them ship as Alembic migrations in ``store/migrations``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TABLE_PREFIX = "hfcelery_"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back as an aware UTC datetime.
+
+    SQLite keeps no zone, PostgreSQL converts to the session zone; this makes both the same.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("hfcelery stores aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Job(Base):
+    """One background job: what it runs and its current state."""
+
+    __tablename__ = TABLE_PREFIX + "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ``module:qualname`` of a plain function, or the Celery task name.
+    function: Mapped[str] = mapped_column(String(255))
+    #: The Celery task the message is addressed to.
+    task_name: Mapped[str] = mapped_column(String(255))
+    #: JSON text, as the message serializer writes it.
+    args: Mapped[str] = mapped_column(Text)
+    kwargs: Mapped[str] = mapped_column(Text)
+    queue: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: False while the job is Enqueued but its message may not have reached the broker.
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Server and worker holding a Processing job.
+    server_id: Mapped[str | None] = mapped_column(String(255))
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    #: When a Scheduled job is due.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When a final job may be removed.
+    expire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Number of times the job has failed and been retried.
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index(None, "state", "state_changed_at", "id"),
+        Index(None, "due_at"),
+        Index(None, "expire_at"),
+        Index(None, "server_id"),
+    )
+
+
+class JobState(Base):
+    """One entry of a job's state history."""
+
+    __tablename__ = TABLE_PREFIX + "job_states"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey(Job.id, ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    #: JSON object with the state's data (queue, server, duration, exception, ...).
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Server(Base):
+    """A worker process group (a ``celery worker``) and its heartbeat."""
+
+    __tablename__ = TABLE_PREFIX + "servers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(Text)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Lock(Base):
+    """A named lease, so that one worker at a time runs a maintenance step."""
+
+    __tablename__ = TABLE_PREFIX + "locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

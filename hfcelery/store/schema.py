@@ -1,0 +1,80 @@
+"""Creating and upgrading the store's schema with the Alembic migrations shipped in the package."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from hfcelery.errors import SchemaOutOfDateError, StoreError
+
+logger = logging.getLogger(__name__)
+
+#: Alembic's version table for hfcelery, apart from any the user's own migrations keep.
+VERSION_TABLE = "hfcelery_alembic_version"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The schema version this hfcelery needs."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema version the store is at, or None for an empty database."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the store's schema (creating it if needed)."""
+    config = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    except DBAPIError as exc:
+        raise StoreError(f"migrating the hfcelery store failed: {exc}") from exc
+    logger.info("hfcelery store schema is at %s", current_revision(engine))
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the store's schema to ``revision`` (``base`` removes it)."""
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
+def ensure(engine: Engine, *, auto_upgrade: bool) -> None:
+    """Check the schema is at head; upgrade it first when ``auto_upgrade`` (the SQLite default).
+
+    Two processes may upgrade a new SQLite file at once; the loser's error is ignored when the
+    schema ends up at head anyway.
+    """
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return
+    if not auto_upgrade:
+        raise SchemaOutOfDateError(current, head)
+    try:
+        upgrade(engine)
+    except StoreError:
+        if current_revision(engine) != head:
+            raise

@@ -1,0 +1,95 @@
+"""Tasks sent the plain Celery way (``delay``, ``apply_async``, canvas) become jobs too.
+
+``before_task_publish`` writes the job (Enqueued, not yet published) before the message leaves;
+``after_task_publish`` marks it published. Should the store be down, the message still goes
+out and the worker that receives it records the job (see ``Store.claim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery._state import get_current_app
+
+from hfcelery.client import JOB_HEADER
+from hfcelery.errors import HfceleryError
+from hfcelery.extension import find_extension
+from hfcelery.jsonutil import to_json_or_repr
+from hfcelery.records import NewJob
+from hfcelery.states import State
+
+logger = logging.getLogger(__name__)
+
+_INTERNAL_PREFIXES = ("celery.", "hfcelery.")
+_pending = threading.local()
+
+
+def before_task_publish(
+    sender: str | None = None,
+    body: Any = None,
+    routing_key: str | None = None,
+    headers: dict[str, Any] | None = None,
+    declare: list[Any] | None = None,
+    **_: Any,
+) -> None:
+    headers = headers or {}
+    job_id = headers.get("id")
+    if (
+        not job_id
+        or not sender
+        or headers.get(JOB_HEADER)
+        or headers.get("retries")  # a Celery retry of a job that exists already
+        or sender.startswith(_INTERNAL_PREFIXES)
+    ):
+        return
+    extension = find_extension(get_current_app())
+    if extension is None or not extension.config.track_celery_tasks:
+        return
+    args, kwargs = _body_arguments(body)
+    queue = declare[0].name if declare else (routing_key or extension.app.conf.task_default_queue)
+    data: dict[str, Any] = {"queue": queue}
+    if headers.get("eta"):
+        data["eta"] = headers["eta"]
+    job = NewJob(
+        id=job_id,
+        function=sender,
+        task_name=sender,
+        args_json=to_json_or_repr(list(args)),
+        kwargs_json=to_json_or_repr(dict(kwargs)),
+        queue=queue,
+        state=State.ENQUEUED,
+        reason="Sent as a Celery task",
+        data=data,
+    )
+    try:
+        extension.store.create_job(job)
+    except HfceleryError as exc:
+        logger.warning("hfcelery could not record task %s before sending it: %s", job_id, exc)
+        return
+    pending: set[str] = _pending.__dict__.setdefault("ids", set())
+    pending.add(job_id)
+
+
+def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    job_id = (headers or {}).get("id")
+    pending: set[str] | None = _pending.__dict__.get("ids")
+    if not pending or job_id not in pending:
+        return
+    pending.discard(job_id)
+    extension = find_extension(get_current_app())
+    if extension is None:
+        return
+    try:
+        extension.store.mark_published([job_id])
+    except HfceleryError as exc:  # the job is published again later: harmless
+        logger.warning("hfcelery could not mark task %s published: %s", job_id, exc)
+
+
+def _body_arguments(body: Any) -> tuple[Any, Any]:
+    if isinstance(body, tuple | list) and len(body) >= 2:  # task protocol 2
+        return body[0] or (), body[1] or {}
+    if isinstance(body, dict):  # task protocol 1
+        return body.get("args") or (), body.get("kwargs") or {}
+    return (), {}

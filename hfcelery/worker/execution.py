@@ -1,0 +1,279 @@
+"""Moving jobs through their states as a worker runs them.
+
+``before_start`` claims the job (a compare-and-set in the store) and skips a message whose job
+is finished, deleted or running elsewhere; Celery's signals record the outcome. Failures Celery
+sees only in the worker's main process (a lost child, a hard time limit, a revoke) arrive there
+through the same signals or through :class:`JobRequest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
+from celery import Task
+from celery.exceptions import Ignore, Reject
+from celery.utils.serialization import UnpickleableExceptionWrapper, get_pickled_exception
+from celery.worker.request import Request
+
+from hfcelery.calls import PERFORM_TASK_NAME, load_function
+from hfcelery.errors import StoreError
+from hfcelery.extension import Extension, extension_of, find_extension
+from hfcelery.jsonutil import to_json, to_json_or_repr
+from hfcelery.records import NewJob
+from hfcelery.states import State
+
+logger = logging.getLogger(__name__)
+
+#: Pause before handing a message back while the store is unreachable, to avoid a hot loop.
+STORE_DOWN_BACKOFF_SECONDS = 1.0
+
+
+def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any:
+    """The Celery task that performs a plain function job: ``function_path(*args, **kwargs)``."""
+    extension = extension_of(task.app)
+    func = load_function(function_path, extension.module_allowed)
+    return func(*args, **kwargs)
+
+
+def worker_id() -> str:
+    """Which worker of a server runs the current job: the process and thread."""
+    return f"{os.getpid()}.{threading.get_native_id()}"
+
+
+def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
+    """Claim the job before the task runs; raise Ignore to skip it (the message is acked)."""
+    extension = find_extension(task.app)
+    request = task.request
+    if extension is None or extension.server_id is None or request.is_eager:
+        return
+    try:
+        created_at = extension.store.claim(
+            task_id,
+            server_id=extension.server_id,
+            worker_id=worker_id(),
+            server_timeout=timedelta(seconds=extension.config.server_timeout_seconds),
+            attempt=int(request.retries or 0),
+            untracked=_untracked_job(task, task_id, args, kwargs, request),
+        )
+    except StoreError as exc:
+        logger.error("hfcelery cannot claim job %s, message handed back: %s", task_id, exc)
+        time.sleep(STORE_DOWN_BACKOFF_SECONDS)
+        raise Reject(exc, requeue=True) from exc
+    if created_at is None:
+        logger.info(
+            "hfcelery skipped job %s: it is finished, deleted or running elsewhere", task_id
+        )
+        raise Ignore()
+    request.hf_claimed = True
+    request.hf_created_at = created_at
+    request.hf_started = time.monotonic()
+    request.hf_started_at = datetime.now(UTC)
+
+
+def _untracked_job(task: Task, task_id: str, args: Any, kwargs: Any, request: Any) -> NewJob:
+    args = list(args or ())
+    function = task.name
+    if task.name == PERFORM_TASK_NAME and args and isinstance(args[0], str):
+        function, args = args[0], args[1:]
+    queue = (request.delivery_info or {}).get("routing_key") or task.app.conf.task_default_queue
+    return NewJob(
+        id=task_id,
+        function=function,
+        task_name=task.name,
+        args_json=to_json_or_repr(args),
+        kwargs_json=to_json_or_repr(dict(kwargs or {})),
+        queue=str(queue),
+        state=State.ENQUEUED,
+        reason="Recorded by the worker: the message arrived without a stored job",
+        data={"queue": queue},
+    )
+
+
+def _claimed(task: Task) -> Extension | None:
+    if not getattr(task.request, "hf_claimed", False):
+        return None
+    return find_extension(task.app)
+
+
+def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
+    extension = _claimed(sender)
+    if extension is None or extension.server_id is None:
+        return
+    request = sender.request
+    duration_ms = round((time.monotonic() - request.hf_started) * 1000, 3)
+    latency_ms = round((request.hf_started_at - request.hf_created_at).total_seconds() * 1000, 3)
+    _finish(
+        extension,
+        request.id,
+        State.SUCCEEDED,
+        None,
+        {"duration_ms": duration_ms, "latency_ms": latency_ms, "result": _result_data(result)},
+        worker=worker_id(),
+        retention=timedelta(seconds=extension.config.succeeded_retention_seconds),
+    )
+
+
+def on_task_failure(
+    sender: Task,
+    task_id: str,
+    exception: BaseException,
+    einfo: ExceptionInfo | None = None,
+    **_: Any,
+) -> None:
+    """Record Failed, in the child (task raised) or the main process (lost, time limit)."""
+    extension = find_extension(sender.app)
+    if extension is None or extension.server_id is None:
+        return
+    in_child = getattr(sender.request, "hf_claimed", False) and sender.request.id == task_id
+    _finish(
+        extension,
+        task_id,
+        State.FAILED,
+        f"{type(exception).__name__}: {exception}",
+        exception_data(exception, einfo),
+        worker=worker_id() if in_child else None,
+    )
+
+
+def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: Any) -> None:
+    """A Celery ``self.retry()``: the job waits for its next attempt's message."""
+    extension = _claimed(sender)
+    if extension is None or extension.server_id is None or request is None:
+        return
+    attempt = int(request.retries or 0) + 1
+    _finish(
+        extension,
+        request.id,
+        State.ENQUEUED,
+        f"Retry attempt {attempt}: {reason}",
+        {"attempt": attempt},
+        worker=worker_id(),
+    )
+
+
+def on_task_revoked(sender: Task, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A revoked message is not run (or was terminated): the job is Deleted."""
+    extension = find_extension(getattr(sender, "app", None))
+    if extension is None or request is None:
+        return
+    extension.store.change_state(
+        request.id,
+        State.DELETED,
+        reason="Terminated by a revoke" if terminated else "Revoked",
+        from_states=(State.ENQUEUED, State.PROCESSING),
+        retention=timedelta(seconds=extension.config.deleted_retention_seconds),
+    )
+
+
+def on_task_unknown(sender: Any = None, name: str = "", id: str = "", **_: Any) -> None:
+    """A message for a task this worker does not know: its job, if any, fails."""
+    extension = find_extension(getattr(sender, "app", None))
+    if extension is None or not id:
+        return
+    extension.store.change_state(
+        id,
+        State.FAILED,
+        reason=f"Unknown task {name!r}: no worker on this queue has it registered",
+        data={"exception_type": "celery.exceptions.NotRegistered", "task": name},
+        from_states=(State.ENQUEUED,),
+    )
+
+
+def _finish(
+    extension: Extension,
+    job_id: str,
+    state: State,
+    reason: str | None,
+    data: dict[str, Any],
+    *,
+    worker: str | None,
+    retention: timedelta | None = None,
+) -> None:
+    assert extension.server_id is not None
+    data.setdefault("server_id", extension.server_id)
+    try:
+        applied = extension.store.finish(
+            job_id,
+            server_id=extension.server_id,
+            worker_id=worker,
+            state=state,
+            reason=reason,
+            data=data,
+            retention=retention,
+        )
+    except StoreError:
+        # The job stays Processing; recovery requeues it if this server stops. Celery must
+        # not see the error: it would turn a success into a failure.
+        logger.exception("hfcelery could not record job %s as %s", job_id, state)
+        return
+    if not applied:
+        logger.info("hfcelery: job %s changed state while running; %s not recorded", job_id, state)
+
+
+def _result_data(result: Any) -> Any:
+    try:
+        to_json(result)
+    except (TypeError, ValueError, OverflowError):
+        return repr(result)
+    return result
+
+
+def exception_data(exception: BaseException, einfo: ExceptionInfo | None) -> dict[str, Any]:
+    """Hangfire's failed-state data: exception type, message and details (traceback)."""
+    if isinstance(exception, UnpickleableExceptionWrapper):
+        # Celery could not pickle the task's exception; it kept its name and arguments.
+        exc_type = f"{exception.exc_module}.{exception.exc_cls_name}"
+        message = ", ".join(str(a) for a in exception.exc_args)
+    else:
+        exception = get_pickled_exception(exception)
+        cls = type(exception)
+        exc_type, message = f"{cls.__module__}.{cls.__qualname__}", str(exception)
+    details = einfo.traceback if einfo is not None else None
+    if not details:
+        details = "".join(traceback.format_exception(exception))
+    return {
+        "exception_type": exc_type,
+        "exception_message": message,
+        "exception_details": details,
+    }
+
+
+class JobRequest(Request):  # type: ignore[misc]
+    """Celery's request, plus: a job whose worker process was lost goes back to Enqueued.
+
+    Celery requeues such a message (``task_reject_on_worker_lost``) without any signal; unless
+    the job leaves Processing first, the redelivered message would be skipped as running.
+    """
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        cancelled = getattr(self, "_already_cancelled", False) or getattr(
+            self, "_already_revoked", False
+        )
+        requeued = (
+            isinstance(exc, WorkerLostError | SystemExit)
+            and not cancelled
+            and self.task.acks_late
+            and self.task.reject_on_worker_lost
+        )
+        extension = find_extension(self.task.app)
+        if requeued and extension is not None and extension.server_id is not None:
+            try:
+                extension.store.release_processing(
+                    self.id,
+                    server_id=extension.server_id,
+                    reason=f"Worker process was lost ({exc}); message requeued",
+                )
+            except StoreError:
+                logger.exception("hfcelery could not requeue job %s after a lost worker", self.id)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)

@@ -1,0 +1,158 @@
+"""The worker bootstep: a worker is a *server* that heartbeats and runs maintenance.
+
+The server id is fixed in the bootstep's constructor, before the prefork pool starts, so every
+child process reports the same id. Two daemon threads run in the worker's main process: the
+heartbeat, and the maintenance loop that (under a store lock, one worker at a time) requeues
+the jobs of servers whose heartbeat stopped and publishes jobs whose message never left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from celery import bootsteps, signals
+
+from hfcelery.client import publish
+from hfcelery.errors import HfceleryError
+from hfcelery.extension import Extension, find_extension
+from hfcelery.records import ServerRecord
+
+logger = logging.getLogger(__name__)
+
+MAINTENANCE_LOCK = "maintenance"
+#: The maintenance lease outlives a few missed loops before another worker may take it.
+MAINTENANCE_LOCK_TTL_LOOPS = 10
+
+
+class ServerStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Registers the worker as a server in the store; runs its heartbeat and maintenance."""
+
+    label = "hfcelery"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.extension: Extension | None = find_extension(worker.app)
+        self.server: Server | None = None
+        if self.extension is not None:
+            self.extension.server_id = f"{worker.hostname}:{uuid4().hex[:12]}"
+
+    def include_if(self, worker: Any) -> bool:
+        return self.extension is not None
+
+    def start(self, worker: Any) -> None:
+        assert self.extension is not None
+        queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+        self.server = Server(self.extension, worker.hostname, queues, worker.concurrency or 1)
+        self.server.start()
+        # Stop heartbeating only once the pool has finished its jobs (warm shutdown).
+        signals.worker_shutdown.connect(self._on_worker_shutdown, sender=worker, weak=False)
+
+    def stop(self, worker: Any) -> None:
+        """Nothing yet: a warm shutdown lets running jobs finish, so heartbeats go on."""
+
+    def terminate(self, worker: Any) -> None:
+        """Cold shutdown: running jobs are cut off, so sign off (and requeue them) now."""
+        self._on_worker_shutdown()
+
+    def _on_worker_shutdown(self, **_: Any) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+class Server:
+    """A running worker's presence in the store: registration, heartbeat, maintenance."""
+
+    def __init__(
+        self, extension: Extension, hostname: str, queues: list[str], concurrency: int
+    ) -> None:
+        assert extension.server_id is not None
+        self.extension = extension
+        self.id = extension.server_id
+        self.record = ServerRecord(
+            id=self.id,
+            hostname=hostname,
+            pid=os.getpid(),
+            queues=queues,
+            concurrency=concurrency,
+            started_at=datetime.now(UTC),
+            heartbeat_at=datetime.now(UTC),
+        )
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        config = self.extension.config
+        self.extension.store.register_server(self.record)
+        logger.info("hfcelery server %s started (store %s)", self.id, self.extension.store.url)
+        self._spawn("heartbeat", self.heartbeat, config.heartbeat_interval_seconds)
+        self._spawn("maintenance", self.maintain, config.poll_interval_seconds)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        store = self.extension.store
+        try:
+            store.release_lock(MAINTENANCE_LOCK, self.id)
+            requeued = store.remove_server(self.id, reason="Server stopped before the job ended")
+        except HfceleryError:
+            logger.exception("hfcelery server %s could not sign off", self.id)
+            return
+        if requeued:
+            logger.warning("hfcelery server %s stopped with %d job(s) requeued", self.id, requeued)
+        logger.info("hfcelery server %s stopped", self.id)
+
+    def heartbeat(self) -> None:
+        if not self.extension.store.heartbeat(self.id):
+            logger.warning("hfcelery server %s was declared dead; registering again", self.id)
+            self.extension.store.register_server(self.record)
+
+    def maintain(self) -> None:
+        """One maintenance pass, if this server holds the maintenance lease."""
+        config = self.extension.config
+        store = self.extension.store
+        ttl = timedelta(seconds=max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 30))
+        if not store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
+            return
+        requeued = store.recover_dead_servers(timedelta(seconds=config.server_timeout_seconds))
+        if requeued:
+            logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
+        self.publish_pending()
+
+    def publish_pending(self) -> int:
+        """Publish Enqueued jobs whose message may not have left; return how many were sent."""
+        config = self.extension.config
+        store = self.extension.store
+        pending = store.unpublished_jobs(
+            timedelta(seconds=config.publish_grace_seconds), config.maintenance_batch_size
+        )
+        sent: list[str] = []
+        try:
+            for dispatch in pending:
+                publish(self.extension.app, dispatch)
+                sent.append(dispatch.id)
+        except Exception as exc:  # the broker is down: try again on the next pass
+            logger.warning("hfcelery could not publish pending jobs: %s", exc)
+        store.mark_published(sent)
+        if sent:
+            logger.info("hfcelery published %d pending job(s)", len(sent))
+        return len(sent)
+
+    def _spawn(self, name: str, step: Callable[[], None], interval: float) -> None:
+        def loop() -> None:
+            while not self._stopping.wait(interval):
+                try:
+                    step()
+                except Exception:
+                    logger.exception("hfcelery %s step failed; retrying", name)
+
+        thread = threading.Thread(target=loop, name=f"hfcelery-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)

@@ -1,0 +1,55 @@
+"""The Celery app the acceptance tests run real workers of.
+
+Broker, store and queue come from the environment the tests set for each worker subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import Celery
+
+import hfcelery
+
+app = Celery("hftests", broker=os.environ.get("HF_TEST_BROKER_URL", "redis://127.0.0.1:6379/11"))
+app.conf.task_default_queue = os.environ.get("HF_TEST_QUEUE", "hftests")
+app.conf.broker_connection_retry_on_startup = True
+hfcelery.init_app(
+    app,
+    store_url=os.environ.get("HF_TEST_STORE_URL", "sqlite:///hftests.db"),
+    allowed_modules=["tests.jobs"],
+    heartbeat_interval_seconds=float(os.environ.get("HF_TEST_HEARTBEAT", "1")),
+    server_timeout_seconds=float(os.environ.get("HF_TEST_SERVER_TIMEOUT", "5")),
+    publish_grace_seconds=float(os.environ.get("HF_TEST_PUBLISH_GRACE", "2")),
+    poll_interval_seconds=0.5,
+)
+
+
+def _side_effects() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["HF_TEST_SIDE_EFFECTS_URL"])
+
+
+@app.task(name="tests.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="tests.record")
+def record(token: str, value: str = "ran") -> str:
+    """Leave a trace in Redis, so tests can count how often a job really ran."""
+    _side_effects().rpush(f"hftests:{token}", value)
+    return value
+
+
+@app.task(name="tests.boom")
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="tests.sleepy", time_limit=1)
+def sleepy(seconds: float) -> None:
+    """Killed by its hard time limit when ``seconds`` > 1."""
+    import time
+
+    time.sleep(seconds)

@@ -1,0 +1,61 @@
+"""Plain functions (no Celery decorator) that acceptance tests enqueue as jobs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+
+def _side_effects() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["HF_TEST_SIDE_EFFECTS_URL"])
+
+
+def record(token: str, value: str = "ran") -> str:
+    """Append ``value`` to a Redis list named after ``token``; return it."""
+    _side_effects().rpush(f"hftests:{token}", value)
+    return value
+
+
+def multiply(x: float, y: float) -> float:
+    return x * y
+
+
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def sleep_then_record(token: str, seconds: float) -> str:
+    _side_effects().rpush(f"hftests:{token}", "started")
+    time.sleep(seconds)
+    return record(token, "finished")
+
+
+def no_arguments() -> str:
+    return "done"
+
+
+class Reports:
+    @classmethod
+    def build(cls, name: str) -> str:
+        return f"report {name}"
+
+    @staticmethod
+    def static_build(name: str) -> str:
+        return f"static {name}"
+
+
+def fail_until(token: str, attempts: int) -> int:
+    """Fail until called for the ``attempts``-th time; return the call count."""
+    n = int(_side_effects().incr(f"hftests:{token}"))
+    if n < attempts:
+        raise RuntimeError(f"attempt {n} fails")
+    return n
+
+
+def die_once(token: str) -> str:
+    """Kill the worker process running it the first time; succeed the second time."""
+    if int(_side_effects().incr(f"hftests:{token}")) == 1:
+        os.kill(os.getpid(), 9)
+    return "survived"

@@ -1,0 +1,238 @@
+"""Jobs end to end: a real ``celery worker`` subprocess, the real Redis broker, the real store.
+
+The store is PostgreSQL (or, outside CI without PostgreSQL, SQLite).
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+import hfcelery
+from hfcelery import BackgroundJob, BackgroundJobClient, State, call
+from hfcelery.client import publish
+from hfcelery.monitoring import Monitoring
+from hfcelery.records import Dispatch, JobDetails
+from tests import jobs
+from tests.conftest import StartWorker, WorkerProcess, wait_for
+
+pytestmark = pytest.mark.acceptance
+
+FINAL = (State.SUCCEEDED, State.FAILED, State.DELETED)
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: StartWorker) -> WorkerProcess:
+    return start_worker()
+
+
+@pytest.fixture(scope="module")
+def api(test_app: Celery) -> Monitoring:
+    return hfcelery.monitoring(test_app)
+
+
+def wait_state(api: Monitoring, job_id: str, states: tuple[State, ...] = FINAL) -> JobDetails:
+    def reached() -> JobDetails | None:
+        job = api.find_job(job_id)
+        return job if job is not None and job.state in states else None
+
+    result: JobDetails = wait_for(reached, timeout=30, what=f"job {job_id} to reach {states}")
+    return result
+
+
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+def runs(side_effects: redis.Redis, tok: str) -> list[str]:
+    return list(side_effects.lrange(f"hftests:{tok}", 0, -1))
+
+
+def history(job: JobDetails) -> list[State]:
+    return [h.state for h in job.history]
+
+
+@pytest.mark.parametrize(
+    ("make_call", "expected_function", "expected_result"),
+    [
+        (lambda: call(jobs.multiply, 6, 7), "tests.jobs:multiply", 42),
+        (lambda: functools.partial(jobs.multiply, 2, y=5), "tests.jobs:multiply", 10),
+        (lambda: jobs.no_arguments, "tests.jobs:no_arguments", "done"),
+        (lambda: call(jobs.Reports.build, "q3"), "tests.jobs:Reports.build", "report q3"),
+        (lambda: _add().s(1, 2), "tests.add", 3),
+        (lambda: call(_add(), 20, y=22), "tests.add", 42),
+    ],
+    ids=["call", "partial", "zero-argument", "classmethod", "signature", "celery-task"],
+)
+def test_job_succeeds_with_its_state_history(
+    worker: WorkerProcess,
+    api: Monitoring,
+    make_call: Any,
+    expected_function: str,
+    expected_result: Any,
+) -> None:
+    job_id = BackgroundJob.enqueue(make_call())
+    job = wait_state(api, job_id)
+    assert job.state is State.SUCCEEDED, job
+    assert job.function == expected_function
+    assert history(job) == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    enqueued, processing, succeeded = job.history
+    assert enqueued.data == {"queue": job.queue}
+    assert processing.data["server_id"].startswith(worker.hostname)
+    assert succeeded.data["result"] == expected_result
+    assert succeeded.data["duration_ms"] >= 0 and succeeded.data["latency_ms"] >= 0
+    assert job.expire_at is not None and job.server_id is None
+
+
+def _add() -> Any:
+    from tests.app import add
+
+    return add
+
+
+def test_failing_job_records_its_exception(worker: WorkerProcess, api: Monitoring) -> None:
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.fail, "disk on fire")))
+    assert job.state is State.FAILED
+    assert history(job) == [State.ENQUEUED, State.PROCESSING, State.FAILED]
+    failed = job.history[-1]
+    assert failed.reason == "RuntimeError: disk on fire"
+    assert failed.data["exception_type"] == "builtins.RuntimeError"
+    assert failed.data["exception_message"] == "disk on fire"
+    assert "tests/jobs.py" in failed.data["exception_details"]
+    assert job.expire_at is None  # failed jobs are kept until someone acts
+
+
+def test_deleted_job_does_not_run(
+    worker: WorkerProcess, api: Monitoring, test_app: Celery, side_effects: redis.Redis
+) -> None:
+    held = f"held-{token()}"  # a queue no worker consumes yet
+    tok = token()
+    job_id = BackgroundJob.enqueue(call(jobs.record, tok), queue=held)
+    assert BackgroundJob.delete(job_id, expected_state=State.ENQUEUED)
+    assert not BackgroundJob.delete(job_id)  # already deleted
+    test_app.control.add_consumer(held, destination=[worker.hostname], reply=True)
+    wait_for(lambda: f"skipped job {job_id}" in worker.log(), what="the worker to skip it")
+    job = api.job(job_id)
+    assert history(job) == [State.ENQUEUED, State.DELETED]
+    assert runs(side_effects, tok) == []
+
+
+def test_forbidden_module_is_rejected_and_the_worker_keeps_running(
+    worker: WorkerProcess, api: Monitoring, test_app: Celery, tmp_path: Path
+) -> None:
+    target = tmp_path / "pwned"
+    hostile = test_app.send_task("hfcelery.perform", args=["os:system", f"touch {target}"])
+    job = wait_state(api, hostile.id)
+    assert job.state is State.FAILED
+    assert job.history[-1].data["exception_type"] == "hfcelery.errors.ForbiddenFunctionError"
+    assert "'os' is neither a task module" in (job.history[-1].reason or "")
+    assert not target.exists()
+    assert worker.process.poll() is None
+    assert wait_state(api, BackgroundJob.enqueue(jobs.no_arguments)).state is State.SUCCEEDED
+
+
+def test_duplicate_message_of_a_finished_job_is_skipped(
+    worker: WorkerProcess, api: Monitoring, test_app: Celery, side_effects: redis.Redis
+) -> None:
+    tok = token()
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.record, tok)))
+    assert job.state is State.SUCCEEDED
+    args, kwargs = f'["{tok}"]', "{}"
+    publish(test_app, Dispatch(job.id, job.function, job.task_name, args, kwargs, job.queue))
+    wait_for(lambda: f"skipped job {job.id}" in worker.log(), what="the duplicate to be skipped")
+    assert runs(side_effects, tok) == ["ran"]
+    assert history(api.job(job.id)) == history(job)
+
+
+def test_plain_celery_delay_is_tracked(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    from tests.app import record
+
+    tok = token()
+    result = record.delay(tok, value="plain")
+    job = wait_state(api, result.id)
+    assert job.state is State.SUCCEEDED
+    assert job.function == "tests.record"
+    assert job.history[0].reason == "Sent as a Celery task"
+    assert job.history[-1].data["result"] == "plain"
+    assert runs(side_effects, tok) == ["plain"]
+
+
+def test_requeue_runs_a_failed_job_again(worker: WorkerProcess, api: Monitoring) -> None:
+    job_id = BackgroundJob.enqueue(call(jobs.fail_until, token(), 2))
+    assert wait_state(api, job_id).state is State.FAILED
+    assert not BackgroundJob.requeue(job_id, expected_state=State.SUCCEEDED)
+    assert BackgroundJob.requeue(job_id, expected_state=State.FAILED)
+    job = wait_state(api, job_id, (State.SUCCEEDED,))
+    assert history(job) == [
+        State.ENQUEUED, State.PROCESSING, State.FAILED,
+        State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
+    ]  # fmt: skip
+    assert job.history[-1].data["result"] == 2
+
+
+def test_lost_worker_process_requeues_the_job(worker: WorkerProcess, api: Monitoring) -> None:
+    job_id = BackgroundJob.enqueue(call(jobs.die_once, token()))
+    job = wait_state(api, job_id)
+    assert job.state is State.SUCCEEDED, job
+    assert history(job) == [
+        State.ENQUEUED, State.PROCESSING, State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
+    ]  # fmt: skip
+    assert "Worker process was lost" in (job.history[2].reason or "")
+    assert job.history[-1].data["result"] == "survived"
+
+
+def test_hard_time_limit_fails_the_job(worker: WorkerProcess, api: Monitoring) -> None:
+    from tests.app import sleepy
+
+    job = wait_state(api, BackgroundJob.enqueue(sleepy.s(10)))
+    assert job.state is State.FAILED
+    assert job.history[-1].data["exception_type"] == "billiard.exceptions.TimeLimitExceeded"
+
+
+def test_job_enqueued_while_the_broker_is_down_is_published_by_a_worker(
+    worker: WorkerProcess, api: Monitoring, test_env: dict[str, str], side_effects: redis.Redis
+) -> None:
+    offline = Celery("hftests-offline", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    offline.conf.task_default_queue = test_env["HF_TEST_QUEUE"]
+    offline.conf.broker_connection_timeout = 0.5
+    extension = hfcelery.init_app(offline, store_url=test_env["HF_TEST_STORE_URL"])
+    tok = token()
+    job_id = BackgroundJobClient(offline).enqueue(call(jobs.record, tok))
+    extension.store.dispose()
+    job = wait_state(api, job_id)
+    assert job.state is State.SUCCEEDED
+    assert runs(side_effects, tok) == ["ran"]
+    assert "published 1 pending job" in worker.log()
+
+
+def test_killed_worker_jobs_are_requeued_to_a_live_one(
+    worker: WorkerProcess,
+    start_worker: StartWorker,
+    api: Monitoring,
+    test_app: Celery,
+    side_effects: redis.Redis,
+) -> None:
+    doomed_queue = f"doomed-{token()}"
+    doomed = start_worker(queues=doomed_queue, concurrency=1)
+    tok = token()
+    job_id = BackgroundJob.enqueue(call(jobs.sleep_then_record, tok, 2), queue=doomed_queue)
+    processing = wait_state(api, job_id, (State.PROCESSING,))
+    assert processing.server_id is not None
+    assert processing.server_id.startswith(doomed.hostname)
+    wait_for(lambda: runs(side_effects, tok) == ["started"], what="the job to start")
+    doomed.process.send_signal(signal.SIGKILL)  # the whole worker, main process included
+    doomed.process.wait()
+    test_app.control.add_consumer(doomed_queue, destination=[worker.hostname], reply=True)
+    job = wait_state(api, job_id, (State.SUCCEEDED,))
+    reasons = [h.reason for h in job.history]
+    assert "Server that processed the job stopped responding" in reasons
+    assert job.history[-2].data["server_id"].startswith(worker.hostname)

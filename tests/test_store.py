@@ -1,0 +1,344 @@
+"""The job store, each test once on SQLite and once on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from sqlalchemy import inspect, update
+
+from hfcelery.errors import SchemaOutOfDateError
+from hfcelery.records import Dispatch, NewJob, ServerRecord
+from hfcelery.states import State
+from hfcelery.store import Store, count_statements, schema
+from hfcelery.store.models import Base, Job, Server
+
+TIMEOUT = timedelta(seconds=15)
+
+
+def new_job(state: State = State.ENQUEUED, **overrides: object) -> NewJob:
+    values: dict[str, object] = {
+        "id": str(uuid4()),
+        "function": "tests.jobs:multiply",
+        "task_name": "hfcelery.perform",
+        "args_json": "[2, 3]",
+        "kwargs_json": "{}",
+        "queue": "default",
+        "state": state,
+        "data": {"queue": "default"},
+    }
+    values.update(overrides)
+    return NewJob(**values)  # type: ignore[arg-type]
+
+
+def server(server_id: str = "s1", heartbeat_age: timedelta = timedelta(0)) -> ServerRecord:
+    now = datetime.now(UTC)
+    return ServerRecord(server_id, "celery@host", 1, ["default"], 2, now, now - heartbeat_age)
+
+
+def claim(store: Store, job_id: str, server_id: str = "s1", **kwargs: object) -> datetime | None:
+    return store.claim(
+        job_id, server_id=server_id, worker_id="w1", server_timeout=TIMEOUT, **kwargs
+    )  # type: ignore[arg-type]
+
+
+def states_of(store: Store, job_id: str) -> list[State]:
+    details = store.job(job_id)
+    assert details is not None
+    return [h.state for h in details.history]
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def test_migrations_create_exactly_the_models(store: Store) -> None:
+    store.state_counts()  # a SQLite store migrates itself on first use
+    assert store.schema_revision() == schema.head_revision()
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": schema.VERSION_TABLE})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_downgrade_and_upgrade_again(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.migrate()
+    schema.downgrade(store.engine, "base")
+    assert store.schema_revision() is None
+    assert not inspect(store.engine).has_table("hfcelery_jobs")
+    store.migrate()
+    assert inspect(store.engine).has_table("hfcelery_jobs")
+
+
+def test_unmigrated_store_without_auto_upgrade_says_how_to_migrate(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}", auto_upgrade=False)
+    with pytest.raises(SchemaOutOfDateError, match="celery -A <your app> hf migrate"):
+        store.state_counts()
+
+
+def test_bare_postgresql_url_uses_psycopg() -> None:
+    assert Store("postgresql://u@127.0.0.1/db").url.drivername == "postgresql+psycopg"
+
+
+# -- creating ----------------------------------------------------------------------------------
+
+
+def test_create_job_with_history_and_publish(store: Store) -> None:
+    sent: list[Dispatch] = []
+    job = new_job()
+    assert store.create_job(job, sent.append) is True
+    assert [d.id for d in sent] == [job.id]
+    details = store.job(job.id)
+    assert details is not None
+    assert details.state is State.ENQUEUED
+    assert (details.args, details.kwargs, details.queue) == ([2, 3], {}, "default")
+    assert [(h.state, h.data) for h in details.history] == [(State.ENQUEUED, {"queue": "default"})]
+    assert store.unpublished_jobs(timedelta(0), 10) == []
+
+
+def test_broker_down_keeps_the_job_for_later_publishing(store: Store) -> None:
+    def broker_down(_: Dispatch) -> None:
+        raise BrokerUnavailable("connection refused")
+
+    job = new_job()
+    assert store.create_job(job, broker_down) is False
+    assert store.job(job.id) is not None
+    pending = store.unpublished_jobs(timedelta(0), 10)
+    assert [d.id for d in pending] == [job.id]
+    assert store.unpublished_jobs(timedelta(minutes=5), 10) == []  # grace period
+    store.mark_published([job.id])
+    assert store.unpublished_jobs(timedelta(0), 10) == []
+
+
+def test_other_publish_errors_leave_nothing_written(store: Store) -> None:
+    def broken(_: Dispatch) -> None:
+        raise ValueError("bad routing")
+
+    job = new_job()
+    with pytest.raises(ValueError, match="bad routing"):
+        store.create_job(job, broken)
+    assert store.job(job.id) is None
+
+
+# -- claiming and finishing ----------------------------------------------------------------------
+
+
+def test_claim_is_compare_and_set(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    assert claim(store, job.id) is not None
+    assert claim(store, job.id) is None  # processing on a live server
+    assert claim(store, job.id, server_id="s2") is None
+    assert states_of(store, job.id) == [State.ENQUEUED, State.PROCESSING]
+    details = store.job(job.id)
+    assert details is not None
+    assert (details.state, details.server_id, details.worker_id) == (State.PROCESSING, "s1", "w1")
+
+
+@pytest.mark.parametrize("final", [State.SUCCEEDED, State.FAILED, State.DELETED])
+def test_finished_jobs_are_not_claimed_again(store: Store, final: State) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    assert store.finish(job.id, server_id="s1", state=final, reason=None, data={})
+    assert claim(store, job.id) is None
+    assert states_of(store, job.id) == [State.ENQUEUED, State.PROCESSING, final]
+
+
+def test_job_on_dead_server_can_be_claimed(store: Store) -> None:
+    store.register_server(server("dead", heartbeat_age=timedelta(minutes=1)))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id, server_id="dead")
+    assert claim(store, job.id, server_id="s2") is not None
+    details = store.job(job.id)
+    assert details is not None and details.server_id == "s2"
+
+
+def test_later_attempt_of_a_celery_retry_can_be_claimed(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id, attempt=0)
+    assert claim(store, job.id, attempt=0) is None
+    assert claim(store, job.id, attempt=1) is not None
+    details = store.job(job.id)
+    assert details is not None and details.retry_count == 1
+
+
+def test_claim_records_a_job_that_has_a_message_but_no_row(store: Store) -> None:
+    store.register_server(server("s1"))
+    untracked = new_job(reason="Recorded by the worker")
+    assert claim(store, untracked.id) is None  # without a description, nothing to record
+    assert claim(store, untracked.id, untracked=untracked) is not None
+    assert states_of(store, untracked.id) == [State.ENQUEUED, State.PROCESSING]
+    assert claim(store, untracked.id, untracked=untracked) is None
+
+
+def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    barrier = threading.Barrier(8)
+    results: list[datetime | None] = []
+
+    def racer() -> None:
+        barrier.wait()
+        results.append(claim(store, job.id))
+
+    threads = [threading.Thread(target=racer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r is not None for r in results) == 1
+    assert states_of(store, job.id).count(State.PROCESSING) == 1
+
+
+def test_finish_needs_the_holding_server_and_worker(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    kw = {"state": State.SUCCEEDED, "reason": None, "data": {}}
+    assert not store.finish(job.id, server_id="s2", **kw)  # type: ignore[arg-type]
+    assert not store.finish(job.id, server_id="s1", worker_id="w2", **kw)  # type: ignore[arg-type]
+    assert store.finish(job.id, server_id="s1", worker_id="w1", retention=timedelta(hours=1), **kw)  # type: ignore[arg-type]
+    details = store.job(job.id)
+    assert details is not None and details.expire_at is not None
+    assert (
+        timedelta(minutes=59) < details.expire_at - details.state_changed_at <= timedelta(hours=1)
+    )
+
+
+def test_worker_path_costs_four_statements(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    store.state_counts()  # schema check and connection set-up happen outside the count
+    with count_statements(store.engine) as statements:
+        claim(store, job.id)
+        store.finish(job.id, server_id="s1", state=State.SUCCEEDED, reason=None, data={})
+    assert len(statements) == 4, statements
+
+
+# -- management --------------------------------------------------------------------------------
+
+
+def test_change_state_with_expected_state(store: Store) -> None:
+    job = new_job()
+    store.create_job(job)
+    assert not store.change_state(job.id, State.DELETED, reason="x", expected_state=State.FAILED)
+    assert store.change_state(job.id, State.DELETED, reason="x", expected_state=State.ENQUEUED)
+    assert not store.change_state(
+        job.id, State.DELETED, reason="again", from_states=[State.ENQUEUED]
+    )
+    assert states_of(store, job.id) == [State.ENQUEUED, State.DELETED]
+
+
+def test_requeue_publishes_again(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    store.finish(job.id, server_id="s1", state=State.FAILED, reason="boom", data={})
+    sent: list[Dispatch] = []
+    assert store.change_state(job.id, State.ENQUEUED, reason="requeue", publish=sent.append)
+    assert [d.function for d in sent] == ["tests.jobs:multiply"]
+    assert claim(store, job.id) is not None
+
+
+def test_release_processing_after_a_lost_worker(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    assert not store.release_processing(job.id, server_id="s2", reason="lost")
+    assert store.release_processing(job.id, server_id="s1", reason="lost")
+    assert claim(store, job.id) is not None
+
+
+# -- servers, recovery, locks ------------------------------------------------------------------
+
+
+def test_dead_servers_are_removed_and_their_jobs_requeued(store: Store) -> None:
+    store.register_server(server("dead", heartbeat_age=timedelta(minutes=5)))
+    store.register_server(server("alive"))
+    lost, kept = new_job(), new_job()
+    store.create_job(lost)
+    store.create_job(kept)
+    claim(store, lost.id, server_id="dead")
+    claim(store, kept.id, server_id="alive")
+    with store.engine.begin() as conn:  # the dead server's job started long ago
+        conn.execute(
+            update(Job)
+            .where(Job.id == lost.id)
+            .values(state_changed_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+    assert store.recover_dead_servers(TIMEOUT) == 1
+    assert [s.id for s in store.servers()] == ["alive"]
+    assert states_of(store, lost.id)[-1] is State.ENQUEUED
+    assert states_of(store, kept.id)[-1] is State.PROCESSING
+    assert [d.id for d in store.unpublished_jobs(timedelta(0), 10)] == [lost.id]
+
+
+def test_heartbeat_and_remove_server(store: Store) -> None:
+    store.register_server(server("s1", heartbeat_age=timedelta(minutes=1)))
+    assert store.heartbeat("s1")
+    assert store.servers()[0].heartbeat_at > datetime.now(UTC) - timedelta(seconds=5)
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    assert store.remove_server("s1", reason="stopped") == 1
+    assert store.servers() == []
+    assert not store.heartbeat("s1")
+    assert states_of(store, job.id)[-1] is State.ENQUEUED
+
+
+def test_lock_is_held_by_one_owner_until_it_expires(store: Store) -> None:
+    assert store.try_lock("m", "a", timedelta(minutes=1))
+    assert store.try_lock("m", "a", timedelta(minutes=1))  # renewal
+    assert not store.try_lock("m", "b", timedelta(minutes=1))
+    store.release_lock("m", "a")
+    assert store.try_lock("m", "b", timedelta(seconds=-1))  # taken, already expired
+    assert store.try_lock("m", "a", timedelta(minutes=1))
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def test_counts_and_keyset_pages(store: Store) -> None:
+    ids = []
+    for _ in range(7):
+        job = new_job()
+        store.create_job(job)
+        ids.append(job.id)
+    store.change_state(ids[0], State.DELETED, reason="x")
+    counts = store.state_counts()
+    assert counts[State.ENQUEUED] == 6 and counts[State.DELETED] == 1
+    assert counts[State.SUCCEEDED] == 0
+    seen: list[str] = []
+    after = None
+    while True:
+        page = store.jobs(State.ENQUEUED, limit=4, after=after)
+        seen.extend(item.id for item in page.items)
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    assert sorted(seen) == sorted(ids[1:])
+    assert len(seen) == 6
+
+
+def test_server_rows_are_plain_records(store: Store) -> None:
+    store.register_server(server("s1"))
+    with store.engine.connect() as conn:
+        assert conn.execute(Server.__table__.select()).first() is not None
+    (record,) = store.servers()
+    assert (record.id, record.queues, record.concurrency) == ("s1", ["default"], 2)
