@@ -1,0 +1,1 @@
+"""The quick start: all of hfcelery on an embedded Redis and a SQLite store (``make demo``)."""

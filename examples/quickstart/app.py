@@ -1,0 +1,27 @@
+"""The quick start's Celery app: an ordinary Celery app with hfcelery loaded.
+
+``python -m examples.quickstart`` sets the broker and store URLs; run alone, it expects Redis on
+127.0.0.1:6379 and keeps its store in ``hfcelery-demo.db``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+import hfcelery
+
+app = Celery("quickstart", broker=os.environ.get("DEMO_BROKER_URL", "redis://127.0.0.1:6379/0"))
+app.conf.task_default_queue = "quickstart"
+hfcelery.init_app(
+    app,
+    store_url=os.environ.get("DEMO_STORE_URL", "sqlite:///hfcelery-demo.db"),
+    allowed_modules=["examples.quickstart.jobs"],
+)
+
+
+@app.task(name="quickstart.send_email")
+def send_email(address: str) -> str:
+    """An existing Celery task: hfcelery tracks it like any other job."""
+    return f"email sent to {address}"

@@ -1,0 +1,121 @@
+"""Loading the extension into a Celery app: settings, defaults, registration, idempotence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from celery._state import get_current_app
+
+import hfcelery
+from hfcelery import BackgroundJobClient, call
+from hfcelery.calls import PERFORM_TASK_NAME
+from hfcelery.client import BackgroundJob
+from hfcelery.errors import ConfigurationError, InvalidCallError, NotInitializedError
+from hfcelery.extension import extension_of
+from hfcelery.worker.server import ServerStep
+from tests import jobs
+
+
+def make_app(**conf: object) -> Celery:
+    app = Celery("init-test", broker="memory://", set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+def test_init_app_registers_task_step_and_reliable_defaults(tmp_path: Path) -> None:
+    app = make_app()
+    extension = hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    assert PERFORM_TASK_NAME in app.tasks
+    assert ServerStep in app.steps["worker"]
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_reject_on_worker_lost is True
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.accept_content == ["json"]
+    assert extension_of(app) is extension
+
+
+def test_user_settings_win_over_hfcelery_defaults() -> None:
+    app = make_app(task_acks_late=False, worker_prefetch_multiplier=4)
+    hfcelery.init_app(app)
+    app.conf.task_serializer = "pickle"  # set after init_app: also kept
+    assert app.conf.task_acks_late is False
+    assert app.conf.worker_prefetch_multiplier == 4
+    assert app.conf.task_serializer == "pickle"
+    assert app.conf.task_reject_on_worker_lost is True
+
+
+def test_init_app_is_idempotent() -> None:
+    app = make_app()
+    first = hfcelery.init_app(app, store_url="sqlite:///x.db")
+    assert hfcelery.init_app(app) is first
+    assert hfcelery.init_app(app, store_url="sqlite:///x.db") is first
+    assert [s for s in app.steps["worker"] if s is ServerStep] == [ServerStep]
+    with pytest.raises(ConfigurationError, match="other options"):
+        hfcelery.init_app(app, store_url="sqlite:///y.db")
+
+
+def test_settings_come_from_app_conf_read_on_first_use() -> None:
+    app = make_app()
+    extension = hfcelery.init_app(app)
+    app.conf.hfcelery_store_url = "sqlite:///later.db"
+    app.conf.hfcelery_allowed_modules = "proj.jobs, proj.reports"
+    assert extension.config.store_url == "sqlite:///later.db"
+    assert extension.config.allowed_modules == ("proj.jobs", "proj.reports")
+    assert extension.module_allowed("proj.reports.monthly")
+    assert not extension.module_allowed("os")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"store_uri": "x"}, "unknown hfcelery option"),
+        ({"server_timeout_seconds": 1, "heartbeat_interval_seconds": 2}, "must be longer"),
+        ({"poll_interval_seconds": -1}, ">= 0"),
+        ({"allowed_modules": ["not a module"]}, "not a module name"),
+    ],
+)
+def test_bad_options_are_rejected_at_init(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        hfcelery.init_app(make_app(), **options)
+
+
+def test_app_task_modules_are_allowed(tmp_path: Path) -> None:
+    app = make_app()
+    hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+
+    @app.task(name="init-test.t")
+    def t() -> None:
+        pass
+
+    assert extension_of(app).module_allowed(__name__)
+    assert not extension_of(app).module_allowed("celery.app.builtins")
+
+
+def test_client_needs_init_app() -> None:
+    with pytest.raises(NotInitializedError, match="init_app"):
+        BackgroundJobClient(make_app())
+
+
+def test_facade_uses_the_current_app(tmp_path: Path) -> None:
+    app = make_app()
+    hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    previous = get_current_app()
+    app.set_current()
+    try:
+        assert BackgroundJob.client().app is app
+    finally:
+        previous.set_current()
+
+
+def test_invalid_call_writes_nothing(tmp_path: Path) -> None:
+    app = make_app()
+    extension = hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    client = BackgroundJobClient(app)
+    with pytest.raises(InvalidCallError):
+        client.enqueue(lambda: None)
+    with pytest.raises(InvalidCallError):
+        client.enqueue(call(jobs.record, object()))
+    assert sum(extension.store.state_counts().values()) == 0
+    extension.store.dispose()

@@ -1,0 +1,48 @@
+"""The same job model on RabbitMQ: a real worker consuming from the real RabbitMQ broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+import hfcelery
+from hfcelery import BackgroundJobClient, State, call
+from tests import jobs
+from tests.conftest import RABBITMQ_URL, StartWorker, port_open, service_missing, wait_for
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture(scope="module")
+def rabbit_app(test_env: dict[str, str]) -> Iterator[Celery]:
+    if not port_open("127.0.0.1", 5672):
+        service_missing("RabbitMQ", "127.0.0.1:5672 refused the connection")
+    app = Celery("hftests-rabbit", broker=RABBITMQ_URL, set_as_current=False)
+    app.conf.task_default_queue = test_env["HF_TEST_QUEUE"] + "-amqp"
+    extension = hfcelery.init_app(app, store_url=test_env["HF_TEST_STORE_URL"])
+    yield app
+    extension.store.dispose()
+
+
+def test_jobs_run_through_rabbitmq(
+    rabbit_app: Celery, start_worker: StartWorker, side_effects: object
+) -> None:
+    queue = rabbit_app.conf.task_default_queue
+    worker = start_worker(queues=queue, env={"HF_TEST_BROKER_URL": RABBITMQ_URL})
+    api = hfcelery.monitoring(rabbit_app)
+    token = uuid.uuid4().hex
+    job_id = BackgroundJobClient(rabbit_app).enqueue(call(jobs.record, token))
+    plain_id = rabbit_app.send_task("tests.add", args=(2, 3)).id
+    for expected, jid in ((job_id, job_id), (plain_id, plain_id)):
+        job = wait_for(
+            lambda jid=jid: (j := api.find_job(jid)) and j.state is State.SUCCEEDED and j,
+            what=f"job {expected} to succeed on RabbitMQ",
+        )
+        assert [h.state for h in job.history] == [
+            State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
+        ]  # fmt: skip
+        assert job.history[1].data["server_id"].startswith(worker.hostname)
+    assert api.job(plain_id).history[-1].data["result"] == 5
