@@ -3,6 +3,14 @@
 Every state change is a compare-and-set ``UPDATE`` on the job row followed by an ``INSERT`` into
 its state history, in one transaction. The worker path costs four statements per job: the claim
 (update + history) and the finish (update + history).
+
+On PostgreSQL, transactions commit asynchronously (``synchronous_commit=off``) unless they are
+marked durable: a crash of the database server may then forget the last fraction of a second of
+commits, and each such loss is repaired rather than prevented. A lost job row is written again
+from its message by the worker that receives it (:meth:`Store.claim`); a lost outcome leaves the
+job Processing on a live server, which requeues it (:meth:`Store.requeue_orphans`); a lost claim
+is recognised when the outcome is recorded (:meth:`Store.finish`). What has no other record (a
+job whose message could not be sent, an operator's delete or requeue) commits durably.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -33,8 +43,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import Select
 
 from hfcelery.errors import StoreError
 from hfcelery.jsonutil import from_json, to_json
@@ -49,13 +62,15 @@ from hfcelery.records import (
 )
 from hfcelery.states import State
 from hfcelery.store import schema
-from hfcelery.store.models import Job, JobState, Lock, Server
+from hfcelery.store.models import Job, JobState, Lock, Server, UTCDateTime
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ReturningDML = UpdateBase
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
 
 _DISPATCH_COLUMNS = (Job.id, Job.function, Job.task_name, Job.args, Job.kwargs, Job.queue)
 
@@ -119,7 +134,10 @@ class Store:
             )
             _configure_sqlite(engine)
             return engine
-        return create_engine(self.url, pool_size=5, max_overflow=10, pool_recycle=3600)
+        connect_args = {} if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS
+        return create_engine(
+            self.url, pool_size=5, max_overflow=10, pool_recycle=3600, connect_args=connect_args
+        )
 
     def dispose(self) -> None:
         """Close every pooled connection of this process."""
@@ -137,11 +155,24 @@ class Store:
         self._schema_checked = True
         return schema.head_revision()
 
-    def _run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction; retry once on a connection the server dropped."""
+    def _run(
+        self, work: Callable[[Connection], T], *, durable: bool = False, single: bool = False
+    ) -> T:
+        """Run ``work`` in one transaction; retry once on a connection the server dropped.
+
+        ``durable`` transactions wait for the commit to reach disk on PostgreSQL. ``single``
+        work issues one statement on PostgreSQL, which runs in autocommit mode: atomic by
+        itself, without the round trips of BEGIN and COMMIT.
+        """
         for attempt in (1, 2):
             try:
+                if single and self.dialect == "postgresql":
+                    with self.engine.connect() as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return work(conn)
                 with self.engine.begin() as conn:
+                    if durable:
+                        self._make_durable(conn)
                     return work(conn)
             except DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
@@ -149,6 +180,32 @@ class Store:
                     continue
                 raise StoreError(f"hfcelery store operation failed: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _change(
+        self,
+        conn: Connection,
+        job_update: ReturningDML,
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        now: datetime,
+        params: dict[str, Any] | None = None,
+        with_history: Select[Any] | None = None,
+    ) -> Sequence[Row[Any]]:
+        """Write job rows (``job_update`` returns ``Job.id`` first) and their history entries.
+
+        On PostgreSQL both happen in one statement (``with_history``, or one built from
+        ``job_update``); SQLite takes two.
+        """
+        entry = _state_row(None, state, reason, data, now)
+        if self.dialect != "postgresql":
+            rows = conn.execute(job_update, params or {}).all()
+            if rows:
+                conn.execute(insert(JobState), [{**entry, "job_id": row[0]} for row in rows])
+            return rows
+        statement = with_history if with_history is not None else _with_history(job_update)
+        history = {f"h_{key}": value for key, value in entry.items() if key != "job_id"}
+        return conn.execute(statement, {**(params or {}), **history}).all()
 
     # -- writing jobs -----------------------------------------------------------------------
 
@@ -162,10 +219,12 @@ class Store:
         message was sent.
         """
         now = utcnow()
+        row = {f"p_{k}": v for k, v in _job_row(job, now, published=publish is not None).items()}
 
         def work(conn: Connection) -> bool:
-            conn.execute(insert(Job), [_job_row(job, now, published=publish is not None)])
-            self._append_state(conn, job.id, job.state, job.reason, job.data, now)
+            self._change(
+                conn, _INSERT_JOB, job.state, job.reason, job.data, now, row, _INSERT_JOB_H
+            )
             if publish is None:
                 return False
             return self._publish_or_defer(conn, _dispatch_of(job), publish)
@@ -177,13 +236,8 @@ class Store:
         if not job_ids:
             return
 
-        def work(conn: Connection) -> None:
-            if self.dialect == "postgresql":
-                # Losing this flag in a crash only causes a harmless duplicate publish.
-                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            conn.execute(update(Job).where(Job.id.in_(job_ids)).values(published=True))
-
-        self._run(work)
+        stmt = update(Job).where(Job.id.in_(job_ids)).values(published=True)
+        self._run(lambda conn: conn.execute(stmt))
 
     def claim(
         self,
@@ -205,56 +259,50 @@ class Store:
         is written now, already Processing.
         """
         now = utcnow()
-        live_holder = exists(
-            select(Server.id).where(
-                Server.id == Job.server_id, Server.heartbeat_at >= now - server_timeout
-            )
-        )
-        claim = (
-            update(Job)
-            .where(
-                Job.id == job_id,
-                or_(
-                    Job.state == State.ENQUEUED,
-                    and_(
-                        Job.state == State.PROCESSING,
-                        or_(~live_holder, Job.retry_count < attempt),
-                    ),
-                ),
-            )
-            .values(
-                state=State.PROCESSING,
-                server_id=server_id,
-                worker_id=worker_id,
-                state_changed_at=now,
-                published=True,
-                due_at=None,
-                retry_count=case((Job.retry_count < attempt, attempt), else_=Job.retry_count),
-            )
-            .returning(Job.created_at)
-        )
+        params = {
+            "p_id": job_id,
+            "p_server": server_id,
+            "p_worker": worker_id,
+            "p_now": now,
+            "p_alive_after": now - server_timeout,
+            "p_attempt": attempt,
+        }
         data = {"server_id": server_id, "worker_id": worker_id, "started_at": now.isoformat()}
 
-        def work(conn: Connection) -> datetime | None:
-            for _ in range(2):
-                created_at = conn.execute(claim).scalar()
-                if created_at is not None:
-                    self._append_state(conn, job_id, State.PROCESSING, None, data, now)
-                    return created_at
-                if untracked is None or self._job_exists(conn, job_id):
-                    return None
-                # On PostgreSQL this insert waits for a writer that has not committed yet.
-                row = _job_row(untracked, now, published=True)
-                row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id)
-                if self._insert_ignoring_conflict(conn, row):
-                    self._append_state(
-                        conn, job_id, untracked.state, untracked.reason, untracked.data, now
-                    )
-                    self._append_state(conn, job_id, State.PROCESSING, None, data, now)
-                    return now
-            return None
+        def claim_once() -> datetime | None:
+            rows = self._run(
+                lambda conn: self._change(
+                    conn, _CLAIM, State.PROCESSING, None, data, now, params, _CLAIM_H
+                ),
+                single=True,
+            )
+            return rows[0].created_at if rows else None
 
-        return self._run(work)
+        def record(conn: Connection) -> bool | None:
+            """True: recorded; False: someone else wrote the row meanwhile; None: it exists."""
+            if untracked is None or self._job_exists(conn, job_id):
+                return None
+            row = _job_row(untracked, now, published=True)
+            row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id)
+            # On PostgreSQL this insert waits for a writer that has not committed yet.
+            if not self._insert_ignoring_conflict(conn, row):
+                return False
+            conn.execute(
+                insert(JobState),
+                [
+                    _state_row(job_id, untracked.state, untracked.reason, untracked.data, now),
+                    _state_row(job_id, State.PROCESSING, None, data, now),
+                ],
+            )
+            return True
+
+        created_at = claim_once()
+        if created_at is not None or untracked is None:
+            return created_at
+        recorded = self._run(record)
+        if recorded:
+            return now
+        return claim_once() if recorded is False else None
 
     def finish(
         self,
@@ -266,35 +314,41 @@ class Store:
         reason: str | None,
         data: dict[str, Any],
         retention: timedelta | None = None,
+        started_at: datetime | None = None,
     ) -> bool:
         """Move a job this server (and worker, if given) is processing to ``state``.
 
         Returns False when the job was taken away meanwhile (deleted, requeued, or claimed
-        again after a retry), and nothing is written then.
+        again after a retry), and nothing is written then. With ``started_at``, a job found
+        still Enqueued as it was before that time is finished too: its claim was lost.
         """
         now = utcnow()
-        conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
-        if worker_id is not None:
-            conditions.append(Job.worker_id == worker_id)
-        stmt = (
-            update(Job)
-            .where(*conditions)
-            .values(
-                state=state,
-                server_id=None,
-                worker_id=None,
-                state_changed_at=now,
-                expire_at=None if retention is None else now + retention,
+        params = {
+            "p_id": job_id,
+            "p_server": server_id,
+            "p_worker": worker_id,
+            "p_state": state,
+            "p_now": now,
+            "p_expire_at": None if retention is None else now + retention,
+            "p_started_at": started_at,
+        }
+
+        def apply(change: ReturningDML, with_history: Select[Any]) -> bool:
+            return bool(
+                self._run(
+                    lambda conn: self._change(
+                        conn, change, state, reason, data, now, params, with_history
+                    ),
+                    single=True,
+                )
             )
-        )
 
-        def work(conn: Connection) -> bool:
-            if conn.execute(stmt).rowcount != 1:
-                return False
-            self._append_state(conn, job_id, state, reason, data, now)
+        if apply(_FINISH, _FINISH_H):
             return True
-
-        return self._run(work)
+        if started_at is None or not apply(_FINISH_LOST_CLAIM, _FINISH_LOST_CLAIM_H):
+            return False
+        logger.warning("hfcelery job %s: its claim was lost; recorded %s", job_id, state)
+        return True
 
     def change_state(
         self,
@@ -334,15 +388,14 @@ class Store:
         )
 
         def work(conn: Connection) -> bool:
-            row = conn.execute(stmt).first()
-            if row is None:
+            rows = self._change(conn, stmt, state, reason, data or {}, now)
+            if not rows:
                 return False
-            self._append_state(conn, job_id, state, reason, data or {}, now)
             if publish is not None:
-                self._publish_or_defer(conn, Dispatch(*row), publish)
+                self._publish_or_defer(conn, _dispatch_from_row(rows[0]), publish)
             return True
 
-        return self._run(work)
+        return self._run(work, durable=True)
 
     def release_processing(self, job_id: str, *, server_id: str, reason: str) -> bool:
         """Put a job back to Enqueued whose worker process was lost; the broker redelivers it."""
@@ -408,6 +461,21 @@ class Store:
             published=False,
         )
 
+    def requeue_orphans(self, server_id: str, running: Sequence[str], older_than: timedelta) -> int:
+        """Requeue jobs Processing on this server that it is not running (their outcome was
+        lost, or could not be written); they are published again by :meth:`unpublished_jobs`.
+        """
+        conditions = [
+            Job.state == State.PROCESSING,
+            Job.server_id == server_id,
+            Job.state_changed_at < utcnow() - older_than,
+        ]
+        if running:
+            conditions.append(Job.id.not_in(list(running)))
+        return self._requeue_where(
+            conditions, reason="The worker that processed the job lost its outcome", published=False
+        )
+
     def unpublished_jobs(self, older_than: timedelta, limit: int) -> list[Dispatch]:
         """Enqueued jobs whose message may never have reached the broker."""
         cutoff = utcnow() - older_than
@@ -421,7 +489,7 @@ class Store:
             .order_by(Job.state_changed_at)
             .limit(limit)
         )
-        return self._run(lambda conn: [Dispatch(*row) for row in conn.execute(stmt)])
+        return self._run(lambda conn: [_dispatch_from_row(row) for row in conn.execute(stmt)])
 
     def servers(self) -> list[ServerRecord]:
         """Every server the store knows, oldest first."""
@@ -555,27 +623,9 @@ class Store:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _append_state(
-        self,
-        conn: Connection,
-        job_id: str,
-        state: State,
-        reason: str | None,
-        data: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        conn.execute(
-            insert(JobState),
-            [
-                {
-                    "job_id": job_id,
-                    "state": state,
-                    "reason": reason,
-                    "data": to_json(data),
-                    "created_at": now,
-                }
-            ],
-        )
+    def _make_durable(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO ON")
 
     def _publish_or_defer(
         self, conn: Connection, dispatch: Dispatch, publish: Callable[[Dispatch], None]
@@ -590,6 +640,8 @@ class Store:
                 dispatch.id,
                 exc,
             )
+            # The store is now the job's only record: this commit must reach disk.
+            self._make_durable(conn)
             conn.execute(update(Job).where(Job.id == dispatch.id).values(published=False))
             return False
         return True
@@ -609,25 +661,9 @@ class Store:
             .returning(Job.id)
         )
 
-        def work(conn: Connection) -> int:
-            ids = conn.execute(stmt).scalars().all()
-            if ids:
-                conn.execute(
-                    insert(JobState),
-                    [
-                        {
-                            "job_id": i,
-                            "state": State.ENQUEUED,
-                            "reason": reason,
-                            "data": "{}",
-                            "created_at": now,
-                        }
-                        for i in ids
-                    ],
-                )
-            return len(ids)
-
-        return self._run(work)
+        return len(
+            self._run(lambda conn: self._change(conn, stmt, State.ENQUEUED, reason, {}, now))
+        )
 
     def _job_exists(self, conn: Connection, job_id: str) -> bool:
         return conn.execute(select(Job.id).where(Job.id == job_id)).first() is not None
@@ -639,6 +675,110 @@ class Store:
         primary_key = sa_inspect(table).primary_key
         stmt = dialect_insert(table).values(**row).on_conflict_do_nothing().returning(*primary_key)
         return conn.execute(stmt).first() is not None
+
+
+# -- statements of the worker path, built once ---------------------------------------------------
+# Bind parameter names carry a prefix: SQLAlchemy reserves the plain column names.
+
+
+def _param(name: str, type_: Any) -> BindParameter[Any]:
+    param: BindParameter[Any] = bindparam(name, type_=type_)
+    return param
+
+
+def _with_history(job_update: ReturningDML) -> Select[Any]:
+    """PostgreSQL: ``job_update`` and the insert of its history entries, as one statement."""
+    changed = job_update.cte("changed")
+    history = insert(JobState).from_select(
+        ["job_id", "state", "reason", "data", "created_at"],
+        select(
+            changed.c.id,
+            _param("h_state", JobState.state.type),
+            _param("h_reason", JobState.reason.type),
+            _param("h_data", JobState.data.type),
+            _param("h_created_at", JobState.created_at.type),
+        ),
+    )
+    return select(changed).add_cte(history.cte("history"))
+
+
+_NEW_JOB_COLUMNS = (
+    "id", "function", "task_name", "args", "kwargs", "queue", "state",
+    "created_at", "state_changed_at", "published", "retry_count",
+)  # fmt: skip
+_INSERT_JOB = (
+    insert(Job)
+    .values({name: _param(f"p_{name}", Job.__table__.c[name].type) for name in _NEW_JOB_COLUMNS})
+    .returning(Job.id)
+)
+_ATTEMPT = _param("p_attempt", Integer())
+_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        or_(
+            Job.state == State.ENQUEUED,
+            and_(
+                Job.state == State.PROCESSING,
+                or_(
+                    ~exists(
+                        select(Server.id).where(
+                            Server.id == Job.server_id,
+                            Server.heartbeat_at >= _param("p_alive_after", UTCDateTime()),
+                        )
+                    ),
+                    Job.retry_count < _ATTEMPT,
+                ),
+            ),
+        ),
+    )
+    .values(
+        state=State.PROCESSING,
+        server_id=_param("p_server", Job.server_id.type),
+        worker_id=_param("p_worker", Job.worker_id.type),
+        state_changed_at=_param("p_now", UTCDateTime()),
+        published=True,
+        due_at=None,
+        retry_count=case((Job.retry_count < _ATTEMPT, _ATTEMPT), else_=Job.retry_count),
+    )
+    .returning(Job.id, Job.created_at)
+)
+_FINISHED_VALUES = {
+    "state": _param("p_state", Job.state.type),
+    "server_id": None,
+    "worker_id": None,
+    "state_changed_at": _param("p_now", UTCDateTime()),
+    "expire_at": _param("p_expire_at", UTCDateTime()),
+}
+_FINISH = (
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        Job.state == State.PROCESSING,
+        Job.server_id == _param("p_server", Job.server_id.type),
+        or_(
+            _param("p_worker", Job.worker_id.type).is_(None),
+            Job.worker_id == _param("p_worker", Job.worker_id.type),
+        ),
+    )
+    .values(_FINISHED_VALUES)
+    .returning(Job.id)
+)
+#: A job still Enqueued as it was before its run started: its claim was lost (see module doc).
+_FINISH_LOST_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        Job.state == State.ENQUEUED,
+        Job.state_changed_at < _param("p_started_at", UTCDateTime()),
+    )
+    .values(_FINISHED_VALUES)
+    .returning(Job.id)
+)
+_INSERT_JOB_H = _with_history(_INSERT_JOB)
+_CLAIM_H = _with_history(_CLAIM)
+_FINISH_H = _with_history(_FINISH)
+_FINISH_LOST_CLAIM_H = _with_history(_FINISH_LOST_CLAIM)
 
 
 def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
@@ -655,6 +795,26 @@ def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
         "published": published,
         "retry_count": 0,
     }
+
+
+def _state_row(
+    job_id: str | None,
+    state: State,
+    reason: str | None,
+    data: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "state": state,
+        "reason": reason,
+        "data": to_json(data),
+        "created_at": now,
+    }
+
+
+def _dispatch_from_row(row: Any) -> Dispatch:
+    return Dispatch(row.id, row.function, row.task_name, row.args, row.kwargs, row.queue)
 
 
 def _dispatch_of(job: NewJob) -> Dispatch:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,11 +89,27 @@ class Job(Base):
     #: Number of times the job has failed and been retried.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
 
+    # Partial indexes: most jobs have no due time, expiry or server, and pay for no entry.
     __table_args__ = (
         Index(None, "state", "state_changed_at", "id"),
-        Index(None, "due_at"),
-        Index(None, "expire_at"),
-        Index(None, "server_id"),
+        Index(
+            None,
+            "due_at",
+            postgresql_where=text("due_at IS NOT NULL"),
+            sqlite_where=text("due_at IS NOT NULL"),
+        ),
+        Index(
+            None,
+            "expire_at",
+            postgresql_where=text("expire_at IS NOT NULL"),
+            sqlite_where=text("expire_at IS NOT NULL"),
+        ),
+        Index(
+            None,
+            "server_id",
+            postgresql_where=text("server_id IS NOT NULL"),
+            sqlite_where=text("server_id IS NOT NULL"),
+        ),
     )
 
 

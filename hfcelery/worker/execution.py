@@ -118,6 +118,7 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
         {"duration_ms": duration_ms, "latency_ms": latency_ms, "result": _result_data(result)},
         worker=worker_id(),
         retention=timedelta(seconds=extension.config.succeeded_retention_seconds),
+        started_at=request.hf_started_at,
     )
 
 
@@ -132,7 +133,8 @@ def on_task_failure(
     extension = find_extension(sender.app)
     if extension is None or extension.server_id is None:
         return
-    in_child = getattr(sender.request, "hf_claimed", False) and sender.request.id == task_id
+    request = sender.request
+    in_child = getattr(request, "hf_claimed", False) and request.id == task_id
     _finish(
         extension,
         task_id,
@@ -140,6 +142,7 @@ def on_task_failure(
         f"{type(exception).__name__}: {exception}",
         exception_data(exception, einfo),
         worker=worker_id() if in_child else None,
+        started_at=request.hf_started_at if in_child else None,
     )
 
 
@@ -156,6 +159,7 @@ def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: An
         f"Retry attempt {attempt}: {reason}",
         {"attempt": attempt},
         worker=worker_id(),
+        started_at=sender.request.hf_started_at,
     )
 
 
@@ -196,6 +200,7 @@ def _finish(
     *,
     worker: str | None,
     retention: timedelta | None = None,
+    started_at: datetime | None = None,
 ) -> None:
     assert extension.server_id is not None
     data.setdefault("server_id", extension.server_id)
@@ -208,10 +213,12 @@ def _finish(
             reason=reason,
             data=data,
             retention=retention,
+            started_at=started_at,
         )
     except StoreError:
-        # The job stays Processing; recovery requeues it if this server stops. Celery must
-        # not see the error: it would turn a success into a failure.
+        # The job stays Processing; this server's maintenance loop requeues it once the task
+        # is no longer running. Celery must not see the error: it would turn a success into a
+        # failure.
         logger.exception("hfcelery could not record job %s as %s", job_id, state)
         return
     if not applied:

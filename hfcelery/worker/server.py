@@ -2,8 +2,10 @@
 
 The server id is fixed in the bootstep's constructor, before the prefork pool starts, so every
 child process reports the same id. Two daemon threads run in the worker's main process: the
-heartbeat, and the maintenance loop that (under a store lock, one worker at a time) requeues
-the jobs of servers whose heartbeat stopped and publishes jobs whose message never left.
+heartbeat, and the maintenance loop. The loop requeues this server's jobs that are Processing
+in the store but not running (their outcome was lost), and, under a store lock (one worker at a
+time), requeues the jobs of servers whose heartbeat stopped and publishes jobs whose message
+never left.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from uuid import uuid4
 
 from celery import bootsteps, signals
+from celery.worker import state as worker_state
 
 from hfcelery.client import publish
 from hfcelery.errors import HfceleryError
@@ -115,13 +118,20 @@ class Server:
             self.extension.store.register_server(self.record)
 
     def maintain(self) -> None:
-        """One maintenance pass, if this server holds the maintenance lease."""
+        """One maintenance pass: this server's own orphans, then (with the lease) the rest."""
         config = self.extension.config
         store = self.extension.store
+        # Read what runs before asking the store, so a job that finishes in between is not
+        # taken for an orphan (its outcome is written before the pool reports it done).
+        running = [request.id for request in list(worker_state.active_requests)]
+        timeout = timedelta(seconds=config.server_timeout_seconds)
+        orphans = store.requeue_orphans(self.id, running, timeout)
+        if orphans:
+            logger.warning("hfcelery requeued %d job(s) whose outcome was lost", orphans)
         ttl = timedelta(seconds=max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 30))
         if not store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
             return
-        requeued = store.recover_dead_servers(timedelta(seconds=config.server_timeout_seconds))
+        requeued = store.recover_dead_servers(timeout)
         if requeued:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
         self.publish_pending()

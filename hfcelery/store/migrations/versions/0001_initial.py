@@ -45,9 +45,27 @@ def upgrade() -> None:
         "hfcelery_jobs",
         ["state", "state_changed_at", "id"],
     )
-    op.create_index("ix_hfcelery_jobs_due_at", "hfcelery_jobs", ["due_at"])
-    op.create_index("ix_hfcelery_jobs_expire_at", "hfcelery_jobs", ["expire_at"])
-    op.create_index("ix_hfcelery_jobs_server_id", "hfcelery_jobs", ["server_id"])
+    op.create_index(
+        "ix_hfcelery_jobs_due_at",
+        "hfcelery_jobs",
+        ["due_at"],
+        postgresql_where=sa.text("due_at IS NOT NULL"),
+        sqlite_where=sa.text("due_at IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_hfcelery_jobs_expire_at",
+        "hfcelery_jobs",
+        ["expire_at"],
+        postgresql_where=sa.text("expire_at IS NOT NULL"),
+        sqlite_where=sa.text("expire_at IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_hfcelery_jobs_server_id",
+        "hfcelery_jobs",
+        ["server_id"],
+        postgresql_where=sa.text("server_id IS NOT NULL"),
+        sqlite_where=sa.text("server_id IS NOT NULL"),
+    )
     op.create_table(
         "hfcelery_job_states",
         sa.Column(
