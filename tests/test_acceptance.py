@@ -124,6 +124,20 @@ def test_deleted_job_does_not_run(
     assert runs(side_effects, tok) == []
 
 
+def test_revoked_job_is_deleted_without_running(
+    worker: WorkerProcess, api: Monitoring, test_app: Celery, side_effects: redis.Redis
+) -> None:
+    held = f"held-{token()}"
+    tok = token()
+    job_id = BackgroundJob.enqueue(call(jobs.record, tok), queue=held)
+    test_app.control.revoke(job_id, destination=[worker.hostname], reply=True)
+    test_app.control.add_consumer(held, destination=[worker.hostname], reply=True)
+    job = wait_state(api, job_id)
+    assert history(job) == [State.ENQUEUED, State.DELETED]
+    assert job.history[-1].reason == "Revoked"
+    assert runs(side_effects, tok) == []
+
+
 def test_forbidden_module_is_rejected_and_the_worker_keeps_running(
     worker: WorkerProcess, api: Monitoring, test_app: Celery, tmp_path: Path
 ) -> None:
@@ -149,6 +163,33 @@ def test_duplicate_message_of_a_finished_job_is_skipped(
     wait_for(lambda: f"skipped job {job.id}" in worker.log(), what="the duplicate to be skipped")
     assert runs(side_effects, tok) == ["ran"]
     assert history(api.job(job.id)) == history(job)
+
+
+def test_message_without_a_stored_job_is_recorded_by_the_worker(
+    worker: WorkerProcess, api: Monitoring, test_app: Celery, side_effects: redis.Redis
+) -> None:
+    """The client died between publishing and committing: the worker writes the job."""
+    tok = token()
+    job_id = str(uuid.uuid4())
+    publish(
+        test_app,
+        Dispatch(
+            job_id,
+            "tests.jobs:record",
+            "hfcelery.perform",
+            f'["{tok}"]',
+            "{}",
+            test_app.conf.task_default_queue,
+        ),
+    )
+    job = wait_state(api, job_id)
+    assert job.state is State.SUCCEEDED
+    assert (job.function, job.args) == ("tests.jobs:record", [tok])
+    assert history(job) == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    assert (
+        job.history[0].reason == "Recorded by the worker: the message arrived without a stored job"
+    )
+    assert runs(side_effects, tok) == ["ran"]
 
 
 def test_plain_celery_delay_is_tracked(

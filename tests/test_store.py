@@ -177,9 +177,9 @@ def test_claim_records_a_job_that_has_a_message_but_no_row(store: Store) -> None
     store.register_server(server("s1"))
     untracked = new_job(reason="Recorded by the worker")
     assert claim(store, untracked.id) is None  # without a description, nothing to record
-    assert claim(store, untracked.id, untracked=untracked) is not None
+    assert claim(store, untracked.id, untracked=lambda: untracked) is not None
     assert states_of(store, untracked.id) == [State.ENQUEUED, State.PROCESSING]
-    assert claim(store, untracked.id, untracked=untracked) is None
+    assert claim(store, untracked.id, untracked=lambda: untracked) is None
 
 
 def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
@@ -375,3 +375,26 @@ def test_finish_records_the_outcome_of_a_lost_claim(store: Store) -> None:
     store.create_job(requeued)
     later = datetime.now(UTC) - timedelta(minutes=1)  # the job was requeued after this start
     assert not store.finish(requeued.id, started_at=later, **kw)  # type: ignore[arg-type]
+
+
+def test_store_is_fork_safe(store: Store) -> None:
+    """A child of a process that used the store gets its own connections (prefork pools)."""
+    import os
+
+    job = new_job()
+    store.create_job(job)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: use the inherited store, report, and leave without cleanup
+        try:
+            ok = store.job(job.id) is not None and store.change_state(
+                job.id, State.DELETED, reason="from the child"
+            )
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    os.close(write)
+    assert states_of(store, job.id) == [State.ENQUEUED, State.DELETED]  # parent still works

@@ -247,16 +247,16 @@ class Store:
         worker_id: str,
         server_timeout: timedelta,
         attempt: int = 0,
-        untracked: NewJob | None = None,
+        untracked: Callable[[], NewJob] | None = None,
     ) -> datetime | None:
         """Move a job to Processing if it may start; return its creation time, or None to skip.
 
         A job may start when it is Enqueued, or Processing on a server whose heartbeat stopped,
         or Processing an earlier ``attempt`` (a Celery ``self.retry()`` whose new message
         arrived before the old attempt's state change).
-        ``untracked`` describes a job that has a message but no row (its writer died between
-        publishing and committing, or the store was down when a plain Celery task was sent): it
-        is written now, already Processing.
+        ``untracked`` returns the description of a job that has a message but no row (its
+        writer died between publishing and committing, or the store was down when a plain
+        Celery task was sent): it is written now, already Processing.
         """
         now = utcnow()
         params = {
@@ -282,7 +282,8 @@ class Store:
             """True: recorded; False: someone else wrote the row meanwhile; None: it exists."""
             if untracked is None or self._job_exists(conn, job_id):
                 return None
-            row = _job_row(untracked, now, published=True)
+            job = untracked()
+            row = _job_row(job, now, published=True)
             row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id)
             # On PostgreSQL this insert waits for a writer that has not committed yet.
             if not self._insert_ignoring_conflict(conn, row):
@@ -290,7 +291,7 @@ class Store:
             conn.execute(
                 insert(JobState),
                 [
-                    _state_row(job_id, untracked.state, untracked.reason, untracked.data, now),
+                    _state_row(job_id, job.state, job.reason, job.data, now),
                     _state_row(job_id, State.PROCESSING, None, data, now),
                 ],
             )

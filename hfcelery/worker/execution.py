@@ -8,6 +8,7 @@ through the same signals or through :class:`JobRequest`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -61,7 +62,7 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
             worker_id=worker_id(),
             server_timeout=timedelta(seconds=extension.config.server_timeout_seconds),
             attempt=int(request.retries or 0),
-            untracked=_untracked_job(task, task_id, args, kwargs, request),
+            untracked=functools.partial(_untracked_job, task, task_id, args, kwargs, request),
         )
     except StoreError as exc:
         logger.error("hfcelery cannot claim job %s, message handed back: %s", task_id, exc)
@@ -226,6 +227,8 @@ def _finish(
 
 
 def _result_data(result: Any) -> Any:
+    if result is None or isinstance(result, bool | int | float | str):
+        return result
     try:
         to_json(result)
     except (TypeError, ValueError, OverflowError):
