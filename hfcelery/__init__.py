@@ -24,8 +24,18 @@ from hfcelery.errors import (
 )
 from hfcelery.extension import init_app
 from hfcelery.monitoring import Monitoring, monitoring
+from hfcelery.options import (
+    AttemptsExceeded,
+    JobOptions,
+    RetryPolicy,
+    automatic_retry,
+    display_name,
+    queue,
+    retention,
+)
 from hfcelery.records import JobDetails, JobPage, JobSummary, ServerRecord, StateRecord
 from hfcelery.states import State
+from hfcelery.worker.execution import cancellation_requested
 
 __version__ = "0.1.0"
 
@@ -38,6 +48,16 @@ __all__ = [
     "BackgroundJobClient",
     "Call",
     "call",
+    # Per-function options (decorators)
+    "AttemptsExceeded",
+    "JobOptions",
+    "RetryPolicy",
+    "automatic_retry",
+    "display_name",
+    "queue",
+    "retention",
+    # Inside a running job
+    "cancellation_requested",
     # Reading jobs
     "JobDetails",
     "JobPage",

@@ -26,9 +26,12 @@ from hfcelery.errors import (
     InvalidCallError,
 )
 from hfcelery.jsonutil import to_json
+from hfcelery.options import JobOptions, options_of
 
 #: Name of the generic Celery task that performs plain functions.
 PERFORM_TASK_NAME = "hfcelery.perform"
+#: Message header marking a message whose job hfcelery has written already.
+JOB_HEADER = "hfcelery_job"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,19 @@ class Invocation:
     args_json: str
     kwargs_json: str
     options: dict[str, Any] = field(default_factory=dict)
+    job_options: JobOptions = field(default_factory=JobOptions)
+
+    def display_name(self) -> str | None:
+        """The ``@display_name`` template filled with the arguments, if there is one."""
+        template = self.job_options.display_name
+        if template is None:
+            return None
+        try:
+            return template.format(*self.args, **self.kwargs)[:255]
+        except (IndexError, KeyError, ValueError, AttributeError) as exc:
+            raise InvalidCallError(
+                f"display name {template!r} of {self.function} does not fit its arguments: {exc}"
+            ) from exc
 
     @property
     def is_plain_function(self) -> bool:
@@ -93,10 +109,10 @@ def to_invocation(the_call: object) -> Invocation:
             target=the_call,
         )
     if isinstance(func, Task):
-        return _build(func.name, func.name, args, kwargs, target=func)
+        return _build(func.name, func.name, args, kwargs, target=func, job_options=options_of(func))
     path = function_path(func)
     _check_arguments_fit(func, args, kwargs, path)
-    return _build(PERFORM_TASK_NAME, path, args, kwargs, target=func)
+    return _build(PERFORM_TASK_NAME, path, args, kwargs, target=func, job_options=options_of(func))
 
 
 def function_path(func: object) -> str:
@@ -226,8 +242,18 @@ def _from_signature(sig: Signature) -> Invocation:
                 target=sig,
             )
     options = {k: v for k, v in sig.options.items() if k in ("queue", "priority")}
+    try:
+        task = sig.type
+    except (KeyError, AttributeError):  # not registered in this process: no decorator options
+        task = None
     return _build(
-        sig.task, sig.task, tuple(sig.args), dict(sig.kwargs), target=sig, options=options
+        sig.task,
+        sig.task,
+        tuple(sig.args),
+        dict(sig.kwargs),
+        target=sig,
+        options=options,
+        job_options=options_of(task),
     )
 
 
@@ -252,6 +278,7 @@ def _build(
     *,
     target: object,
     options: dict[str, Any] | None = None,
+    job_options: JobOptions | None = None,
 ) -> Invocation:
     if not all(isinstance(k, str) for k in kwargs):
         raise ArgumentSerializationError(
@@ -265,4 +292,5 @@ def _build(
         args_json=dumps_json(list(args), what=f"arguments of {function}", target=target),
         kwargs_json=dumps_json(kwargs, what=f"keyword arguments of {function}", target=target),
         options=options or {},
+        job_options=job_options or JobOptions(),
     )

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from celery import Celery
 from celery._state import get_current_app
 
-from hfcelery.calls import PERFORM_TASK_NAME, Invocation, to_invocation
+from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, Invocation, to_invocation
+from hfcelery.errors import InvalidScheduleError
 from hfcelery.extension import extension_of
 from hfcelery.jsonutil import from_json
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
-
-#: Message header marking a message whose job hfcelery has written already.
-JOB_HEADER = "hfcelery_job"
 
 _ALL_BUT = {s: tuple(x for x in State if x is not s) for s in State}
 
@@ -51,24 +49,38 @@ class BackgroundJobClient:
         its message sent with the job id as the Celery task id. If the broker is unreachable,
         the job is kept and a worker publishes it later.
         """
-        invocation = to_invocation(the_call)
-        queue = queue or invocation.options.get("queue") or self._default_queue(invocation)
-        job = NewJob(
-            id=str(uuid4()),
-            function=invocation.function,
-            task_name=invocation.task_name,
-            args_json=invocation.args_json,
-            kwargs_json=invocation.kwargs_json,
-            queue=queue,
-            state=State.ENQUEUED,
-            data={"queue": queue},
-        )
+        job = self._new_job(the_call, queue, State.ENQUEUED)
         self._extension.store.create_job(job, self._publish)
         return job.id
 
-    def delete(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
-        """Move a job to Deleted (a deleted Enqueued job does not run); True if applied."""
-        return self._extension.store.change_state(
+    def schedule(
+        self, the_call: object, delay: timedelta | datetime, *, queue: str | None = None
+    ) -> str:
+        """Create a job that is enqueued after ``delay`` (or at an aware ``datetime``).
+
+        The job waits in the store as Scheduled, not in a broker message: it survives worker
+        restarts, can be deleted or run early, and a worker enqueues it when it is due.
+        Raises InvalidScheduleError for a negative delay or a naive datetime.
+        """
+        due_at = due_time(delay)
+        job = self._new_job(the_call, queue, State.SCHEDULED, due_at)
+        self._extension.store.create_job(job)
+        return job.id
+
+    def delete(
+        self,
+        job_id: str,
+        *,
+        expected_state: State | str | None = None,
+        terminate: bool = False,
+    ) -> bool:
+        """Move a job to Deleted; True if applied.
+
+        A deleted Enqueued or Scheduled job never runs. A running job goes on until it checks
+        ``hfcelery.cancellation_requested()``, or, with ``terminate=True``, its worker process
+        is killed through Celery's revoke.
+        """
+        applied = self._extension.store.change_state(
             job_id,
             State.DELETED,
             reason="Deleted by request",
@@ -76,6 +88,9 @@ class BackgroundJobClient:
             from_states=_ALL_BUT[State.DELETED],
             retention=timedelta(seconds=self._extension.config.deleted_retention_seconds),
         )
+        if applied and terminate:
+            self.app.control.revoke(job_id, terminate=True)
+        return applied
 
     def requeue(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
         """Move a job to Enqueued and send it again; True if applied."""
@@ -88,6 +103,56 @@ class BackgroundJobClient:
             publish=self._publish,
         )
 
+    def enqueue_now(self, job_id: str) -> bool:
+        """Run a Scheduled job now instead of at its due time; True if it was Scheduled."""
+        return self.requeue(job_id, expected_state=State.SCHEDULED)
+
+    def reschedule(
+        self,
+        job_id: str,
+        delay: timedelta | datetime,
+        *,
+        expected_state: State | str | None = None,
+    ) -> bool:
+        """Move a job to Scheduled, due after ``delay`` (or at an aware datetime); True if
+        applied."""
+        due_at = due_time(delay)
+        return self._extension.store.change_state(
+            job_id,
+            State.SCHEDULED,
+            reason="Rescheduled by request",
+            data={"enqueue_at": due_at.isoformat()},
+            expected_state=_state_or_none(expected_state),
+            from_states=tuple(State),
+            due_at=due_at,
+        )
+
+    def _new_job(
+        self, the_call: object, queue: str | None, state: State, due_at: datetime | None = None
+    ) -> NewJob:
+        invocation = to_invocation(the_call)
+        queue = (
+            queue
+            or invocation.job_options.queue
+            or invocation.options.get("queue")
+            or self._default_queue(invocation)
+        )
+        data: dict[str, object] = {"queue": queue}
+        if due_at is not None:
+            data = {"enqueue_at": due_at.isoformat(), "queue": queue}
+        return NewJob(
+            id=str(uuid4()),
+            function=invocation.function,
+            task_name=invocation.task_name,
+            args_json=invocation.args_json,
+            kwargs_json=invocation.kwargs_json,
+            queue=queue,
+            state=state,
+            data=data,
+            display_name=invocation.display_name(),
+            due_at=due_at,
+        )
+
     def _publish(self, dispatch: Dispatch) -> None:
         publish(self.app, dispatch)
 
@@ -95,6 +160,21 @@ class BackgroundJobClient:
         route = self.app.amqp.router.route({}, invocation.task_name, invocation.args)
         queue = route.get("queue")
         return str(getattr(queue, "name", queue) or self.app.conf.task_default_queue)
+
+
+def due_time(delay: timedelta | datetime) -> datetime:
+    """The aware UTC due time of a delay or datetime; raises InvalidScheduleError."""
+    if isinstance(delay, datetime):
+        if delay.tzinfo is None or delay.utcoffset() is None:
+            raise InvalidScheduleError(
+                f"{delay!r} is a naive datetime: give it a time zone (datetime.now(UTC) + ...)"
+            )
+        return delay.astimezone(UTC)
+    if isinstance(delay, timedelta):
+        if delay < timedelta(0):
+            raise InvalidScheduleError(f"the delay {delay} is negative")
+        return datetime.now(UTC) + delay
+    raise InvalidScheduleError(f"expected a timedelta or an aware datetime, got {delay!r}")
 
 
 def _state_or_none(state: State | str | None) -> State | None:
@@ -112,16 +192,34 @@ class _BackgroundJobFacade:
     def enqueue(self, the_call: object, *, queue: str | None = None) -> str:
         return self.client().enqueue(the_call, queue=queue)
 
-    def delete(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
-        return self.client().delete(job_id, expected_state=expected_state)
+    def schedule(
+        self, the_call: object, delay: timedelta | datetime, *, queue: str | None = None
+    ) -> str:
+        return self.client().schedule(the_call, delay, queue=queue)
+
+    def delete(
+        self, job_id: str, *, expected_state: State | str | None = None, terminate: bool = False
+    ) -> bool:
+        return self.client().delete(job_id, expected_state=expected_state, terminate=terminate)
 
     def requeue(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
         return self.client().requeue(job_id, expected_state=expected_state)
 
-    enqueue.__doc__ = BackgroundJobClient.enqueue.__doc__
-    delete.__doc__ = BackgroundJobClient.delete.__doc__
-    requeue.__doc__ = BackgroundJobClient.requeue.__doc__
+    def enqueue_now(self, job_id: str) -> bool:
+        return self.client().enqueue_now(job_id)
 
+    def reschedule(
+        self,
+        job_id: str,
+        delay: timedelta | datetime,
+        *,
+        expected_state: State | str | None = None,
+    ) -> bool:
+        return self.client().reschedule(job_id, delay, expected_state=expected_state)
+
+
+for _name in ("enqueue", "schedule", "delete", "requeue", "enqueue_now", "reschedule"):
+    getattr(_BackgroundJobFacade, _name).__doc__ = getattr(BackgroundJobClient, _name).__doc__
 
 #: Static facade over the client of the current Celery app, as Hangfire's ``BackgroundJob``.
 BackgroundJob = _BackgroundJobFacade()

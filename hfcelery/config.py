@@ -16,6 +16,8 @@ DEFAULT_SERVER_TIMEOUT_SECONDS = 15.0
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_PUBLISH_GRACE_SECONDS = 5.0
 DEFAULT_MAINTENANCE_BATCH_SIZE = 500
+DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS = 1.0
+DEFAULT_CLEANUP_INTERVAL_SECONDS = 30.0
 
 #: Celery settings hfcelery wants for reliable processing; applied only where the user set nothing.
 RELIABLE_CELERY_DEFAULTS: Mapping[str, Any] = {
@@ -56,6 +58,16 @@ class HfConfig:
     maintenance_batch_size: int = DEFAULT_MAINTENANCE_BATCH_SIZE
     #: Track tasks sent the plain Celery way (``delay``, ``apply_async``) as jobs.
     track_celery_tasks: bool = True
+    #: How often workers look for due Scheduled jobs (Hangfire polls every 15 s).
+    schedule_poll_interval_seconds: float = DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS
+    #: Automatic retries of jobs created through hfcelery without ``@automatic_retry``.
+    default_retry_attempts: int = 10
+    #: How often expired jobs are removed.
+    cleanup_interval_seconds: float = DEFAULT_CLEANUP_INTERVAL_SECONDS
+    #: Failed jobs older than this are removed (None keeps them until someone acts).
+    failed_retention_seconds: float | None = None
+    #: At most this many Failed jobs are kept, the newest (None: no limit).
+    max_failed_jobs: int | None = None
 
     @classmethod
     def from_app(cls, conf: Mapping[str, Any], options: Mapping[str, Any]) -> HfConfig:
@@ -86,6 +98,8 @@ class HfConfig:
             "server_timeout_seconds",
             "poll_interval_seconds",
             "publish_grace_seconds",
+            "schedule_poll_interval_seconds",
+            "cleanup_interval_seconds",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
@@ -95,6 +109,12 @@ class HfConfig:
                 "hfcelery_server_timeout_seconds must be longer than "
                 "hfcelery_heartbeat_interval_seconds"
             )
+        if self.failed_retention_seconds is not None and self.failed_retention_seconds < 0:
+            raise ConfigurationError("hfcelery_failed_retention_seconds must be >= 0 or None")
+        for name in ("max_failed_jobs", "default_retry_attempts"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigurationError(f"hfcelery_{name} must be an integer >= 0")
         if not isinstance(self.maintenance_batch_size, int) or self.maintenance_batch_size < 1:
             raise ConfigurationError("hfcelery_maintenance_batch_size must be an integer >= 1")
         if not isinstance(self.store_url, str) or not self.store_url:

@@ -22,6 +22,8 @@ class NewJob:
     state: State
     reason: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    display_name: str | None = None
+    due_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class JobSummary:
     state_changed_at: datetime
     server_id: str | None
     retry_count: int
+    display_name: str | None
+    due_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class JobDetails:
     server_id: str | None
     worker_id: str | None
     retry_count: int
+    display_name: str | None
+    due_at: datetime | None
     history: list[StateRecord]
 
 
@@ -88,6 +94,14 @@ class ServerRecord:
     concurrency: int
     started_at: datetime
     heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job a worker has just moved to Processing."""
+
+    created_at: datetime
+    retry_count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery._state import get_current_app
 
-from hfcelery.client import JOB_HEADER
+from hfcelery.calls import JOB_HEADER
 from hfcelery.errors import HfceleryError
 from hfcelery.extension import find_extension
 from hfcelery.jsonutil import to_json_or_repr

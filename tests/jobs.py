@@ -7,6 +7,8 @@ import time
 
 import redis
 
+import hfcelery
+
 
 def _side_effects() -> redis.Redis:
     return redis.Redis.from_url(os.environ["HF_TEST_SIDE_EFFECTS_URL"])
@@ -22,6 +24,7 @@ def multiply(x: float, y: float) -> float:
     return x * y
 
 
+@hfcelery.automatic_retry(attempts=0)
 def fail(message: str) -> None:
     raise RuntimeError(message)
 
@@ -46,6 +49,7 @@ class Reports:
         return f"static {name}"
 
 
+@hfcelery.automatic_retry(attempts=0)
 def fail_until(token: str, attempts: int) -> int:
     """Fail until called for the ``attempts``-th time; return the call count."""
     n = int(_side_effects().incr(f"hftests:{token}"))

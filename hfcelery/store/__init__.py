@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import (
     Connection,
     Engine,
@@ -52,6 +53,7 @@ from sqlalchemy.sql.selectable import Select
 from hfcelery.errors import StoreError
 from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import (
+    Claim,
     Dispatch,
     JobDetails,
     JobPage,
@@ -69,6 +71,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ReturningDML = UpdateBase
 
+#: Errors of a publish that mean "the broker is unreachable", not "the message is wrong".
+BROKER_UNAVAILABLE = (BrokerOperationalError, OSError)
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
 
@@ -213,10 +217,11 @@ class Store:
         """Write a job and its first state; if ``publish`` is given, send its message too.
 
         The message is sent inside the transaction, before the commit: a job is never committed
-        as published without its message, and a message whose job commit failed is reconciled
-        by the worker that receives it. If the broker cannot be reached the job is committed as
-        unpublished and a worker's maintenance loop publishes it later. Returns whether the
-        message was sent.
+        as published without its message. A worker that receives the message before the commit
+        waits for it (see :meth:`claim`), and one whose job was never committed writes the job
+        from the message. If the broker cannot be reached the job is committed, durably, as
+        unpublished, and a worker's maintenance loop publishes it later; any other publishing
+        error rolls the job back and is raised. Returns whether the message was sent.
         """
         now = utcnow()
         row = {f"p_{k}": v for k, v in _job_row(job, now, published=publish is not None).items()}
@@ -227,7 +232,14 @@ class Store:
             )
             if publish is None:
                 return False
-            return self._publish_or_defer(conn, _dispatch_of(job), publish)
+            try:
+                publish(_dispatch_of(job))
+            except BROKER_UNAVAILABLE as exc:
+                _log_unpublished(1, exc)
+                self._make_durable(conn)
+                conn.execute(update(Job).where(Job.id == job.id).values(published=False))
+                return False
+            return True
 
         return self._run(work)
 
@@ -237,7 +249,7 @@ class Store:
             return
 
         stmt = update(Job).where(Job.id.in_(job_ids)).values(published=True)
-        self._run(lambda conn: conn.execute(stmt))
+        self._run(lambda conn: conn.execute(stmt), single=True)
 
     def claim(
         self,
@@ -248,12 +260,12 @@ class Store:
         server_timeout: timedelta,
         attempt: int = 0,
         untracked: Callable[[], NewJob] | None = None,
-    ) -> datetime | None:
-        """Move a job to Processing if it may start; return its creation time, or None to skip.
+    ) -> Claim | None:
+        """Move a job to Processing if it may start; None means skip it.
 
         A job may start when it is Enqueued, or Processing on a server whose heartbeat stopped,
-        or Processing an earlier ``attempt`` (a Celery ``self.retry()`` whose new message
-        arrived before the old attempt's state change).
+        or Processing or Scheduled for an earlier ``attempt`` (the message of a Celery
+        ``self.retry()``).
         ``untracked`` returns the description of a job that has a message but no row (its
         writer died between publishing and committing, or the store was down when a plain
         Celery task was sent): it is written now, already Processing.
@@ -269,19 +281,19 @@ class Store:
         }
         data = {"server_id": server_id, "worker_id": worker_id, "started_at": now.isoformat()}
 
-        def claim_once() -> datetime | None:
+        def claim_once() -> Claim | None:
             rows = self._run(
                 lambda conn: self._change(
                     conn, _CLAIM, State.PROCESSING, None, data, now, params, _CLAIM_H
                 ),
                 single=True,
             )
-            return rows[0].created_at if rows else None
+            return Claim(rows[0].created_at, rows[0].retry_count) if rows else None
 
-        def record(conn: Connection) -> bool | None:
-            """True: recorded; False: someone else wrote the row meanwhile; None: it exists."""
+        def record(conn: Connection) -> bool:
+            """Write the job from its message; False if its row exists (by now)."""
             if untracked is None or self._job_exists(conn, job_id):
-                return None
+                return False
             job = untracked()
             row = _job_row(job, now, published=True)
             row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id)
@@ -297,13 +309,13 @@ class Store:
             )
             return True
 
-        created_at = claim_once()
-        if created_at is not None or untracked is None:
-            return created_at
-        recorded = self._run(record)
-        if recorded:
-            return now
-        return claim_once() if recorded is False else None
+        claimed = claim_once()
+        if claimed is not None or untracked is None:
+            return claimed
+        # No row, or a row the claim could not see yet: its writer may have committed since.
+        if self._run(record):
+            return Claim(now, 0)
+        return claim_once()
 
     def finish(
         self,
@@ -316,6 +328,7 @@ class Store:
         data: dict[str, Any],
         retention: timedelta | None = None,
         started_at: datetime | None = None,
+        due_at: datetime | None = None,
     ) -> bool:
         """Move a job this server (and worker, if given) is processing to ``state``.
 
@@ -332,6 +345,7 @@ class Store:
             "p_now": now,
             "p_expire_at": None if retention is None else now + retention,
             "p_started_at": started_at,
+            "p_due_at": due_at,
         }
 
         def apply(change: ReturningDML, with_history: Select[Any]) -> bool:
@@ -361,12 +375,13 @@ class Store:
         expected_state: State | None = None,
         from_states: Sequence[State] | None = None,
         retention: timedelta | None = None,
+        due_at: datetime | None = None,
         publish: Callable[[Dispatch], None] | None = None,
     ) -> bool:
         """Change a job's state if it is in ``expected_state`` (or any of ``from_states``).
 
-        Moving to Enqueued with ``publish`` sends the job's message again. Returns whether the
-        change was applied.
+        Moving to Enqueued with ``publish`` sends the job's message again; moving to Scheduled
+        takes ``due_at``. Returns whether the change was applied.
         """
         now = utcnow()
         conditions = [Job.id == job_id]
@@ -382,26 +397,154 @@ class Store:
                 state_changed_at=now,
                 server_id=None,
                 worker_id=None,
-                published=publish is not None,
+                published=False,
                 expire_at=None if retention is None else now + retention,
+                due_at=due_at,
             )
             .returning(*_DISPATCH_COLUMNS)
         )
 
-        def work(conn: Connection) -> bool:
-            rows = self._change(conn, stmt, state, reason, data or {}, now)
-            if not rows:
-                return False
-            if publish is not None:
-                self._publish_or_defer(conn, _dispatch_from_row(rows[0]), publish)
-            return True
+        def work(conn: Connection) -> Sequence[Row[Any]]:
+            return self._change(conn, stmt, state, reason, data or {}, now)
 
-        return self._run(work, durable=True)
+        rows = self._run(work, durable=True)
+        if rows and publish is not None:
+            self._send([_dispatch_from_row(rows[0])], publish)
+        return bool(rows)
 
     def release_processing(self, job_id: str, *, server_id: str, reason: str) -> bool:
         """Put a job back to Enqueued whose worker process was lost; the broker redelivers it."""
         conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
         return self._requeue_where(conditions, reason=reason, published=True) == 1
+
+    def retry(
+        self,
+        job_id: str,
+        *,
+        server_id: str,
+        worker_id: str | None,
+        due_at: datetime,
+        failed_reason: str,
+        failed_data: dict[str, Any],
+        reason: str,
+    ) -> bool:
+        """Record a failed attempt and schedule the next: Processing -> Failed -> Scheduled."""
+        now = utcnow()
+        conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
+        if worker_id is not None:
+            conditions.append(Job.worker_id == worker_id)
+        stmt = (
+            update(Job)
+            .where(*conditions)
+            .values(
+                state=State.SCHEDULED,
+                server_id=None,
+                worker_id=None,
+                state_changed_at=now,
+                due_at=due_at,
+                published=False,
+                retry_count=Job.retry_count + 1,
+            )
+            .returning(Job.retry_count)
+        )
+
+        def work(conn: Connection) -> bool:
+            attempt = conn.execute(stmt).scalar()
+            if attempt is None:
+                return False
+            scheduled = {"due_at": due_at.isoformat(), "attempt": attempt}
+            conn.execute(
+                insert(JobState),
+                [
+                    _state_row(job_id, State.FAILED, failed_reason, failed_data, now),
+                    _state_row(job_id, State.SCHEDULED, reason, scheduled, now),
+                ],
+            )
+            return True
+
+        return self._run(work)
+
+    def enqueue_due(
+        self, *, limit: int, grace: timedelta, publish: Callable[[Dispatch], None]
+    ) -> int:
+        """Move due Scheduled jobs to Enqueued and send them; return how many moved.
+
+        Concurrent schedulers take disjoint batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+        SQLite's single writer), and the compare-and-set on the state moves each job once. A
+        job that already has a message on its way (a Celery ``self.retry()``) is taken only
+        ``grace`` after it fell due, in case that message was lost.
+        """
+        now = utcnow()
+        due = (
+            select(Job.id)
+            .where(
+                Job.state == State.SCHEDULED,
+                or_(
+                    and_(Job.published.is_(False), Job.due_at <= now),
+                    Job.due_at <= now - grace,
+                ),
+            )
+            .order_by(Job.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        move = (
+            update(Job)
+            .where(Job.id.in_(due.scalar_subquery()), Job.state == State.SCHEDULED)
+            .values(state=State.ENQUEUED, state_changed_at=now, due_at=None, published=False)
+            .returning(*_DISPATCH_COLUMNS)
+        )
+
+        rows = self._run(
+            lambda conn: self._change(
+                conn, move, State.ENQUEUED, "Triggered by the scheduler", {}, now
+            )
+        )
+        # Should this process die before publishing, the maintenance loop publishes them.
+        self._send([_dispatch_from_row(row) for row in rows], publish)
+        return len(rows)
+
+    def delete_expired(self, *, limit: int) -> int:
+        """Remove up to ``limit`` expired jobs with their history; return how many."""
+        expired = select(Job.id).where(Job.expire_at < utcnow()).limit(limit)
+        return self._delete_jobs(expired)
+
+    def trim_failed(self, *, older_than: timedelta | None, keep: int | None, limit: int) -> int:
+        """Remove Failed jobs older than ``older_than`` or beyond the newest ``keep``."""
+        removed = 0
+        if older_than is not None:
+            cutoff = utcnow() - older_than
+            removed += self._delete_jobs(
+                select(Job.id)
+                .where(Job.state == State.FAILED, Job.state_changed_at < cutoff)
+                .limit(limit)
+            )
+        if keep is not None:
+            removed += self._delete_jobs(
+                select(Job.id)
+                .where(Job.state == State.FAILED)
+                .order_by(Job.state_changed_at.desc(), Job.id.desc())
+                .offset(keep)
+                .limit(limit)
+            )
+        return removed
+
+    def _delete_jobs(self, ids: Select[Any]) -> int:
+        # Select first: neither dialect deletes with LIMIT, and a short transaction per batch
+        # holds its locks briefly. The history goes with the job (ON DELETE CASCADE).
+        def work(conn: Connection) -> int:
+            batch = conn.execute(ids).scalars().all()
+            if batch:
+                conn.execute(delete(Job).where(Job.id.in_(batch)))
+            return len(batch)
+
+        return self._run(work)
+
+    def processing_holder(self, job_id: str) -> tuple[State, str | None] | None:
+        """A job's state and the server processing it (for cancellation checks)."""
+        stmt = select(Job.state, Job.server_id).where(Job.id == job_id)
+        row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
+        return None if row is None else (State(row.state), row.server_id)
 
     # -- servers and recovery ---------------------------------------------------------------
 
@@ -565,6 +708,8 @@ class Store:
                 server_id=r.server_id,
                 worker_id=r.worker_id,
                 retry_count=r.retry_count,
+                display_name=r.display_name,
+                due_at=r.due_at,
                 history=history,
             )
 
@@ -591,6 +736,8 @@ class Store:
                 Job.state_changed_at,
                 Job.server_id,
                 Job.retry_count,
+                Job.display_name,
+                Job.due_at,
             )
             .where(Job.state == state)
             .order_by(Job.state_changed_at.desc(), Job.id.desc())
@@ -613,6 +760,8 @@ class Store:
                     state_changed_at=r.state_changed_at,
                     server_id=r.server_id,
                     retry_count=r.retry_count,
+                    display_name=r.display_name,
+                    due_at=r.due_at,
                 )
                 for r in rows[:limit]
             ]
@@ -628,24 +777,29 @@ class Store:
         if self.dialect == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO ON")
 
-    def _publish_or_defer(
-        self, conn: Connection, dispatch: Dispatch, publish: Callable[[Dispatch], None]
-    ) -> bool:
-        from kombu.exceptions import OperationalError as BrokerUnavailable
+    def _send(self, dispatches: Sequence[Dispatch], publish: Callable[[Dispatch], None]) -> int:
+        """Publish committed Enqueued jobs and mark them published; return how many were sent.
 
+        Jobs moved to Enqueued are published only after that commit: a worker that received a
+        message before would still see the old state and skip it. When the broker cannot be
+        reached the rest stay unpublished, made durable, for the maintenance loop; any other
+        error is raised.
+        """
+        sent: list[str] = []
         try:
-            publish(dispatch)
-        except (BrokerUnavailable, OSError) as exc:
-            logger.warning(
-                "hfcelery could not publish job %s (%s); a worker will publish it later",
-                dispatch.id,
-                exc,
-            )
-            # The store is now the job's only record: this commit must reach disk.
-            self._make_durable(conn)
-            conn.execute(update(Job).where(Job.id == dispatch.id).values(published=False))
-            return False
-        return True
+            for dispatch in dispatches:
+                publish(dispatch)
+                sent.append(dispatch.id)
+        except BROKER_UNAVAILABLE as exc:
+            _log_unpublished(len(dispatches) - len(sent), exc)
+            # The store is now their only record: flush it to disk (a durable commit flushes
+            # the asynchronous ones before it).
+            pending = [d.id for d in dispatches if d.id not in sent]
+            stmt = update(Job).where(Job.id.in_(pending)).values(published=False)
+            self._run(lambda conn: conn.execute(stmt), durable=True)
+        finally:
+            self.mark_published(sent)
+        return len(sent)
 
     def _requeue_where(self, conditions: list[Any], *, reason: str, published: bool) -> int:
         now = utcnow()
@@ -705,7 +859,7 @@ def _with_history(job_update: ReturningDML) -> Select[Any]:
 
 _NEW_JOB_COLUMNS = (
     "id", "function", "task_name", "args", "kwargs", "queue", "state",
-    "created_at", "state_changed_at", "published", "retry_count",
+    "created_at", "state_changed_at", "published", "retry_count", "display_name", "due_at",
 )  # fmt: skip
 _INSERT_JOB = (
     insert(Job)
@@ -721,16 +875,15 @@ _CLAIM = (
             Job.state == State.ENQUEUED,
             and_(
                 Job.state == State.PROCESSING,
-                or_(
-                    ~exists(
-                        select(Server.id).where(
-                            Server.id == Job.server_id,
-                            Server.heartbeat_at >= _param("p_alive_after", UTCDateTime()),
-                        )
-                    ),
-                    Job.retry_count < _ATTEMPT,
+                ~exists(
+                    select(Server.id).where(
+                        Server.id == Job.server_id,
+                        Server.heartbeat_at >= _param("p_alive_after", UTCDateTime()),
+                    )
                 ),
             ),
+            # The message of a later attempt of a Celery self.retry().
+            and_(Job.state.in_((State.PROCESSING, State.SCHEDULED)), Job.retry_count < _ATTEMPT),
         ),
     )
     .values(
@@ -742,7 +895,7 @@ _CLAIM = (
         due_at=None,
         retry_count=case((Job.retry_count < _ATTEMPT, _ATTEMPT), else_=Job.retry_count),
     )
-    .returning(Job.id, Job.created_at)
+    .returning(Job.id, Job.created_at, Job.retry_count)
 )
 _FINISHED_VALUES = {
     "state": _param("p_state", Job.state.type),
@@ -750,6 +903,7 @@ _FINISHED_VALUES = {
     "worker_id": None,
     "state_changed_at": _param("p_now", UTCDateTime()),
     "expire_at": _param("p_expire_at", UTCDateTime()),
+    "due_at": _param("p_due_at", UTCDateTime()),
 }
 _FINISH = (
     update(Job)
@@ -795,7 +949,15 @@ def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
         "state_changed_at": now,
         "published": published,
         "retry_count": 0,
+        "display_name": job.display_name,
+        "due_at": job.due_at,
     }
+
+
+def _log_unpublished(count: int, exc: BaseException) -> None:
+    logger.warning(
+        "hfcelery could not publish %d job(s) (%s); a worker will publish them later", count, exc
+    )
 
 
 def _state_row(

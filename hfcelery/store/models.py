@@ -68,6 +68,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: ``module:qualname`` of a plain function, or the Celery task name.
     function: Mapped[str] = mapped_column(String(255))
+    #: How lists show the job (``@hfcelery.display_name``), if not by its function.
+    display_name: Mapped[str | None] = mapped_column(String(255))
     #: The Celery task the message is addressed to.
     task_name: Mapped[str] = mapped_column(String(255))
     #: JSON text, as the message serializer writes it.

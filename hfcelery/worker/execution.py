@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -20,14 +21,16 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery import Task
+from celery._state import get_current_task
 from celery.exceptions import Ignore, Reject
 from celery.utils.serialization import UnpickleableExceptionWrapper, get_pickled_exception
 from celery.worker.request import Request
 
-from hfcelery.calls import PERFORM_TASK_NAME, load_function
-from hfcelery.errors import StoreError
+from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, load_function
+from hfcelery.errors import ForbiddenFunctionError, FunctionNotFoundError, StoreError
 from hfcelery.extension import Extension, extension_of, find_extension
 from hfcelery.jsonutil import to_json, to_json_or_repr
+from hfcelery.options import AttemptsExceeded, JobOptions, RetryPolicy, options_of
 from hfcelery.records import NewJob
 from hfcelery.states import State
 
@@ -35,12 +38,15 @@ logger = logging.getLogger(__name__)
 
 #: Pause before handing a message back while the store is unreachable, to avoid a hot loop.
 STORE_DOWN_BACKOFF_SECONDS = 1.0
+#: Failures that no retry can mend.
+PERMANENT_ERRORS = (ForbiddenFunctionError, FunctionNotFoundError)
 
 
 def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any:
     """The Celery task that performs a plain function job: ``function_path(*args, **kwargs)``."""
     extension = extension_of(task.app)
     func = load_function(function_path, extension.module_allowed)
+    task.request.hf_options = options_of(func)
     return func(*args, **kwargs)
 
 
@@ -56,7 +62,7 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     if extension is None or extension.server_id is None or request.is_eager:
         return
     try:
-        created_at = extension.store.claim(
+        claimed = extension.store.claim(
             task_id,
             server_id=extension.server_id,
             worker_id=worker_id(),
@@ -68,13 +74,14 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
         logger.error("hfcelery cannot claim job %s, message handed back: %s", task_id, exc)
         time.sleep(STORE_DOWN_BACKOFF_SECONDS)
         raise Reject(exc, requeue=True) from exc
-    if created_at is None:
+    if claimed is None:
         logger.info(
             "hfcelery skipped job %s: it is finished, deleted or running elsewhere", task_id
         )
         raise Ignore()
     request.hf_claimed = True
-    request.hf_created_at = created_at
+    request.hf_created_at = claimed.created_at
+    request.hf_retry_count = claimed.retry_count
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
 
@@ -104,6 +111,31 @@ def _claimed(task: Task) -> Extension | None:
     return find_extension(task.app)
 
 
+def _options(task: Task) -> JobOptions:
+    """The decorator options of the running job's function (perform) or task."""
+    return getattr(task.request, "hf_options", None) or options_of(task) or JobOptions()
+
+
+def _retention(task: Task, configured_seconds: float) -> timedelta:
+    return _options(task).retention or timedelta(seconds=configured_seconds)
+
+
+def cancellation_requested() -> bool:
+    """Whether the running job was deleted (or otherwise taken away) while it runs.
+
+    Call it now and then from a long job and return early when it says True. Outside a job it
+    is False.
+    """
+    task = get_current_task()
+    if task is None or not getattr(task.request, "hf_claimed", False):
+        return False
+    extension = find_extension(task.app)
+    if extension is None:
+        return False
+    holder = extension.store.processing_holder(task.request.id)
+    return holder is None or holder != (State.PROCESSING, extension.server_id)
+
+
 def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
     extension = _claimed(sender)
     if extension is None or extension.server_id is None:
@@ -118,7 +150,7 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
         None,
         {"duration_ms": duration_ms, "latency_ms": latency_ms, "result": _result_data(result)},
         worker=worker_id(),
-        retention=timedelta(seconds=extension.config.succeeded_retention_seconds),
+        retention=_retention(sender, extension.config.succeeded_retention_seconds),
         started_at=request.hf_started_at,
     )
 
@@ -136,32 +168,113 @@ def on_task_failure(
         return
     request = sender.request
     in_child = getattr(request, "hf_claimed", False) and request.id == task_id
+    if in_child:
+        # Still inside Celery's except block: the original exception, not the picklable copy.
+        exception = sys.exc_info()[1] or exception
+    data = exception_data(exception, einfo)
+    reason = f"{type(exception).__name__}: {exception}"
+    if in_child and _retried_or_deleted(extension, sender, exception, reason, data):
+        return
     _finish(
         extension,
         task_id,
         State.FAILED,
-        f"{type(exception).__name__}: {exception}",
-        exception_data(exception, einfo),
+        reason,
+        data,
         worker=worker_id() if in_child else None,
         started_at=request.hf_started_at if in_child else None,
     )
 
 
+def retry_policy(extension: Extension, task: Task) -> RetryPolicy | None:
+    """The retry policy of the running job: its decorator's, else the default for jobs that
+    hfcelery created (plain Celery tasks keep Celery's own semantics)."""
+    policy = _options(task).retry
+    if policy is not None:
+        return policy
+    if getattr(task.request, JOB_HEADER, False):
+        return RetryPolicy(attempts=extension.config.default_retry_attempts)
+    return None
+
+
+def _retried_or_deleted(
+    extension: Extension,
+    task: Task,
+    exception: BaseException,
+    reason: str,
+    data: dict[str, Any],
+) -> bool:
+    """Apply automatic retry; True when the failure was recorded (as a retry or deletion)."""
+    policy = retry_policy(extension, task)
+    if (
+        policy is None
+        or isinstance(exception, PERMANENT_ERRORS)
+        or not policy.applies_to(exception)
+    ):
+        return False
+    request = task.request
+    attempt = int(request.hf_retry_count) + 1
+    assert extension.server_id is not None
+    if attempt <= policy.attempts:
+        due_at = datetime.now(UTC) + timedelta(seconds=policy.delay_seconds(attempt))
+        try:
+            applied = extension.store.retry(
+                request.id,
+                server_id=extension.server_id,
+                worker_id=worker_id(),
+                due_at=due_at,
+                failed_reason=reason,
+                failed_data=data,
+                reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
+            )
+        except StoreError:
+            logger.exception("hfcelery could not schedule the retry of job %s", request.id)
+            return True  # the job stays Processing; the maintenance loop requeues it
+        if not applied:
+            logger.info("hfcelery: job %s changed state while running; no retry", request.id)
+        return True
+    if policy.on_attempts_exceeded is AttemptsExceeded.DELETE:
+        data["reason"] = reason
+        _finish(
+            extension,
+            request.id,
+            State.DELETED,
+            f"Exceeded the maximum number of retry attempts ({policy.attempts}): {reason}",
+            data,
+            worker=worker_id(),
+            retention=_retention(task, extension.config.deleted_retention_seconds),
+            started_at=request.hf_started_at,
+        )
+        return True
+    return False
+
+
 def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: Any) -> None:
-    """A Celery ``self.retry()``: the job waits for its next attempt's message."""
+    """A Celery ``self.retry()``: the job is Scheduled until its next attempt's message comes."""
     extension = _claimed(sender)
     if extension is None or extension.server_id is None or request is None:
         return
     attempt = int(request.retries or 0) + 1
+    due_at = _retry_due_at(getattr(reason, "when", None))
     _finish(
         extension,
         request.id,
-        State.ENQUEUED,
-        f"Retry attempt {attempt}: {reason}",
-        {"attempt": attempt},
+        State.SCHEDULED,
+        f"Celery retry attempt {attempt}: {getattr(reason, 'exc', None) or reason}",
+        {"attempt": attempt, "due_at": due_at.isoformat()},
         worker=worker_id(),
         started_at=sender.request.hf_started_at,
+        due_at=due_at,
     )
+
+
+def _retry_due_at(when: Any) -> datetime:
+    now = datetime.now(UTC)
+    if isinstance(when, int | float):
+        return now + timedelta(seconds=when)
+    if isinstance(when, datetime):
+        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return now
 
 
 def on_task_revoked(sender: Task, request: Any = None, terminated: bool = False, **_: Any) -> None:
@@ -202,6 +315,7 @@ def _finish(
     worker: str | None,
     retention: timedelta | None = None,
     started_at: datetime | None = None,
+    due_at: datetime | None = None,
 ) -> None:
     assert extension.server_id is not None
     data.setdefault("server_id", extension.server_id)
@@ -215,6 +329,7 @@ def _finish(
             data=data,
             retention=retention,
             started_at=started_at,
+            due_at=due_at,
         )
     except StoreError:
         # The job stays Processing; this server's maintenance loop requeues it once the task

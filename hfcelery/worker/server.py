@@ -24,11 +24,12 @@ from celery.worker import state as worker_state
 from hfcelery.client import publish
 from hfcelery.errors import HfceleryError
 from hfcelery.extension import Extension, find_extension
-from hfcelery.records import ServerRecord
+from hfcelery.records import Dispatch, ServerRecord
 
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_LOCK = "maintenance"
+CLEANUP_LOCK = "cleanup"
 #: The maintenance lease outlives a few missed loops before another worker may take it.
 MAINTENANCE_LOCK_TTL_LOOPS = 10
 
@@ -96,6 +97,8 @@ class Server:
         logger.info("hfcelery server %s started (store %s)", self.id, self.extension.store.url)
         self._spawn("heartbeat", self.heartbeat, config.heartbeat_interval_seconds)
         self._spawn("maintenance", self.maintain, config.poll_interval_seconds)
+        self._spawn("scheduler", self.enqueue_due, config.schedule_poll_interval_seconds)
+        self._spawn("cleanup", self.clean_up, config.cleanup_interval_seconds)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -104,6 +107,7 @@ class Server:
         store = self.extension.store
         try:
             store.release_lock(MAINTENANCE_LOCK, self.id)
+            store.release_lock(CLEANUP_LOCK, self.id)
             requeued = store.remove_server(self.id, reason="Server stopped before the job ended")
         except HfceleryError:
             logger.exception("hfcelery server %s could not sign off", self.id)
@@ -136,6 +140,48 @@ class Server:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
         self.publish_pending()
 
+    def enqueue_due(self) -> int:
+        """Enqueue the Scheduled jobs that are due, a batch at a time; return how many."""
+        config = self.extension.config
+        grace = timedelta(seconds=config.publish_grace_seconds)
+        total = 0
+        while not self._stopping.is_set():
+            moved = self.extension.store.enqueue_due(
+                limit=config.maintenance_batch_size, grace=grace, publish=self._publish
+            )
+            total += moved
+            if moved < config.maintenance_batch_size:
+                break
+        if total:
+            logger.info("hfcelery enqueued %d scheduled job(s)", total)
+        return total
+
+    def clean_up(self) -> int:
+        """Remove expired jobs (and Failed ones past their limits); return how many."""
+        config = self.extension.config
+        store = self.extension.store
+        ttl = timedelta(seconds=max(config.cleanup_interval_seconds * 3, 60))
+        if not store.try_lock(CLEANUP_LOCK, self.id, ttl):
+            return 0
+        older_than = config.failed_retention_seconds
+        removed = 0
+        while not self._stopping.is_set():
+            batch = store.delete_expired(limit=config.maintenance_batch_size)
+            batch += store.trim_failed(
+                older_than=None if older_than is None else timedelta(seconds=older_than),
+                keep=config.max_failed_jobs,
+                limit=config.maintenance_batch_size,
+            )
+            removed += batch
+            if batch < config.maintenance_batch_size:
+                break
+        if removed:
+            logger.info("hfcelery removed %d expired job(s)", removed)
+        return removed
+
+    def _publish(self, dispatch: Dispatch) -> None:
+        publish(self.extension.app, dispatch)
+
     def publish_pending(self) -> int:
         """Publish Enqueued jobs whose message may not have left; return how many were sent."""
         config = self.extension.config
@@ -146,7 +192,7 @@ class Server:
         sent: list[str] = []
         try:
             for dispatch in pending:
-                publish(self.extension.app, dispatch)
+                self._publish(dispatch)
                 sent.append(dispatch.id)
         except Exception as exc:  # the broker is down: try again on the next pass
             logger.warning("hfcelery could not publish pending jobs: %s", exc)
@@ -155,7 +201,7 @@ class Server:
             logger.info("hfcelery published %d pending job(s)", len(sent))
         return len(sent)
 
-    def _spawn(self, name: str, step: Callable[[], None], interval: float) -> None:
+    def _spawn(self, name: str, step: Callable[[], object], interval: float) -> None:
         def loop() -> None:
             while not self._stopping.wait(interval):
                 try:
