@@ -50,15 +50,55 @@ def main(mode: str, enqueue_jobs: int, jobs: int) -> None:
             enqueue()
         wait_until(lambda: drained(broker), 1800, "the queue to drain")
         elapsed = time.perf_counter() - started
+        if mode == "hf":
+            delays = scheduling_delays(broker)
+            print(f"schedule_delay_p50={percentile(delays, 50)}")
+            print(f"schedule_delay_p99={percentile(delays, 99)}")
     finally:
         stop(worker)
     print(f"end_to_end_per_second={jobs / elapsed}")
     if mode == "hf":
         counts = hfcelery.monitoring(app).state_counts()
-        if counts[hfcelery.State.SUCCEEDED] != jobs:
-            raise SystemExit(f"expected {jobs} succeeded jobs, store has {counts}")
+        total = jobs + DELAYED_JOBS
+        if counts[hfcelery.State.SUCCEEDED] != total:
+            raise SystemExit(f"expected {total} succeeded jobs, store has {counts}")
         statements = sum(int(p.read_text()) for p in work.glob("*.count"))
-        print(f"statements_per_job={statements / jobs}")
+        print(f"statements_per_job={statements / total}")
+
+
+DELAYED_JOBS = 200
+
+
+def scheduling_delays(broker: redis.Redis, count: int = DELAYED_JOBS) -> list[float]:
+    """Seconds from each delayed job's due time to its start, for jobs due over 5 s."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    import hfcelery
+    from hfcelery import BackgroundJobClient, call
+
+    client = BackgroundJobClient(app)
+    now = datetime.now(UTC)
+    ids = [
+        client.schedule(call(noop), now + timedelta(seconds=1 + 5 * random.random()))
+        for _ in range(count)
+    ]
+    api = hfcelery.monitoring(app)
+    wait_until(
+        lambda: all(api.job(i).state is hfcelery.State.SUCCEEDED for i in ids), 120, "delayed"
+    )
+    delays = []
+    for job_id in ids:
+        job = api.job(job_id)
+        due = datetime.fromisoformat(job.history[0].data["enqueue_at"])
+        start = datetime.fromisoformat(job.history[2].data["started_at"])
+        delays.append((start - due).total_seconds())
+    return delays
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def drained(broker: redis.Redis) -> bool:

@@ -22,7 +22,11 @@ hfcelery.init_app(
     heartbeat_interval_seconds=float(os.environ.get("HF_TEST_HEARTBEAT", "1")),
     server_timeout_seconds=float(os.environ.get("HF_TEST_SERVER_TIMEOUT", "5")),
     publish_grace_seconds=float(os.environ.get("HF_TEST_PUBLISH_GRACE", "2")),
+    succeeded_retention_seconds=float(os.environ.get("HF_TEST_RETENTION", "86400")),
+    deleted_retention_seconds=float(os.environ.get("HF_TEST_RETENTION", "86400")),
+    cleanup_interval_seconds=float(os.environ.get("HF_TEST_CLEANUP_INTERVAL", "30")),
     poll_interval_seconds=0.5,
+    schedule_poll_interval_seconds=0.5,
 )
 
 
@@ -53,3 +57,12 @@ def sleepy(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+@app.task(name="tests.retry_once", bind=True)
+def retry_once(self, token: str) -> int:  # type: ignore[no-untyped-def]
+    """Ask Celery for a retry the first time (``self.retry``), succeed the second."""
+    n = int(_side_effects().incr(f"hftests:{token}"))
+    if n == 1:
+        raise self.retry(countdown=1)
+    return n

@@ -63,3 +63,47 @@ def die_once(token: str) -> str:
     if int(_side_effects().incr(f"hftests:{token}")) == 1:
         os.kill(os.getpid(), 9)
     return "survived"
+
+
+@hfcelery.automatic_retry(attempts=3, delays=[1])
+def flaky(token: str, failures: int) -> int:
+    """Fail the first ``failures`` calls (for ``token``), then return the call count."""
+    n = int(_side_effects().incr(f"hftests:{token}"))
+    if n <= failures:
+        raise RuntimeError(f"failure {n}")
+    return n
+
+
+@hfcelery.automatic_retry(attempts=1, delays=[0.5])
+def always_fails(token: str) -> None:
+    _side_effects().incr(f"hftests:{token}")
+    raise RuntimeError("always")
+
+
+@hfcelery.automatic_retry(attempts=1, delays=[0.5], on_attempts_exceeded="delete")
+def always_fails_then_deleted(token: str) -> None:
+    _side_effects().incr(f"hftests:{token}")
+    raise RuntimeError("always")
+
+
+@hfcelery.automatic_retry(attempts=5, delays=[0.5], only_on=[TimeoutError])
+def fails_with_value_error(token: str) -> None:
+    _side_effects().incr(f"hftests:{token}")
+    raise ValueError("not worth retrying")
+
+
+def wait_for_cancellation(token: str, seconds: float) -> str:
+    """Run until the job is deleted (or ``seconds`` pass), checking every 0.1 s."""
+    record(token, "started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if hfcelery.cancellation_requested():
+            return record(token, "cancelled")
+        time.sleep(0.1)
+    return record(token, "not cancelled")
+
+
+@hfcelery.queue("hftests-critical")
+@hfcelery.display_name("Critical report {0}")
+def critical_report(name: str) -> str:
+    return f"report {name}"

@@ -17,7 +17,7 @@ from hfcelery.errors import SchemaOutOfDateError
 from hfcelery.records import Dispatch, NewJob, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store, count_statements, schema
-from hfcelery.store.models import Base, Job, Server
+from hfcelery.store.models import Base, Job, JobState, Server
 
 TIMEOUT = timedelta(seconds=15)
 
@@ -398,3 +398,138 @@ def test_store_is_fork_safe(store: Store) -> None:
     os.close(read)
     os.close(write)
     assert states_of(store, job.id) == [State.ENQUEUED, State.DELETED]  # parent still works
+
+
+# -- scheduling, retries, retention --------------------------------------------------------------
+
+
+def scheduled_job(due_in: timedelta) -> NewJob:
+    return new_job(State.SCHEDULED, due_at=datetime.now(UTC) + due_in)
+
+
+def test_enqueue_due_moves_only_due_jobs_and_publishes_them(store: Store) -> None:
+    due, later = scheduled_job(-timedelta(seconds=1)), scheduled_job(timedelta(hours=1))
+    store.create_job(due)
+    store.create_job(later)
+    sent: list[Dispatch] = []
+    assert store.enqueue_due(limit=10, grace=timedelta(seconds=5), publish=sent.append) == 1
+    assert [d.id for d in sent] == [due.id]
+    assert states_of(store, due.id) == [State.SCHEDULED, State.ENQUEUED]
+    assert store.job(due.id).due_at is None  # type: ignore[union-attr]
+    assert states_of(store, later.id) == [State.SCHEDULED]
+    assert store.unpublished_jobs(timedelta(0), 10) == []
+
+
+def test_concurrent_schedulers_enqueue_each_job_once(store: Store) -> None:
+    jobs_ = [scheduled_job(-timedelta(seconds=1)) for _ in range(120)]
+    for job in jobs_:
+        store.create_job(job)
+    sent: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(3)
+
+    def publish(d: Dispatch) -> None:
+        with lock:
+            sent.append(d.id)
+
+    def scheduler() -> None:
+        barrier.wait()
+        while store.enqueue_due(limit=10, grace=timedelta(seconds=5), publish=publish):
+            pass
+
+    threads = [threading.Thread(target=scheduler) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(sent) == sorted(j.id for j in jobs_)
+    assert store.state_counts()[State.ENQUEUED] == 120
+
+
+def test_broker_down_while_enqueueing_due_jobs(store: Store) -> None:
+    job = scheduled_job(-timedelta(seconds=1))
+    store.create_job(job)
+
+    def broker_down(_: Dispatch) -> None:
+        raise BrokerUnavailable("refused")
+
+    assert store.enqueue_due(limit=10, grace=timedelta(seconds=5), publish=broker_down) == 1
+    assert [d.id for d in store.unpublished_jobs(timedelta(0), 10)] == [job.id]
+
+
+def test_published_scheduled_job_waits_for_its_own_message(store: Store) -> None:
+    """A Celery self.retry() has a message on its way: the scheduler waits out the grace."""
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    store.finish(job.id, server_id="s1", state=State.SCHEDULED, reason="retry", data={}, due_at=due)
+    grace = timedelta(seconds=30)
+    assert store.enqueue_due(limit=10, grace=grace, publish=lambda d: None) == 0
+    assert claim(store, job.id, attempt=1) is not None  # the retry message claims it
+
+
+def test_retry_records_failed_then_scheduled(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    due = datetime.now(UTC) + timedelta(seconds=30)
+    assert store.retry(
+        job.id,
+        server_id="s1",
+        worker_id="w1",
+        due_at=due,
+        failed_reason="RuntimeError: x",
+        failed_data={"exception_type": "builtins.RuntimeError"},
+        reason="Retry attempt 1 of 3: RuntimeError: x",
+    )
+    details = store.job(job.id)
+    assert details is not None
+    assert (details.state, details.retry_count, details.due_at) == (State.SCHEDULED, 1, due)
+    assert [h.state for h in details.history][-2:] == [State.FAILED, State.SCHEDULED]
+    assert details.history[-1].data == {"due_at": due.isoformat(), "attempt": 1}
+    assert not store.retry(
+        job.id,
+        server_id="s1",
+        worker_id="w1",
+        due_at=due,
+        failed_reason="",
+        failed_data={},
+        reason="",
+    )
+
+
+def test_expired_jobs_are_deleted_with_their_history(store: Store) -> None:
+    store.register_server(server("s1"))
+    old, fresh, failed = new_job(), new_job(), new_job()
+    for job in (old, fresh, failed):
+        store.create_job(job)
+        claim(store, job.id)
+    kw = {"server_id": "s1", "reason": None, "data": {}}
+    store.finish(old.id, state=State.SUCCEEDED, retention=timedelta(seconds=-1), **kw)  # type: ignore[arg-type]
+    store.finish(fresh.id, state=State.SUCCEEDED, retention=timedelta(hours=1), **kw)  # type: ignore[arg-type]
+    store.finish(failed.id, state=State.FAILED, **kw)  # type: ignore[arg-type]
+    assert store.delete_expired(limit=10) == 1
+    assert store.job(old.id) is None
+    assert store.job(fresh.id) is not None and store.job(failed.id) is not None
+    with store.engine.connect() as conn:
+        orphans = conn.execute(JobState.__table__.select().where(JobState.job_id == old.id))
+        assert orphans.first() is None
+
+
+def test_failed_jobs_are_trimmed_only_past_their_limits(store: Store) -> None:
+    store.register_server(server("s1"))
+    failed = []
+    for _ in range(5):
+        job = new_job()
+        store.create_job(job)
+        claim(store, job.id)
+        store.finish(job.id, server_id="s1", state=State.FAILED, reason="x", data={})
+        failed.append(job.id)
+    assert store.trim_failed(older_than=None, keep=None, limit=10) == 0
+    assert store.trim_failed(older_than=timedelta(hours=1), keep=None, limit=10) == 0
+    assert store.trim_failed(older_than=None, keep=3, limit=10) == 2
+    assert store.state_counts()[State.FAILED] == 3
+    assert store.trim_failed(older_than=timedelta(0), keep=None, limit=10) == 3

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +26,7 @@ WAIT_SECONDS = 60
 def main() -> int:
     DEMO_DIR.mkdir(exist_ok=True)
     store_path = DEMO_DIR / "hfcelery.db"
-    for leftover in DEMO_DIR.glob("hfcelery.db*"):
+    for leftover in [*DEMO_DIR.glob("hfcelery.db*"), *DEMO_DIR.glob("*.txt")]:
         leftover.unlink()
     with EmbeddedRedis() as broker:
         os.environ["DEMO_BROKER_URL"] = broker.url
@@ -59,7 +60,7 @@ def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
 def run_jobs(worker_log: Path) -> int:
     import hfcelery
     from examples.quickstart.app import app, send_email
-    from examples.quickstart.jobs import add, flaky, print_line
+    from examples.quickstart.jobs import add, call_unreliable_api, flaky, print_line
     from hfcelery import BackgroundJob, call
 
     api = hfcelery.monitoring(app)
@@ -77,6 +78,10 @@ def run_jobs(worker_log: Path) -> int:
         "Celery task": BackgroundJob.enqueue(send_email.s("a@example.org")),
         "plain .delay()": send_email.delay("b@example.org").id,
         "failing": BackgroundJob.enqueue(call(flaky, "simulated outage")),
+        "delayed by 2 s": BackgroundJob.schedule(call(print_line, "Delayed"), timedelta(seconds=2)),
+        "retried until it works": BackgroundJob.enqueue(
+            call(call_unreliable_api, str(DEMO_DIR / "api-attempts.txt"))
+        ),
     }
     deleted = BackgroundJob.enqueue(call(print_line, "never printed"), queue="parked")
     BackgroundJob.delete(deleted)
@@ -91,7 +96,8 @@ def run_jobs(worker_log: Path) -> int:
         job = api.job(job_id)
         trail = " -> ".join(h.state for h in job.history)
         outcome = job.history[-1].data.get("result", job.history[-1].reason or "")
-        print(f"{name:24} {job.function:37} {trail:40} {outcome}")
+        print(f"{name:24} {job.function:45} {outcome}")
+        print(f"{'':24} {trail}")
     counts = {state.value: n for state, n in api.state_counts().items() if n}
     print(f"\njobs per state: {counts}")
     return 0
