@@ -9,6 +9,7 @@ from __future__ import annotations
 from hfcelery.calls import Call, call
 from hfcelery.client import BackgroundJob, BackgroundJobClient
 from hfcelery.config import HfConfig
+from hfcelery.continuations import JobContinuationOptions
 from hfcelery.errors import (
     ArgumentSerializationError,
     ConfigurationError,
@@ -47,6 +48,7 @@ __all__ = [
     "BackgroundJob",
     "BackgroundJobClient",
     "Call",
+    "JobContinuationOptions",
     "call",
     # Per-function options (decorators)
     "AttemptsExceeded",

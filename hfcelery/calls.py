@@ -92,8 +92,12 @@ class Invocation:
         return self.args
 
 
-def to_invocation(the_call: object) -> Invocation:
-    """Normalise any accepted form of *the call* into an :class:`Invocation`, or raise."""
+def to_invocation(the_call: object, *, extra_argument: bool = False) -> Invocation:
+    """Normalise any accepted form of *the call* into an :class:`Invocation`, or raise.
+
+    ``extra_argument``: the function will get one more positional argument (a continuation's
+    parent result), so check that it accepts one.
+    """
     if isinstance(the_call, Signature):
         return _from_signature(the_call)
     if isinstance(the_call, Call):
@@ -111,7 +115,7 @@ def to_invocation(the_call: object) -> Invocation:
     if isinstance(func, Task):
         return _build(func.name, func.name, args, kwargs, target=func, job_options=options_of(func))
     path = function_path(func)
-    _check_arguments_fit(func, args, kwargs, path)
+    _check_arguments_fit(func, (*args, None) if extra_argument else args, kwargs, path)
     return _build(PERFORM_TASK_NAME, path, args, kwargs, target=func, job_options=options_of(func))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -9,7 +11,8 @@ from celery import Celery
 from celery._state import get_current_app
 
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, Invocation, to_invocation
-from hfcelery.errors import InvalidScheduleError
+from hfcelery.continuations import JobContinuationOptions
+from hfcelery.errors import InvalidCallError, InvalidScheduleError
 from hfcelery.extension import extension_of
 from hfcelery.jsonutil import from_json
 from hfcelery.records import Dispatch, NewJob
@@ -65,6 +68,60 @@ class BackgroundJobClient:
         due_at = due_time(delay)
         job = self._new_job(the_call, queue, State.SCHEDULED, due_at)
         self._extension.store.create_job(job)
+        return job.id
+
+    def continue_job_with(
+        self,
+        parent_id: str,
+        the_call: object,
+        *,
+        options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
+        queue: str | None = None,
+        pass_result: bool = False,
+    ) -> str:
+        """Create a job that waits (Awaiting) for ``parent_id`` to finish; return its id.
+
+        It is enqueued when the parent succeeds (by default; ``options`` may ask for deletion,
+        or either), in the same store transaction that finishes the parent, and deleted with
+        the reason "Continuation condition was not met" otherwise. Failed is not finished: the
+        parent may still be retried. A parent that has finished already releases it at once.
+        ``pass_result=True`` appends the parent's result to the arguments. Raises
+        JobNotFoundError, writing nothing, if there is no such parent.
+        """
+        return self.continue_when_all(
+            [parent_id], the_call, options=options, queue=queue, pass_result=pass_result
+        )
+
+    def continue_when_all(
+        self,
+        parent_ids: Sequence[str],
+        the_call: object,
+        *,
+        options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
+        queue: str | None = None,
+        pass_result: bool = False,
+    ) -> str:
+        """Create a job that waits for every one of ``parent_ids`` (a join); return its id.
+
+        ``options`` must hold for each parent. With ``pass_result=True`` the list of the
+        parents' results (in the order of their ids) is appended to the arguments.
+        """
+        if isinstance(parent_ids, str) or not parent_ids:
+            raise InvalidCallError("continue_when_all needs a non-empty list of parent job ids")
+        if not all(isinstance(p, str) and p for p in parent_ids):
+            raise InvalidCallError(f"parent job ids must be strings, got {parent_ids!r}")
+        job = self._new_job(the_call, queue, State.AWAITING, pass_result=pass_result)
+        parents = sorted(set(parent_ids))
+        job = replace(
+            job,
+            data={
+                "parent_ids": parents,
+                "options": JobContinuationOptions(options).name or "ON_ANY_FINISHED_STATE",
+                "next_state": State.ENQUEUED.value,
+                "queue": job.queue,
+            },
+        )
+        self._extension.store.add_continuation(job, parents, int(options), pass_result=pass_result)
         return job.id
 
     def delete(
@@ -128,9 +185,15 @@ class BackgroundJobClient:
         )
 
     def _new_job(
-        self, the_call: object, queue: str | None, state: State, due_at: datetime | None = None
+        self,
+        the_call: object,
+        queue: str | None,
+        state: State,
+        due_at: datetime | None = None,
+        *,
+        pass_result: bool = False,
     ) -> NewJob:
-        invocation = to_invocation(the_call)
+        invocation = to_invocation(the_call, extra_argument=pass_result)
         queue = (
             queue
             or invocation.job_options.queue
@@ -217,8 +280,43 @@ class _BackgroundJobFacade:
     ) -> bool:
         return self.client().reschedule(job_id, delay, expected_state=expected_state)
 
+    def continue_job_with(
+        self,
+        parent_id: str,
+        the_call: object,
+        *,
+        options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
+        queue: str | None = None,
+        pass_result: bool = False,
+    ) -> str:
+        return self.client().continue_job_with(
+            parent_id, the_call, options=options, queue=queue, pass_result=pass_result
+        )
 
-for _name in ("enqueue", "schedule", "delete", "requeue", "enqueue_now", "reschedule"):
+    def continue_when_all(
+        self,
+        parent_ids: Sequence[str],
+        the_call: object,
+        *,
+        options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
+        queue: str | None = None,
+        pass_result: bool = False,
+    ) -> str:
+        return self.client().continue_when_all(
+            parent_ids, the_call, options=options, queue=queue, pass_result=pass_result
+        )
+
+
+for _name in (
+    "enqueue",
+    "schedule",
+    "delete",
+    "requeue",
+    "enqueue_now",
+    "reschedule",
+    "continue_job_with",
+    "continue_when_all",
+):
     getattr(_BackgroundJobFacade, _name).__doc__ = getattr(BackgroundJobClient, _name).__doc__
 
 #: Static facade over the client of the current Celery app, as Hangfire's ``BackgroundJob``.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,13 @@ class Extension:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.config.store_url)
+        from hfcelery.client import publish
+
+        return Store(
+            self.config.store_url,
+            publisher=functools.partial(publish, self.app),
+            deleted_retention=timedelta(seconds=self.config.deleted_retention_seconds),
+        )
 
     @cached_property
     def client(self) -> BackgroundJobClient:

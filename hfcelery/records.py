@@ -73,6 +73,10 @@ class JobDetails:
     display_name: str | None
     due_at: datetime | None
     history: list[StateRecord]
+    #: The jobs this one waits for (a continuation) or waited for.
+    parent_ids: list[str] = field(default_factory=list)
+    #: The continuations that wait (or waited) for this job.
+    continuation_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

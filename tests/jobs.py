@@ -107,3 +107,8 @@ def wait_for_cancellation(token: str, seconds: float) -> str:
 @hfcelery.display_name("Critical report {0}")
 def critical_report(name: str) -> str:
     return f"report {name}"
+
+
+def total(values: list[float]) -> float:
+    """Sum a continuation's parent results."""
+    return sum(values)

@@ -29,5 +29,6 @@ def test_quick_start_demo(tmp_path: Path) -> None:
     assert "Scheduled -> Enqueued -> Processing -> Succeeded" in out
     assert "answered on attempt 3" in out
     assert "Enqueued -> Deleted" in out
-    assert "jobs per state: {'Succeeded': 6, 'Failed': 1, 'Deleted': 1}" in out
+    assert "Awaiting -> Enqueued -> Processing -> Succeeded" in out  # "world!" after "Hello, "
+    assert "jobs per state: {'Succeeded': 8, 'Failed': 1, 'Deleted': 1}" in out
     assert "worker stopped" in out

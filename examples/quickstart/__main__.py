@@ -83,6 +83,9 @@ def run_jobs(worker_log: Path) -> int:
             call(call_unreliable_api, str(DEMO_DIR / "api-attempts.txt"))
         ),
     }
+    hello = BackgroundJob.schedule(call(print_line, "Hello, "), timedelta(seconds=1))
+    jobs["parent"] = hello
+    jobs["continuation"] = BackgroundJob.continue_job_with(hello, call(print_line, "world!"))
     deleted = BackgroundJob.enqueue(call(print_line, "never printed"), queue="parked")
     BackgroundJob.delete(deleted)
     jobs["deleted before running"] = deleted

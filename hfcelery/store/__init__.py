@@ -46,11 +46,12 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Update, UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import Select
 
-from hfcelery.errors import StoreError
+from hfcelery.continuations import JobContinuationOptions
+from hfcelery.errors import JobNotFoundError, StoreError
 from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import (
     Claim,
@@ -64,7 +65,7 @@ from hfcelery.records import (
 )
 from hfcelery.states import State
 from hfcelery.store import schema
-from hfcelery.store.models import Job, JobState, Lock, Server, UTCDateTime
+from hfcelery.store.models import Continuation, Job, JobState, Lock, Server, UTCDateTime
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ ReturningDML = UpdateBase
 #: Errors of a publish that mean "the broker is unreachable", not "the message is wrong".
 BROKER_UNAVAILABLE = (BrokerOperationalError, OSError)
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+DEFAULT_DELETED_RETENTION = timedelta(days=1)
 ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
 
 _DISPATCH_COLUMNS = (Job.id, Job.function, Job.task_name, Job.args, Job.kwargs, Job.queue)
@@ -99,8 +101,20 @@ class Store:
     use; a PostgreSQL store must be migrated with ``celery hf migrate``.
     """
 
-    def __init__(self, url: str | URL, *, auto_upgrade: bool | None = None) -> None:
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        auto_upgrade: bool | None = None,
+        publisher: Callable[[Dispatch], None] | None = None,
+        deleted_retention: timedelta = DEFAULT_DELETED_RETENTION,
+    ) -> None:
         self.url = normalise_url(url)
+        #: How long continuations deleted because their condition was not met are kept.
+        self.deleted_retention = deleted_retention
+        #: Sends the messages of continuations released by a store operation (without one,
+        #: they wait, unpublished, for a worker's maintenance loop).
+        self.publisher = publisher
         self.dialect = self.url.get_backend_name()
         self.auto_upgrade = self.dialect == "sqlite" if auto_upgrade is None else auto_upgrade
         self._engine: Engine | None = None
@@ -358,12 +372,42 @@ class Store:
                 )
             )
 
-        if apply(_FINISH, _FINISH_H):
+        if apply(_FINISH_ALONE, _FINISH_ALONE_H) or self._finish_with_continuations(
+            _FINISH, state, reason, data, now, params
+        ):
             return True
-        if started_at is None or not apply(_FINISH_LOST_CLAIM, _FINISH_LOST_CLAIM_H):
+        if started_at is None:
+            return False
+        if not (
+            apply(_FINISH_LOST_CLAIM_ALONE, _FINISH_LOST_CLAIM_ALONE_H)
+            or self._finish_with_continuations(_FINISH_LOST_CLAIM, state, reason, data, now, params)
+        ):
             return False
         logger.warning("hfcelery job %s: its claim was lost; recorded %s", job_id, state)
         return True
+
+    def _finish_with_continuations(
+        self,
+        finish: Update,
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        now: datetime,
+        params: dict[str, Any],
+    ) -> bool:
+        """The finish of a job that has continuations: released in the same transaction."""
+        unrestricted = finish.where(Job.continuation_count > 0)  # the fast path's complement
+        released: list[Dispatch] = []
+
+        def work(conn: Connection) -> bool:
+            rows = self._change(conn, unrestricted, state, reason, data, now, params)
+            if rows and state.is_final:
+                released.extend(self._release_children(conn, [rows[0][0]], now))
+            return bool(rows)
+
+        finished = self._run(work)
+        self._send_released(released)
+        return finished
 
     def change_state(
         self,
@@ -401,16 +445,163 @@ class Store:
                 expire_at=None if retention is None else now + retention,
                 due_at=due_at,
             )
-            .returning(*_DISPATCH_COLUMNS)
+            .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
         )
 
+        released: list[Dispatch] = []
+
         def work(conn: Connection) -> Sequence[Row[Any]]:
-            return self._change(conn, stmt, state, reason, data or {}, now)
+            rows = self._change(conn, stmt, state, reason, data or {}, now)
+            if rows and state.is_final and rows[0].continuation_count:
+                released.extend(self._release_children(conn, [job_id], now))
+            return rows
 
         rows = self._run(work, durable=True)
         if rows and publish is not None:
             self._send([_dispatch_from_row(rows[0])], publish)
+        self._send_released(released)
         return bool(rows)
+
+    def add_continuation(
+        self,
+        job: NewJob,
+        parent_ids: Sequence[str],
+        options: int,
+        *,
+        pass_result: bool = False,
+    ) -> State:
+        """Write a job that waits (Awaiting) until all of ``parent_ids`` have finished.
+
+        Each parent is locked (in a fixed order) while the continuation is added, so a parent
+        finishing at the same moment either sees the continuation and releases it in its own
+        transaction, or has finished before, and the continuation is released here at once.
+        Raises JobNotFoundError (writing nothing) if a parent does not exist. Returns the
+        state the job is in when this returns.
+        """
+        now = utcnow()
+        released: list[Dispatch] = []
+
+        def work(conn: Connection) -> State:
+            waiting = 0
+            for parent_id in sorted(set(parent_ids)):
+                state = conn.execute(
+                    update(Job)
+                    .where(Job.id == parent_id)
+                    .values(continuation_count=Job.continuation_count + 1)
+                    .returning(Job.state)
+                ).scalar()
+                if state is None:
+                    raise JobNotFoundError(parent_id)
+                waiting += not State(state).is_final
+            row = _job_row(job, now, published=False)
+            row["awaiting_parents"] = waiting
+            conn.execute(insert(Job), [row])
+            conn.execute(
+                insert(JobState), [_state_row(job.id, State.AWAITING, job.reason, job.data, now)]
+            )
+            conn.execute(
+                insert(Continuation),
+                [
+                    {
+                        "parent_id": p,
+                        "child_id": job.id,
+                        "options": options,
+                        "pass_result": pass_result,
+                    }
+                    for p in sorted(set(parent_ids))
+                ],
+            )
+            if waiting:
+                return State.AWAITING
+            dispatch, state = self._release(conn, job.id, now, "Its parents had already finished")
+            if dispatch is not None:
+                released.append(dispatch)
+            return state
+
+        final_state = self._run(work)  # a JobNotFoundError rolls everything back
+        self._send_released(released)
+        return final_state
+
+    def _release_children(
+        self, conn: Connection, parent_ids: list[str], now: datetime
+    ) -> list[Dispatch]:
+        """Count finished parents down for their Awaiting continuations; release those with
+        none left (Enqueued, or Deleted when the condition was not met, which finishes them
+        too and so releases their own). Returns the Enqueued ones, to publish after commit."""
+        to_publish: list[Dispatch] = []
+        frontier = list(parent_ids)
+        while frontier:
+            parent_id = frontier.pop()
+            children = select(Continuation.child_id).where(Continuation.parent_id == parent_id)
+            ready = conn.execute(
+                update(Job)
+                .where(Job.id.in_(children.scalar_subquery()), Job.state == State.AWAITING)
+                .values(awaiting_parents=Job.awaiting_parents - 1)
+                .returning(Job.id, Job.awaiting_parents)
+            ).all()
+            for child_id, waiting in ready:
+                if waiting > 0:
+                    continue
+                reason = f"Continuation of {parent_id}"
+                dispatch, state = self._release(conn, child_id, now, reason)
+                if dispatch is not None:
+                    to_publish.append(dispatch)
+                elif state is State.DELETED:
+                    frontier.append(child_id)
+        return to_publish
+
+    def _release(
+        self, conn: Connection, child_id: str, now: datetime, reason: str
+    ) -> tuple[Dispatch | None, State]:
+        """Release an Awaiting job whose parents have all finished."""
+        parents = conn.execute(
+            select(Job.id, Job.state, Continuation.options, Continuation.pass_result)
+            .join(Continuation, Continuation.parent_id == Job.id)
+            .where(Continuation.child_id == child_id)
+            .order_by(Job.id)
+        ).all()
+        options = JobContinuationOptions(parents[0].options) if parents else None
+        met = options is not None and options.met_by(State(p.state) for p in parents)
+        values: dict[str, Any] = {"state_changed_at": now, "published": False}
+        if met:
+            values["state"] = State.ENQUEUED
+            if parents[0].pass_result:
+                values["args"] = self._args_with_results(conn, child_id, [p.id for p in parents])
+        else:
+            values["state"] = State.DELETED
+            values["expire_at"] = now + self.deleted_retention
+            reason = "Continuation condition was not met"
+        row = conn.execute(
+            update(Job)
+            .where(Job.id == child_id, Job.state == State.AWAITING)
+            .values(**values)
+            .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
+        ).first()
+        if row is None:
+            return None, State.AWAITING
+        data = {"parents": {p.id: p.state for p in parents}}
+        conn.execute(insert(JobState), [_state_row(child_id, values["state"], reason, data, now)])
+        if met:
+            return _dispatch_from_row(row), State.ENQUEUED
+        return None, State.DELETED
+
+    def _args_with_results(self, conn: Connection, child_id: str, parent_ids: list[str]) -> str:
+        results = []
+        for parent_id in parent_ids:
+            data = conn.execute(
+                select(JobState.data)
+                .where(JobState.job_id == parent_id, JobState.state == State.SUCCEEDED)
+                .order_by(JobState.id.desc())
+                .limit(1)
+            ).scalar()
+            results.append(from_json(data).get("result") if data else None)
+        args = from_json(conn.execute(select(Job.args).where(Job.id == child_id)).scalar_one())
+        args.append(results[0] if len(results) == 1 else results)
+        return to_json(args)
+
+    def _send_released(self, released: Sequence[Dispatch]) -> None:
+        if released and self.publisher is not None:
+            self._send(released, self.publisher)
 
     def release_processing(self, job_id: str, *, server_id: str, reason: str) -> bool:
         """Put a job back to Enqueued whose worker process was lost; the broker redelivers it."""
@@ -503,6 +694,13 @@ class Store:
         # Should this process die before publishing, the maintenance loop publishes them.
         self._send([_dispatch_from_row(row) for row in rows], publish)
         return len(rows)
+
+    def next_due_at(self) -> datetime | None:
+        """When the next Scheduled job without a message on its way falls due."""
+        stmt = select(func.min(Job.due_at)).where(
+            Job.state == State.SCHEDULED, Job.published.is_(False), Job.due_at.is_not(None)
+        )
+        return self._run(lambda conn: conn.execute(stmt).scalar(), single=True)
 
     def delete_expired(self, *, limit: int) -> int:
         """Remove up to ``limit`` expired jobs with their history; return how many."""
@@ -694,6 +892,16 @@ class Store:
                     select(JobState).where(JobState.job_id == job_id).order_by(JobState.id)
                 )
             ]
+            parents = conn.execute(
+                select(Continuation.parent_id)
+                .where(Continuation.child_id == job_id)
+                .order_by(Continuation.parent_id)
+            ).scalars()
+            children = conn.execute(
+                select(Continuation.child_id)
+                .where(Continuation.parent_id == job_id)
+                .order_by(Continuation.child_id)
+            ).scalars()
             return JobDetails(
                 id=r.id,
                 function=r.function,
@@ -711,6 +919,8 @@ class Store:
                 display_name=r.display_name,
                 due_at=r.due_at,
                 history=history,
+                parent_ids=list(parents),
+                continuation_ids=list(children),
             )
 
         return self._run(work)
@@ -860,6 +1070,7 @@ def _with_history(job_update: ReturningDML) -> Select[Any]:
 _NEW_JOB_COLUMNS = (
     "id", "function", "task_name", "args", "kwargs", "queue", "state",
     "created_at", "state_changed_at", "published", "retry_count", "display_name", "due_at",
+    "awaiting_parents", "continuation_count",
 )  # fmt: skip
 _INSERT_JOB = (
     insert(Job)
@@ -919,6 +1130,8 @@ _FINISH = (
     .values(_FINISHED_VALUES)
     .returning(Job.id)
 )
+#: The one-statement finish, for the (common) job without continuations.
+_FINISH_ALONE = _FINISH.where(Job.continuation_count == 0)
 #: A job still Enqueued as it was before its run started: its claim was lost (see module doc).
 _FINISH_LOST_CLAIM = (
     update(Job)
@@ -930,10 +1143,11 @@ _FINISH_LOST_CLAIM = (
     .values(_FINISHED_VALUES)
     .returning(Job.id)
 )
+_FINISH_LOST_CLAIM_ALONE = _FINISH_LOST_CLAIM.where(Job.continuation_count == 0)
 _INSERT_JOB_H = _with_history(_INSERT_JOB)
 _CLAIM_H = _with_history(_CLAIM)
-_FINISH_H = _with_history(_FINISH)
-_FINISH_LOST_CLAIM_H = _with_history(_FINISH_LOST_CLAIM)
+_FINISH_ALONE_H = _with_history(_FINISH_ALONE)
+_FINISH_LOST_CLAIM_ALONE_H = _with_history(_FINISH_LOST_CLAIM_ALONE)
 
 
 def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
@@ -951,6 +1165,8 @@ def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
         "retry_count": 0,
         "display_name": job.display_name,
         "due_at": job.due_at,
+        "awaiting_parents": 0,
+        "continuation_count": 0,
     }
 
 

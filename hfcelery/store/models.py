@@ -90,6 +90,10 @@ class Job(Base):
     expire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Number of times the job has failed and been retried.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Awaiting: how many parents have not finished yet.
+    awaiting_parents: Mapped[int] = mapped_column(Integer, default=0)
+    #: How many continuations wait for this job (0 keeps its finish on the fast path).
+    continuation_count: Mapped[int] = mapped_column(Integer, default=0)
 
     # Partial indexes: most jobs have no due time, expiry or server, and pay for no entry.
     __table_args__ = (
@@ -131,6 +135,23 @@ class JobState(Base):
     #: JSON object with the state's data (queue, server, duration, exception, ...).
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Continuation(Base):
+    """A job (child) that waits for another (parent) to finish."""
+
+    __tablename__ = TABLE_PREFIX + "continuations"
+
+    parent_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey(Job.id, ondelete="CASCADE"), primary_key=True
+    )
+    child_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey(Job.id, ondelete="CASCADE"), primary_key=True, index=True
+    )
+    #: ``JobContinuationOptions`` flags.
+    options: Mapped[int] = mapped_column(Integer)
+    #: Append the parents' results to the child's arguments when it is released.
+    pass_result: Mapped[bool] = mapped_column(Boolean)
 
 
 class Server(Base):

@@ -97,7 +97,7 @@ class Server:
         logger.info("hfcelery server %s started (store %s)", self.id, self.extension.store.url)
         self._spawn("heartbeat", self.heartbeat, config.heartbeat_interval_seconds)
         self._spawn("maintenance", self.maintain, config.poll_interval_seconds)
-        self._spawn("scheduler", self.enqueue_due, config.schedule_poll_interval_seconds)
+        self._spawn("scheduler", self.schedule, config.schedule_poll_interval_seconds)
         self._spawn("cleanup", self.clean_up, config.cleanup_interval_seconds)
 
     def stop(self) -> None:
@@ -139,6 +139,16 @@ class Server:
         if requeued:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
         self.publish_pending()
+
+    def schedule(self) -> float:
+        """One scheduler pass; return how long to wait for the next (until the next due job
+        this pass knows of, at most the poll interval)."""
+        self.enqueue_due()
+        interval = self.extension.config.schedule_poll_interval_seconds
+        next_due = self.extension.store.next_due_at()
+        if next_due is None:
+            return interval
+        return min(interval, max((next_due - datetime.now(UTC)).total_seconds(), 0.01))
 
     def enqueue_due(self) -> int:
         """Enqueue the Scheduled jobs that are due, a batch at a time; return how many."""
@@ -202,12 +212,17 @@ class Server:
         return len(sent)
 
     def _spawn(self, name: str, step: Callable[[], object], interval: float) -> None:
+        """Run ``step`` every ``interval`` seconds, or after as long as it returns (a float)."""
+
         def loop() -> None:
-            while not self._stopping.wait(interval):
+            wait = interval
+            while not self._stopping.wait(wait):
                 try:
-                    step()
+                    result = step()
                 except Exception:
                     logger.exception("hfcelery %s step failed; retrying", name)
+                    result = None
+                wait = result if isinstance(result, float) else interval
 
         thread = threading.Thread(target=loop, name=f"hfcelery-{name}", daemon=True)
         thread.start()

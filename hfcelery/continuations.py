@@ -1,0 +1,29 @@
+"""Continuation options, as Hangfire's ``JobContinuationOptions``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import IntFlag
+
+from hfcelery.states import State
+
+
+class JobContinuationOptions(IntFlag):
+    """When a continuation runs: after its parents succeeded, were deleted, or either."""
+
+    ON_ANY_FINISHED_STATE = 0
+    ONLY_ON_SUCCEEDED_STATE = 1
+    ONLY_ON_DELETED_STATE = 2
+
+    def met_by(self, parent_states: Iterable[State]) -> bool:
+        """Whether parents that finished in ``parent_states`` let the continuation run."""
+        return all(self._met_by(state) for state in parent_states)
+
+    def _met_by(self, state: State) -> bool:
+        if self == JobContinuationOptions.ON_ANY_FINISHED_STATE:
+            return state.is_final
+        if state is State.SUCCEEDED:
+            return JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE in self
+        if state is State.DELETED:
+            return JobContinuationOptions.ONLY_ON_DELETED_STATE in self
+        return False
