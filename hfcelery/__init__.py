@@ -17,9 +17,12 @@ from hfcelery.errors import (
     FunctionNotFoundError,
     HfceleryError,
     InvalidCallError,
+    InvalidCronError,
     InvalidScheduleError,
+    InvalidTimeZoneError,
     JobNotFoundError,
     NotInitializedError,
+    RecurringJobNotFoundError,
     SchemaOutOfDateError,
     StoreError,
 )
@@ -34,7 +37,15 @@ from hfcelery.options import (
     queue,
     retention,
 )
-from hfcelery.records import JobDetails, JobPage, JobSummary, ServerRecord, StateRecord
+from hfcelery.records import (
+    JobDetails,
+    JobPage,
+    JobSummary,
+    RecurringJobRecord,
+    ServerRecord,
+    StateRecord,
+)
+from hfcelery.recurring import Cron, MisfireHandling, RecurringJob, RecurringJobManager
 from hfcelery.states import State
 from hfcelery.worker.execution import cancellation_requested
 
@@ -50,6 +61,12 @@ __all__ = [
     "Call",
     "JobContinuationOptions",
     "call",
+    # Recurring jobs
+    "Cron",
+    "MisfireHandling",
+    "RecurringJob",
+    "RecurringJobManager",
+    "RecurringJobRecord",
     # Per-function options (decorators)
     "AttemptsExceeded",
     "JobOptions",
@@ -76,9 +93,12 @@ __all__ = [
     "FunctionNotFoundError",
     "HfceleryError",
     "InvalidCallError",
+    "InvalidCronError",
     "InvalidScheduleError",
+    "InvalidTimeZoneError",
     "JobNotFoundError",
     "NotInitializedError",
+    "RecurringJobNotFoundError",
     "SchemaOutOfDateError",
     "StoreError",
 ]

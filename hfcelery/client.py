@@ -52,7 +52,7 @@ class BackgroundJobClient:
         its message sent with the job id as the Celery task id. If the broker is unreachable,
         the job is kept and a worker publishes it later.
         """
-        job = self._new_job(the_call, queue, State.ENQUEUED)
+        job = self.new_job(the_call, queue, State.ENQUEUED)
         self._extension.store.create_job(job, self._publish)
         return job.id
 
@@ -66,7 +66,7 @@ class BackgroundJobClient:
         Raises InvalidScheduleError for a negative delay or a naive datetime.
         """
         due_at = due_time(delay)
-        job = self._new_job(the_call, queue, State.SCHEDULED, due_at)
+        job = self.new_job(the_call, queue, State.SCHEDULED, due_at)
         self._extension.store.create_job(job)
         return job.id
 
@@ -110,7 +110,7 @@ class BackgroundJobClient:
             raise InvalidCallError("continue_when_all needs a non-empty list of parent job ids")
         if not all(isinstance(p, str) and p for p in parent_ids):
             raise InvalidCallError(f"parent job ids must be strings, got {parent_ids!r}")
-        job = self._new_job(the_call, queue, State.AWAITING, pass_result=pass_result)
+        job = self.new_job(the_call, queue, State.AWAITING, pass_result=pass_result)
         parents = sorted(set(parent_ids))
         job = replace(
             job,
@@ -184,7 +184,7 @@ class BackgroundJobClient:
             due_at=due_at,
         )
 
-    def _new_job(
+    def new_job(
         self,
         the_call: object,
         queue: str | None,
@@ -193,6 +193,7 @@ class BackgroundJobClient:
         *,
         pass_result: bool = False,
     ) -> NewJob:
+        """Validate the call and describe the job it makes (nothing is written)."""
         invocation = to_invocation(the_call, extra_argument=pass_result)
         queue = (
             queue

@@ -28,6 +28,11 @@ RELIABLE_CELERY_DEFAULTS: Mapping[str, Any] = {
     "result_serializer": "json",
     "accept_content": ["json"],
     "result_accept_content": ["json"],
+    # Beat (hfcelery.beat:RecurringScheduler): a loop of at most 5 s, and a RedBeat lock that
+    # a standby takes over within about 35 s of the active beat's death.
+    "beat_max_loop_interval": 5,
+    "redbeat_lock_timeout": 30,
+    "redbeat_key_prefix": "hfcelery:",
 }
 
 

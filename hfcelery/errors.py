@@ -67,6 +67,14 @@ class InvalidScheduleError(HfceleryError, ValueError):
     """A delay or due time is invalid (negative, or a naive datetime)."""
 
 
+class InvalidCronError(InvalidScheduleError):
+    """A cron expression croniter cannot parse (or with a field count other than 5 or 6)."""
+
+
+class InvalidTimeZoneError(InvalidScheduleError):
+    """A time zone name that is not in the IANA database."""
+
+
 class ForbiddenFunctionError(HfceleryError):
     """A worker was asked to perform a function whose module is not allowed.
 
@@ -126,3 +134,14 @@ class JobNotFoundError(HfceleryError, LookupError):
 
     def _reduce_args(self) -> tuple[object, ...]:
         return (self.job_id,)
+
+
+class RecurringJobNotFoundError(HfceleryError, LookupError):
+    """No recurring job with the given id exists in the store."""
+
+    def __init__(self, recurring_id: str) -> None:
+        super().__init__(f"no recurring job with id {recurring_id!r}")
+        self.recurring_id = recurring_id
+
+    def _reduce_args(self) -> tuple[object, ...]:
+        return (self.recurring_id,)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from hfcelery.errors import JobNotFoundError
+from hfcelery.errors import JobNotFoundError, RecurringJobNotFoundError
 from hfcelery.extension import extension_of
-from hfcelery.records import JobDetails, JobPage, ServerRecord
+from hfcelery.records import JobDetails, JobPage, RecurringJobRecord, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store
 
@@ -42,6 +42,18 @@ class Monitoring:
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
         return self._store.jobs(State(state), limit=limit, after=after)
+
+    def recurring_jobs(self) -> list[RecurringJobRecord]:
+        """Every recurring job: call, cron, time zone, queue, next and last execution, last job
+        and its state, paused, last error."""
+        return self._store.recurring_jobs()
+
+    def recurring_job(self, recurring_id: str) -> RecurringJobRecord:
+        """One recurring job; raises RecurringJobNotFoundError."""
+        record = self._store.recurring_job(recurring_id)
+        if record is None:
+            raise RecurringJobNotFoundError(recurring_id)
+        return record
 
     def servers(self) -> list[ServerRecord]:
         """The workers currently registered, with their last heartbeat."""

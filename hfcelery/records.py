@@ -77,6 +77,9 @@ class JobDetails:
     parent_ids: list[str] = field(default_factory=list)
     #: The continuations that wait (or waited) for this job.
     continuation_ids: list[str] = field(default_factory=list)
+    #: The recurring job that created this one, and the occurrence it was created for.
+    recurring_id: str | None = None
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +121,44 @@ class Dispatch:
     args_json: str
     kwargs_json: str
     queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringDefinition:
+    """What ``RecurringJob.add_or_update`` writes."""
+
+    id: str
+    function: str
+    task_name: str
+    args_json: str
+    kwargs_json: str
+    queue: str
+    display_name: str | None
+    cron: str
+    time_zone: str
+    misfire: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringJobRecord:
+    """A recurring job as the store knows it."""
+
+    id: str
+    function: str
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    display_name: str | None
+    cron: str
+    time_zone: str
+    misfire: str
+    paused: bool
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    next_execution: datetime | None
+    last_execution: datetime | None
+    last_job_id: str | None
+    last_job_state: State | None
+    last_error: str | None

@@ -15,6 +15,11 @@ import hfcelery
 app = Celery("hftests", broker=os.environ.get("HF_TEST_BROKER_URL", "redis://127.0.0.1:6379/11"))
 app.conf.task_default_queue = os.environ.get("HF_TEST_QUEUE", "hftests")
 app.conf.broker_connection_retry_on_startup = True
+# Beat: RedBeat keys of this test session only, a fast loop and a short lock for fail-over tests.
+app.conf.redbeat_redis_url = app.conf.broker_url
+app.conf.redbeat_key_prefix = os.environ.get("HF_TEST_REDBEAT_PREFIX", "hftests:")
+app.conf.beat_max_loop_interval = 1
+app.conf.redbeat_lock_timeout = int(os.environ.get("HF_TEST_LOCK_TIMEOUT", "4"))
 hfcelery.init_app(
     app,
     store_url=os.environ.get("HF_TEST_STORE_URL", "sqlite:///hftests.db"),

@@ -144,6 +144,7 @@ def test_env(redis_url: str, acceptance_store_url: str) -> dict[str, str]:
         "HF_TEST_STORE_URL": acceptance_store_url,
         "HF_TEST_SIDE_EFFECTS_URL": redis_url,
         "HF_TEST_QUEUE": f"hftests-{uuid.uuid4().hex[:8]}",
+        "HF_TEST_REDBEAT_PREFIX": f"hftests-{uuid.uuid4().hex[:8]}:",
     }
     os.environ.update(env)
     return env

@@ -33,35 +33,48 @@ def main() -> int:
         os.environ["DEMO_STORE_URL"] = f"sqlite:///{store_path}"
         print(f"embedded Redis: {broker.url}")
         print(f"job store:      sqlite:///{store_path}")
-        worker_log = DEMO_DIR / "worker.log"
-        worker = start_worker(worker_log)
+        worker_log, beat_log = DEMO_DIR / "worker.log", DEMO_DIR / "beat.log"
+        worker = start("worker", worker_log)
+        beat = start("beat", beat_log)
         try:
             return run_jobs(worker_log)
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-            print(f"worker stopped; its log is in {worker_log}")
+            for process in (beat, worker):
+                stop(process)
+            print(f"worker and beat stopped; their logs are in {DEMO_DIR}")
 
 
-def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, "-m", "celery", "-A", "examples.quickstart.app", "worker",
-        "-c", "2", "-l", "info", "-n", "quickstart@%h",
+COMMANDS = {
+    "worker": [
+        "worker", "-c", "2", "-l", "info", "-n", "quickstart@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ]  # fmt: skip
+    ],
+    "beat": ["beat", "-S", "hfcelery.beat:RecurringScheduler", "-l", "info", "--pidfile="],
+}  # fmt: skip
+
+
+def start(kind: str, log_path: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "celery", "-A", "examples.quickstart.app", *COMMANDS[kind]]
+    if kind == "beat":
+        command += ["-s", str(DEMO_DIR / "beat-schedule")]
     with log_path.open("wb") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_jobs(worker_log: Path) -> int:
     import hfcelery
     from examples.quickstart.app import app, send_email
     from examples.quickstart.jobs import add, call_unreliable_api, flaky, print_line
-    from hfcelery import BackgroundJob, call
+    from hfcelery import BackgroundJob, RecurringJob, call
 
     api = hfcelery.monitoring(app)
     deadline = time.monotonic() + WAIT_SECONDS
@@ -83,6 +96,9 @@ def run_jobs(worker_log: Path) -> int:
             call(call_unreliable_api, str(DEMO_DIR / "api-attempts.txt"))
         ),
     }
+    RecurringJob.add_or_update(
+        "heartbeat-report", call(print_line, "Recurring"), "*/3 * * * * *", tz="Europe/Berlin"
+    )
     hello = BackgroundJob.schedule(call(print_line, "Hello, "), timedelta(seconds=1))
     jobs["parent"] = hello
     jobs["continuation"] = BackgroundJob.continue_job_with(hello, call(print_line, "world!"))
@@ -92,7 +108,9 @@ def run_jobs(worker_log: Path) -> int:
 
     while time.monotonic() < deadline:
         details = {name: api.find_job(job_id) for name, job_id in jobs.items()}
-        if all(d is not None and d.state in FINAL_STATES for d in details.values()):
+        recurring = api.recurring_job("heartbeat-report")
+        done = all(d is not None and d.state in FINAL_STATES for d in details.values())
+        if done and recurring.last_job_state in FINAL_STATES:
             break
         time.sleep(0.2)
     for name, job_id in jobs.items():
@@ -101,6 +119,13 @@ def run_jobs(worker_log: Path) -> int:
         outcome = job.history[-1].data.get("result", job.history[-1].reason or "")
         print(f"{name:24} {job.function:45} {outcome}")
         print(f"{'':24} {trail}")
+    for recurring in api.recurring_jobs():
+        print(
+            f"\nrecurring job {recurring.id!r} ({recurring.cron}, {recurring.time_zone}): "
+            f"last run {recurring.last_execution:%H:%M:%S} UTC -> {recurring.last_job_state}, "
+            f"next run {recurring.next_execution:%H:%M:%S} UTC"
+        )
+    RecurringJob.remove_if_exists("heartbeat-report")
     counts = {state.value: n for state, n in api.state_counts().items() if n}
     print(f"\njobs per state: {counts}")
     return 0

@@ -14,6 +14,7 @@ import hfcelery
 
 app = Celery("quickstart", broker=os.environ.get("DEMO_BROKER_URL", "redis://127.0.0.1:6379/0"))
 app.conf.task_default_queue = "quickstart"
+app.conf.redbeat_redis_url = app.conf.broker_url  # RedBeat keeps recurring entries there
 hfcelery.init_app(
     app,
     store_url=os.environ.get("DEMO_STORE_URL", "sqlite:///hfcelery-demo.db"),

@@ -51,7 +51,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import Select
 
 from hfcelery.continuations import JobContinuationOptions
-from hfcelery.errors import JobNotFoundError, StoreError
+from hfcelery.errors import HfceleryError, JobNotFoundError, StoreError
 from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import (
     Claim,
@@ -60,12 +60,22 @@ from hfcelery.records import (
     JobPage,
     JobSummary,
     NewJob,
+    RecurringDefinition,
+    RecurringJobRecord,
     ServerRecord,
     StateRecord,
 )
 from hfcelery.states import State
 from hfcelery.store import schema
-from hfcelery.store.models import Continuation, Job, JobState, Lock, Server, UTCDateTime
+from hfcelery.store.models import (
+    Continuation,
+    Job,
+    JobState,
+    Lock,
+    RecurringJob,
+    Server,
+    UTCDateTime,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -744,6 +754,148 @@ class Store:
         row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
         return None if row is None else (State(row.state), row.server_id)
 
+    # -- recurring jobs -------------------------------------------------------------------------
+
+    def upsert_recurring(self, definition: RecurringDefinition) -> None:
+        """Create a recurring job, or replace its definition in place (keeping its history)."""
+        now = utcnow()
+        values = {
+            "function": definition.function,
+            "task_name": definition.task_name,
+            "args": definition.args_json,
+            "kwargs": definition.kwargs_json,
+            "queue": definition.queue,
+            "display_name": definition.display_name,
+            "cron": definition.cron,
+            "time_zone": definition.time_zone,
+            "misfire": definition.misfire,
+            "updated_at": now,
+        }
+
+        def work(conn: Connection) -> None:
+            changed = conn.execute(
+                update(RecurringJob)
+                .where(RecurringJob.id == definition.id)
+                .values(revision=RecurringJob.revision + 1, **values)
+            ).rowcount
+            if not changed:
+                row = {"id": definition.id, "paused": False, "revision": 1, "created_at": now}
+                if not self._insert_ignoring_conflict(conn, {**row, **values}, RecurringJob):
+                    raise StoreError(f"recurring job {definition.id!r} was created concurrently")
+
+        self._run(work, durable=True)
+
+    def remove_recurring(self, recurring_id: str) -> bool:
+        """Remove a recurring job's definition (its jobs stay); False if there was none."""
+        stmt = delete(RecurringJob).where(RecurringJob.id == recurring_id)
+        return bool(self._run(lambda conn: conn.execute(stmt).rowcount, durable=True))
+
+    def set_recurring_paused(self, recurring_id: str, paused: bool) -> bool:
+        """Pause or resume a recurring job; False if there is none."""
+        stmt = (
+            update(RecurringJob)
+            .where(RecurringJob.id == recurring_id)
+            .values(paused=paused, revision=RecurringJob.revision + 1, updated_at=utcnow())
+        )
+        return bool(self._run(lambda conn: conn.execute(stmt).rowcount, durable=True))
+
+    def recurring_revisions(self) -> dict[str, tuple[int, bool]]:
+        """Every recurring job's revision and whether it is paused (what beat syncs)."""
+        stmt = select(RecurringJob.id, RecurringJob.revision, RecurringJob.paused)
+        return self._run(
+            lambda conn: {r.id: (r.revision, r.paused) for r in conn.execute(stmt)}, single=True
+        )
+
+    def recurring_job(self, recurring_id: str) -> RecurringJobRecord | None:
+        """One recurring job, or None."""
+        found = self._recurring_records(RecurringJob.id == recurring_id)
+        return found[0] if found else None
+
+    def recurring_jobs(self) -> list[RecurringJobRecord]:
+        """Every recurring job, by id."""
+        return self._recurring_records()
+
+    def _recurring_records(self, *conditions: Any) -> list[RecurringJobRecord]:
+        last_job = Job.__table__.alias("last_job")
+        stmt = (
+            select(RecurringJob, last_job.c.state.label("last_job_state"))
+            .outerjoin(last_job, last_job.c.id == RecurringJob.last_job_id)
+            .where(*conditions)
+            .order_by(RecurringJob.id)
+        )
+        now = utcnow()
+
+        def work(conn: Connection) -> list[RecurringJobRecord]:
+            return [_recurring_record(r, now) for r in conn.execute(stmt)]
+
+        return self._run(work)
+
+    def create_recurring_job(
+        self,
+        recurring_id: str,
+        *,
+        job_id: str,
+        scheduled_for: datetime | None,
+        reason: str,
+        publish: Callable[[Dispatch], None],
+        when_paused: bool = False,
+    ) -> str | None:
+        """Create the job of one occurrence (``scheduled_for``) of a recurring job, or of a
+        manual trigger (None). Returns its id; None when that occurrence has a job already,
+        or the recurring job is gone (or paused, unless ``when_paused``)."""
+        now = utcnow()
+
+        def work(conn: Connection) -> str | None:
+            definition = conn.execute(
+                select(RecurringJob).where(RecurringJob.id == recurring_id)
+            ).first()
+            if definition is None or (definition.paused and not when_paused):
+                return None
+            job = NewJob(
+                id=job_id,
+                function=definition.function,
+                task_name=definition.task_name,
+                args_json=definition.args,
+                kwargs_json=definition.kwargs,
+                queue=definition.queue,
+                state=State.ENQUEUED,
+                reason=reason,
+                data={
+                    "queue": definition.queue,
+                    "recurring_id": recurring_id,
+                    "scheduled_for": None if scheduled_for is None else scheduled_for.isoformat(),
+                },
+                display_name=definition.display_name,
+            )
+            row = _job_row(job, now, published=True)
+            row.update(recurring_id=recurring_id, scheduled_for=scheduled_for)
+            if not self._insert_ignoring_conflict(conn, row):
+                return None  # another beat (or a redelivery) created this occurrence's job
+            conn.execute(insert(JobState), [_state_row(job.id, job.state, reason, job.data, now)])
+            conn.execute(
+                update(RecurringJob)
+                .where(RecurringJob.id == recurring_id)
+                .values(last_execution=now, last_job_id=job.id, last_error=None)
+            )
+            try:
+                publish(_dispatch_of(job))
+            except BROKER_UNAVAILABLE as exc:
+                _log_unpublished(1, exc)
+                self._make_durable(conn)
+                conn.execute(update(Job).where(Job.id == job.id).values(published=False))
+            return job.id
+
+        return self._run(work)
+
+    def record_recurring_error(self, recurring_id: str, error: str) -> None:
+        """Remember why a recurring job could not run (shown in its listing)."""
+        stmt = (
+            update(RecurringJob)
+            .where(RecurringJob.id == recurring_id)
+            .values(last_error=error[:4000])
+        )
+        self._run(lambda conn: conn.execute(stmt))
+
     # -- servers and recovery ---------------------------------------------------------------
 
     def register_server(self, server: ServerRecord) -> None:
@@ -921,6 +1073,8 @@ class Store:
                 history=history,
                 parent_ids=list(parents),
                 continuation_ids=list(children),
+                recurring_id=r.recurring_id,
+                scheduled_for=r.scheduled_for,
             )
 
         return self._run(work)
@@ -1190,6 +1344,37 @@ def _state_row(
         "data": to_json(data),
         "created_at": now,
     }
+
+
+def _recurring_record(row: Any, now: datetime) -> RecurringJobRecord:
+    from hfcelery.recurring.cron import CronExpression
+
+    r = row
+    try:
+        next_execution = None if r.paused else CronExpression(r.cron, r.time_zone).next_after(now)
+    except HfceleryError:
+        next_execution = None
+    return RecurringJobRecord(
+        id=r.id,
+        function=r.function,
+        task_name=r.task_name,
+        args=from_json(r.args),
+        kwargs=from_json(r.kwargs),
+        queue=r.queue,
+        display_name=r.display_name,
+        cron=r.cron,
+        time_zone=r.time_zone,
+        misfire=r.misfire,
+        paused=r.paused,
+        revision=r.revision,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        next_execution=next_execution,
+        last_execution=r.last_execution,
+        last_job_id=r.last_job_id,
+        last_job_state=None if row.last_job_state is None else State(row.last_job_state),
+        last_error=r.last_error,
+    )
 
 
 def _dispatch_from_row(row: Any) -> Dispatch:

@@ -94,9 +94,14 @@ class Job(Base):
     awaiting_parents: Mapped[int] = mapped_column(Integer, default=0)
     #: How many continuations wait for this job (0 keeps its finish on the fast path).
     continuation_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The recurring job that created this one, and the occurrence it was created for.
+    recurring_id: Mapped[str | None] = mapped_column(String(100))
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     # Partial indexes: most jobs have no due time, expiry or server, and pay for no entry.
     __table_args__ = (
+        # One job per occurrence of a recurring job, however many beats fire it.
+        Index(None, "recurring_id", "scheduled_for", unique=True),
         Index(None, "state", "state_changed_at", "id"),
         Index(
             None,
@@ -152,6 +157,31 @@ class Continuation(Base):
     options: Mapped[int] = mapped_column(Integer)
     #: Append the parents' results to the child's arguments when it is released.
     pass_result: Mapped[bool] = mapped_column(Boolean)
+
+
+class RecurringJob(Base):
+    """A recurring job's definition: what to run, when, and what happened last."""
+
+    __tablename__ = TABLE_PREFIX + "recurring_jobs"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    function: Mapped[str] = mapped_column(String(255))
+    task_name: Mapped[str] = mapped_column(String(255))
+    args: Mapped[str] = mapped_column(Text)
+    kwargs: Mapped[str] = mapped_column(Text)
+    queue: Mapped[str] = mapped_column(String(255))
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    cron: Mapped[str] = mapped_column(String(100))
+    time_zone: Mapped[str] = mapped_column(String(64))
+    misfire: Mapped[str] = mapped_column(String(16))
+    paused: Mapped[bool] = mapped_column(Boolean)
+    #: Bumped by every change, so beat knows which schedules to reset.
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_execution: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_job_id: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Server(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery, signals
 
 from hfcelery.calls import PERFORM_TASK_NAME
+from hfcelery.recurring.fire import FIRE_TASK_OPTIONS, fire
 from hfcelery.tracking import after_task_publish, before_task_publish
 from hfcelery.worker.execution import (
     JobRequest,
@@ -32,6 +33,7 @@ _SIGNAL_HANDLERS = (
 def install(app: Celery) -> None:
     """Add hfcelery's worker parts to ``app`` (called once per app by ``init_app``)."""
     app.task(name=PERFORM_TASK_NAME, bind=True, typing=False, shared=False)(perform)
+    app.task(**FIRE_TASK_OPTIONS)(fire)
     # app.Task is the app's own generated base class: every task of this app inherits these.
     app.Task.before_start = before_start
     app.Task.Request = JobRequest

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Pause before handing a message back while the store is unreachable, to avoid a hot loop.
 STORE_DOWN_BACKOFF_SECONDS = 1.0
+#: hfcelery's own tasks that are not jobs.
+INTERNAL_TASK_NAMES = frozenset({"hfcelery.recurring.fire"})
 #: Failures that no retry can mend.
 PERMANENT_ERRORS = (ForbiddenFunctionError, FunctionNotFoundError)
 
@@ -60,6 +62,8 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     extension = find_extension(task.app)
     request = task.request
     if extension is None or extension.server_id is None or request.is_eager:
+        return
+    if task.name in INTERNAL_TASK_NAMES:
         return
     try:
         claimed = extension.store.claim(
@@ -164,7 +168,7 @@ def on_task_failure(
 ) -> None:
     """Record Failed, in the child (task raised) or the main process (lost, time limit)."""
     extension = find_extension(sender.app)
-    if extension is None or extension.server_id is None:
+    if extension is None or extension.server_id is None or sender.name in INTERNAL_TASK_NAMES:
         return
     request = sender.request
     in_child = getattr(request, "hf_claimed", False) and request.id == task_id
