@@ -196,19 +196,22 @@ class RecurringScheduler(RedBeatScheduler):  # type: ignore[misc]
         for recurring_id, (revision, paused) in definitions.items():
             if paused or (self._synced.get(recurring_id) == revision and recurring_id in ours):
                 continue
-            if recurring_id in ours and self._unchanged(ours[recurring_id], revision):
+            current = self._entry(ours[recurring_id]) if recurring_id in ours else None
+            if current is not None and current.schedule.revision == revision:
                 self._synced[recurring_id] = revision  # a restarted beat keeps the cursor
                 continue
-            self._install(recurring_id)
+            self._install(recurring_id, current)
 
-    def _unchanged(self, key: str, revision: int) -> bool:
+    def _entry(self, key: str) -> RecurringEntry | None:
         try:
-            entry = self.Entry.from_key(key, app=self.app)
+            entry: RecurringEntry = self.Entry.from_key(key, app=self.app)
         except (KeyError, ValueError, TypeError, HfceleryError):
-            return False
-        return isinstance(entry.schedule, CronSchedule) and entry.schedule.revision == revision
+            return None
+        return entry if isinstance(entry.schedule, CronSchedule) else None
 
-    def _install(self, recurring_id: str) -> None:
+    def _install(self, recurring_id: str, current: RecurringEntry | None) -> None:
+        """(Re)create the entry of a new or changed recurring job. Its cursor starts now,
+        unless only the call changed (the same cron, zone and misfire mode go on as before)."""
         store = extension_of(self.app).store
         record = store.recurring_job(recurring_id)
         if record is None:
@@ -225,8 +228,12 @@ class RecurringScheduler(RedBeatScheduler):  # type: ignore[misc]
             args=[recurring_id],
             app=self.app,
         )
-        entry.save()
-        entry.reschedule(datetime.now(UTC))  # from now on: nothing before the change fires
+        if current is not None and current.schedule._key()[:3] == schedule._key()[:3]:
+            entry.last_run_at = current.last_run_at
+            entry.save()  # keeps the stored cursor
+        else:
+            entry.save()
+            entry.reschedule(datetime.now(UTC))  # from now on: nothing before the change fires
         self._synced[recurring_id] = record.revision
         logger.info("hfcelery beat: recurring job %s scheduled (%r)", recurring_id, schedule)
 

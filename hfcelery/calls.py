@@ -32,6 +32,8 @@ from hfcelery.options import JobOptions, options_of
 PERFORM_TASK_NAME = "hfcelery.perform"
 #: Message header marking a message whose job hfcelery has written already.
 JOB_HEADER = "hfcelery_job"
+#: Message header marking a plain Celery task that hfcelery only tracks (sent again by it).
+TRACKED_HEADER = "hfcelery_tracked"
 
 
 @dataclass(frozen=True, slots=True)

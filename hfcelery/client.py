@@ -10,9 +10,9 @@ from uuid import uuid4
 from celery import Celery
 from celery._state import get_current_app
 
-from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, Invocation, to_invocation
+from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, Invocation, to_invocation
 from hfcelery.continuations import JobContinuationOptions
-from hfcelery.errors import InvalidCallError, InvalidScheduleError
+from hfcelery.errors import InvalidArgumentError, InvalidCallError, InvalidScheduleError
 from hfcelery.extension import extension_of
 from hfcelery.jsonutil import from_json
 from hfcelery.records import Dispatch, NewJob
@@ -21,18 +21,27 @@ from hfcelery.states import State
 _ALL_BUT = {s: tuple(x for x in State if x is not s) for s in State}
 
 
+#: How hard a publish tries before the broker counts as unreachable (and a worker publishes
+#: the job later): short, since some callers hold a store transaction meanwhile.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
+
+
 def publish(app: Celery, dispatch: Dispatch) -> None:
     """Send a job's Celery message, with the job id as the task id."""
     args = from_json(dispatch.args_json)
     if dispatch.task_name == PERFORM_TASK_NAME:
         args = [dispatch.function, *args]
+    headers = {JOB_HEADER: True}
+    if dispatch.tracked:
+        headers[TRACKED_HEADER] = True
     app.send_task(
         dispatch.task_name,
         args=args,
         kwargs=from_json(dispatch.kwargs_json),
         task_id=dispatch.id,
         queue=dispatch.queue,
-        headers={JOB_HEADER: True},
+        headers=headers,
+        retry_policy=PUBLISH_RETRY_POLICY,
     )
 
 
@@ -88,8 +97,12 @@ class BackgroundJobClient:
         ``pass_result=True`` appends the parent's result to the arguments. Raises
         JobNotFoundError, writing nothing, if there is no such parent.
         """
-        return self.continue_when_all(
-            [parent_id], the_call, options=options, queue=queue, pass_result=pass_result
+        return self._continue(
+            parent_ids=[parent_id],
+            the_call=the_call,
+            options=options,
+            queue=queue,
+            pass_result="one" if pass_result else None,
         )
 
     def continue_when_all(
@@ -106,11 +119,23 @@ class BackgroundJobClient:
         ``options`` must hold for each parent. With ``pass_result=True`` the list of the
         parents' results (in the order of their ids) is appended to the arguments.
         """
+        return self._continue(parent_ids, the_call, options, queue, "all" if pass_result else None)
+
+    def _continue(
+        self,
+        parent_ids: Sequence[str],
+        the_call: object,
+        options: JobContinuationOptions,
+        queue: str | None,
+        pass_result: str | None,
+    ) -> str:
         if isinstance(parent_ids, str) or not parent_ids:
             raise InvalidCallError("continue_when_all needs a non-empty list of parent job ids")
         if not all(isinstance(p, str) and p for p in parent_ids):
             raise InvalidCallError(f"parent job ids must be strings, got {parent_ids!r}")
-        job = self.new_job(the_call, queue, State.AWAITING, pass_result=pass_result)
+        if not isinstance(options, int) or int(options) not in range(4):
+            raise InvalidArgumentError(f"invalid continuation options {options!r}")
+        job = self.new_job(the_call, queue, State.AWAITING, pass_result=pass_result is not None)
         parents = sorted(set(parent_ids))
         job = replace(
             job,
@@ -134,20 +159,18 @@ class BackgroundJobClient:
         """Move a job to Deleted; True if applied.
 
         A deleted Enqueued or Scheduled job never runs. A running job goes on until it checks
-        ``hfcelery.cancellation_requested()``, or, with ``terminate=True``, its worker process
-        is killed through Celery's revoke.
+        ``hfcelery.cancellation_requested()``, or, with ``terminate=True``, until the worker
+        running it kills its process (within its maintenance interval).
         """
-        applied = self._extension.store.change_state(
+        return self._extension.store.change_state(
             job_id,
             State.DELETED,
             reason="Deleted by request",
             expected_state=_state_or_none(expected_state),
             from_states=_ALL_BUT[State.DELETED],
             retention=timedelta(seconds=self._extension.config.deleted_retention_seconds),
+            terminate=terminate,
         )
-        if applied and terminate:
-            self.app.control.revoke(job_id, terminate=True)
-        return applied
 
     def requeue(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
         """Move a job to Enqueued and send it again; True if applied."""
@@ -242,7 +265,16 @@ def due_time(delay: timedelta | datetime) -> datetime:
 
 
 def _state_or_none(state: State | str | None) -> State | None:
-    return None if state is None else State(state)
+    return None if state is None else parse_state(state)
+
+
+def parse_state(state: State | str) -> State:
+    """A :class:`State` from itself or its name; raises InvalidArgumentError."""
+    try:
+        return State(state)
+    except ValueError as exc:
+        names = ", ".join(s.value for s in State)
+        raise InvalidArgumentError(f"unknown state {state!r}: use one of {names}") from exc
 
 
 class _BackgroundJobFacade:

@@ -63,6 +63,11 @@ class ArgumentSerializationError(InvalidCallError):
         self.value = value
 
 
+class InvalidArgumentError(HfceleryError, ValueError):
+    """An argument of an hfcelery call has a value it does not accept (a state name, a
+    continuation option, a page size or cursor)."""
+
+
 class InvalidScheduleError(HfceleryError, ValueError):
     """A delay or due time is invalid (negative, or a naive datetime)."""
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from hfcelery.errors import JobNotFoundError, RecurringJobNotFoundError
+from hfcelery.client import parse_state
+from hfcelery.errors import InvalidArgumentError, JobNotFoundError, RecurringJobNotFoundError
 from hfcelery.extension import extension_of
 from hfcelery.records import JobDetails, JobPage, RecurringJobRecord, ServerRecord
 from hfcelery.states import State
@@ -39,9 +40,9 @@ class Monitoring:
 
         Pass the page's ``next_cursor`` as ``after`` to get the next page.
         """
-        if not 1 <= limit <= MAX_PAGE_SIZE:
-            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-        return self._store.jobs(State(state), limit=limit, after=after)
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidArgumentError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        return self._store.jobs(parse_state(state), limit=limit, after=after)
 
     def recurring_jobs(self) -> list[RecurringJobRecord]:
         """Every recurring job: call, cron, time zone, queue, next and last execution, last job

@@ -24,6 +24,8 @@ class NewJob:
     data: dict[str, Any] = field(default_factory=dict)
     display_name: str | None = None
     due_at: datetime | None = None
+    #: A plain Celery task that hfcelery only tracks.
+    tracked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,7 @@ class Dispatch:
     args_json: str
     kwargs_json: str
     queue: str
+    tracked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

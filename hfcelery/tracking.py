@@ -62,6 +62,7 @@ def before_task_publish(
         state=State.ENQUEUED,
         reason="Sent as a Celery task",
         data=data,
+        tracked=True,
     )
     try:
         extension.store.create_job(job)

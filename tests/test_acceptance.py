@@ -207,6 +207,29 @@ def test_plain_celery_delay_is_tracked(
     assert runs(side_effects, tok) == ["plain"]
 
 
+def test_tracked_task_whose_message_cannot_be_sent_fails_without_blocking_others(
+    worker: WorkerProcess, api: Monitoring, test_env: dict[str, str], side_effects: redis.Redis
+) -> None:
+    from kombu.exceptions import EncodeError
+
+    from tests.app import record
+
+    before = {j.id for j in api.jobs(State.ENQUEUED, limit=500).items}
+    with pytest.raises(EncodeError):
+        record.delay({1, 2})  # a set: JSON cannot carry it, the send fails after tracking
+    (phantom,) = {j.id for j in api.jobs(State.ENQUEUED, limit=500).items} - before
+    offline = Celery("hftests-offline2", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    offline.conf.task_default_queue = test_env["HF_TEST_QUEUE"]
+    offline.conf.broker_connection_timeout = 0.5
+    extension = hfcelery.init_app(offline, store_url=test_env["HF_TEST_STORE_URL"])
+    tok = token()
+    pending = BackgroundJobClient(offline).enqueue(call(jobs.record, tok))  # broker down
+    extension.store.dispose()
+    assert wait_state(api, phantom).state is State.FAILED
+    assert "could not be sent" in (api.job(phantom).history[-1].reason or "")
+    assert wait_state(api, pending).state is State.SUCCEEDED
+
+
 def test_requeue_runs_a_failed_job_again(worker: WorkerProcess, api: Monitoring) -> None:
     job_id = BackgroundJob.enqueue(call(jobs.fail_until, token(), 2))
     assert wait_state(api, job_id).state is State.FAILED

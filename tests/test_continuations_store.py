@@ -140,7 +140,7 @@ def test_missing_parent_writes_nothing(store: Store, sent: list[str]) -> None:
 
 def test_join_waits_for_every_parent(store: Store, sent: list[str]) -> None:
     parents = [running_parent(store) for _ in range(3)]
-    child = add(store, parents, pass_result=True)
+    child = add(store, parents, pass_result="all")
     for i, parent in enumerate(parents[:2]):
         finish(store, parent, State.SUCCEEDED, result=i)
         assert states_of(store, child) == [State.AWAITING]
@@ -161,7 +161,7 @@ def test_join_with_a_deleted_parent_is_not_met(store: Store, sent: list[str]) ->
 
 def test_pass_result_of_one_parent(store: Store, sent: list[str]) -> None:
     parent = running_parent(store)
-    child = add(store, [parent], pass_result=True)
+    child = add(store, [parent], pass_result="one")
     finish(store, parent, State.SUCCEEDED, result={"rows": 7})
     details = store.job(child)
     assert details is not None and details.args == [2, 3, {"rows": 7}]
@@ -195,3 +195,24 @@ def test_adding_while_the_parent_finishes_releases_exactly_once(
     for child_id in children:
         assert states_of(store, child_id).count(State.ENQUEUED) == 1, child_id
     assert sorted(sent) == sorted(children)
+
+
+def test_a_parent_counts_once_even_when_it_finishes_again(store: Store, sent: list[str]) -> None:
+    """A join parent that succeeds, is requeued or deleted and finishes again must not count
+    twice and release (or delete) the child while the other parent still runs."""
+    first, second = running_parent(store), running_parent(store)
+    child = add(store, [first, second])
+    assert finish(store, first, State.SUCCEEDED)
+    assert store.change_state(first, State.DELETED, reason="deleted after success")
+    assert states_of(store, child) == [State.AWAITING]
+    assert finish(store, second, State.SUCCEEDED)
+    details = store.job(child)
+    assert details is not None and details.state is State.DELETED  # the first is now Deleted
+
+
+def test_failed_parent_with_continuations_is_not_trimmed(store: Store, sent: list[str]) -> None:
+    parent = running_parent(store)
+    child = add(store, [parent])
+    finish(store, parent, State.FAILED)
+    assert store.trim_failed(older_than=timedelta(0), keep=0, limit=10) == 0
+    assert states_of(store, child) == [State.AWAITING]

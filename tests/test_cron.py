@@ -151,3 +151,16 @@ def test_ignorable_counts_what_fell_due_before_the_beat_started_as_missed() -> N
     later = utc(2026, 1, 1, 10, 0, 31, 200000)  # on time once the beat runs
     fired, _ = plan(every_second, cursor, later, MisfireHandling.IGNORABLE, GRACE, started)
     assert fired == [utc(2026, 1, 1, 10, 0, 31)]
+
+
+def test_late_but_not_missed_occurrences_fire_each_in_relaxed_mode() -> None:
+    """A slow tick (3.5 s) is late, not a misfire: every occurrence still gets its job."""
+    every_second = CronExpression("* * * * * *")
+    cursor = utc(2026, 1, 1, 10)
+    now = utc(2026, 1, 1, 10, 0, 3, 500000)
+    fired, _ = plan(every_second, cursor, now, MisfireHandling.RELAXED, GRACE, cursor)
+    assert fired == [utc(2026, 1, 1, 10, 0, s) for s in (1, 2, 3)]
+    missed_then_on_time = plan(
+        every_second, cursor, utc(2026, 1, 1, 10, 0, 9), MisfireHandling.RELAXED, GRACE, cursor
+    )[0]
+    assert missed_then_on_time == [utc(2026, 1, 1, 10, 0, s) for s in (3, 4, 5, 6, 7, 8, 9)]

@@ -48,6 +48,12 @@ def test_upsert_replaces_in_place_and_bumps_the_revision(store: Store) -> None:
     assert record.last_execution is None and record.last_job_state is None
 
 
+def test_the_same_definition_again_keeps_its_revision(store: Store) -> None:
+    store.upsert_recurring(definition())
+    store.upsert_recurring(definition())  # a deploy registering it again
+    assert store.recurring_revisions() == {"daily-report": (1, False)}
+
+
 def test_pause_resume_remove(store: Store) -> None:
     store.upsert_recurring(definition())
     assert store.set_recurring_paused("daily-report", True)

@@ -212,10 +212,14 @@ def test_delete_with_terminate_kills_the_running_job(
     job_id = BackgroundJob.enqueue(call(jobs.sleep_then_record, tok, 30))
     wait_for(lambda: side_effects.lrange(f"hftests:{tok}", 0, -1) == ["started"], what="start")
     assert BackgroundJob.delete(job_id, terminate=True)
-    wait_for(lambda: "Terminating" in worker.log() or "terminated" in worker.log(), what="kill")
+    wait_for(lambda: f"terminates deleted job {job_id}" in worker.log(), what="the kill")
     assert history(api.job(job_id)) == [State.ENQUEUED, State.PROCESSING, State.DELETED]
     assert wait_state(api, BackgroundJob.enqueue(jobs.no_arguments)).state is State.SUCCEEDED
     assert side_effects.lrange(f"hftests:{tok}", 0, -1) == ["started"]
+    # Requeued afterwards, it runs again (no revoke lingers in the workers).
+    assert BackgroundJob.requeue(job_id, expected_state=State.DELETED)
+    wait_for(lambda: side_effects.llen(f"hftests:{tok}") == 2, what="the second start")
+    assert BackgroundJob.delete(job_id, terminate=True)
 
 
 def test_queue_decorator_and_display_name(

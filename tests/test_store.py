@@ -533,3 +533,47 @@ def test_failed_jobs_are_trimmed_only_past_their_limits(store: Store) -> None:
     assert store.trim_failed(older_than=None, keep=3, limit=10) == 2
     assert store.state_counts()[State.FAILED] == 3
     assert store.trim_failed(older_than=timedelta(0), keep=None, limit=10) == 3
+
+
+def test_scheduler_taking_over_a_celery_retry_outranks_its_late_message(store: Store) -> None:
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id, attempt=0)
+    due = datetime.now(UTC) - timedelta(minutes=1)  # the retry message is long overdue
+    store.finish(job.id, server_id="s1", state=State.SCHEDULED, reason="retry", data={}, due_at=due)
+    assert store.enqueue_due(limit=10, grace=timedelta(seconds=5), publish=lambda d: None) == 1
+    assert claim(store, job.id, server_id="s1", attempt=0) is not None  # the scheduler's message
+    assert claim(store, job.id, server_id="s1", attempt=1) is None  # the late retry message
+
+
+def test_retry_of_a_lost_claim(store: Store) -> None:
+    job = new_job()
+    store.create_job(job)
+    kw = {
+        "server_id": "s1",
+        "worker_id": "w1",
+        "due_at": datetime.now(UTC),
+        "failed_reason": "x",
+        "failed_data": {},
+        "reason": "retry",
+    }
+    assert not store.retry(job.id, **kw)  # type: ignore[arg-type]
+    assert store.retry(job.id, started_at=datetime.now(UTC), **kw)  # type: ignore[arg-type]
+    assert states_of(store, job.id) == [State.ENQUEUED, State.FAILED, State.SCHEDULED]
+
+
+def test_mark_published_only_touches_enqueued_jobs(store: Store) -> None:
+    job = new_job(State.SCHEDULED, due_at=datetime.now(UTC))
+    store.create_job(job)
+    store.mark_published([job.id])
+    with store.engine.connect() as conn:
+        published = conn.execute(Job.__table__.select().where(Job.id == job.id)).first()
+    assert published is not None and published.published is False
+
+
+def test_bad_page_cursor_is_a_typed_error(store: Store) -> None:
+    from hfcelery.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError):
+        store.jobs(State.ENQUEUED, after="not-a-cursor")

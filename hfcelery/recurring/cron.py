@@ -183,16 +183,17 @@ def plan(
 
     Returns the occurrences to fire and the new cursor. An occurrence was *missed* when it fell
     due before this beat became active (``active_since``) or more than ``grace`` ago; one that
-    is merely a little late is not. Relaxed fires the latest due occurrence once, however many
-    were missed; Strict fires every one (at most ``MAX_CATCH_UP`` per pass); Ignorable fires
-    only those not missed.
+    is merely a little late is not, and fires in every mode. Of the missed, Relaxed fires the
+    latest once, however many there were; Strict fires every one (at most ``MAX_CATCH_UP`` per
+    pass); Ignorable fires none.
     """
     due = cron.between(cursor, now, MAX_CATCH_UP)
     if not due:
         return [], cursor
     if misfire is MisfireHandling.STRICT:
         return due, due[-1]
+    missed = [o for o in due if now - o > grace or (active_since is not None and o < active_since)]
+    on_time = due[len(missed) :]  # occurrences are in order: the missed ones come first
     if misfire is MisfireHandling.RELAXED:
-        return due[-1:], due[-1]
-    on_time = [o for o in due if now - o <= grace and (active_since is None or o >= active_since)]
+        return missed[-1:] + on_time, due[-1]
     return on_time, due[-1]

@@ -51,7 +51,7 @@ from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import Select
 
 from hfcelery.continuations import JobContinuationOptions
-from hfcelery.errors import HfceleryError, JobNotFoundError, StoreError
+from hfcelery.errors import HfceleryError, InvalidArgumentError, JobNotFoundError, StoreError
 from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import (
     Claim,
@@ -88,7 +88,9 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 DEFAULT_DELETED_RETENTION = timedelta(days=1)
 ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
 
-_DISPATCH_COLUMNS = (Job.id, Job.function, Job.task_name, Job.args, Job.kwargs, Job.queue)
+_DISPATCH_COLUMNS = (
+    Job.id, Job.function, Job.task_name, Job.args, Job.kwargs, Job.queue, Job.tracked,
+)  # fmt: skip
 
 
 def utcnow() -> datetime:
@@ -265,14 +267,19 @@ class Store:
                 return False
             return True
 
-        return self._run(work)
+        # Without a message the store is the job's only record: commit it durably.
+        return self._run(work, durable=publish is None)
 
     def mark_published(self, job_ids: Sequence[str]) -> None:
         """Record that the messages of Enqueued jobs reached the broker."""
         if not job_ids:
             return
 
-        stmt = update(Job).where(Job.id.in_(job_ids)).values(published=True)
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.state == State.ENQUEUED)
+            .values(published=True)
+        )
         self._run(lambda conn: conn.execute(stmt), single=True)
 
     def claim(
@@ -431,11 +438,13 @@ class Store:
         retention: timedelta | None = None,
         due_at: datetime | None = None,
         publish: Callable[[Dispatch], None] | None = None,
+        terminate: bool = False,
     ) -> bool:
         """Change a job's state if it is in ``expected_state`` (or any of ``from_states``).
 
         Moving to Enqueued with ``publish`` sends the job's message again; moving to Scheduled
-        takes ``due_at``. Returns whether the change was applied.
+        takes ``due_at``; ``terminate`` asks the server running the job to kill it. Returns
+        whether the change was applied.
         """
         now = utcnow()
         conditions = [Job.id == job_id]
@@ -454,6 +463,7 @@ class Store:
                 published=False,
                 expire_at=None if retention is None else now + retention,
                 due_at=due_at,
+                terminate=terminate,
             )
             .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
         )
@@ -478,7 +488,7 @@ class Store:
         parent_ids: Sequence[str],
         options: int,
         *,
-        pass_result: bool = False,
+        pass_result: str | None = None,
     ) -> State:
         """Write a job that waits (Awaiting) until all of ``parent_ids`` have finished.
 
@@ -493,6 +503,7 @@ class Store:
 
         def work(conn: Connection) -> State:
             waiting = 0
+            finished: dict[str, bool] = {}
             for parent_id in sorted(set(parent_ids)):
                 state = conn.execute(
                     update(Job)
@@ -502,7 +513,8 @@ class Store:
                 ).scalar()
                 if state is None:
                     raise JobNotFoundError(parent_id)
-                waiting += not State(state).is_final
+                finished[parent_id] = State(state).is_final
+                waiting += not finished[parent_id]
             row = _job_row(job, now, published=False)
             row["awaiting_parents"] = waiting
             conn.execute(insert(Job), [row])
@@ -517,6 +529,7 @@ class Store:
                         "child_id": job.id,
                         "options": options,
                         "pass_result": pass_result,
+                        "counted": finished[p],
                     }
                     for p in sorted(set(parent_ids))
                 ],
@@ -528,7 +541,9 @@ class Store:
                 released.append(dispatch)
             return state
 
-        final_state = self._run(work)  # a JobNotFoundError rolls everything back
+        # Durable: a continuation has no message to be rebuilt from. A JobNotFoundError rolls
+        # everything back.
+        final_state = self._run(work, durable=True)
         self._send_released(released)
         return final_state
 
@@ -542,10 +557,22 @@ class Store:
         frontier = list(parent_ids)
         while frontier:
             parent_id = frontier.pop()
-            children = select(Continuation.child_id).where(Continuation.parent_id == parent_id)
+            # Each parent counts once, even when it finishes again after a requeue.
+            newly_counted = (
+                conn.execute(
+                    update(Continuation)
+                    .where(Continuation.parent_id == parent_id, Continuation.counted.is_(False))
+                    .values(counted=True)
+                    .returning(Continuation.child_id)
+                )
+                .scalars()
+                .all()
+            )
+            if not newly_counted:
+                continue
             ready = conn.execute(
                 update(Job)
-                .where(Job.id.in_(children.scalar_subquery()), Job.state == State.AWAITING)
+                .where(Job.id.in_(newly_counted), Job.state == State.AWAITING)
                 .values(awaiting_parents=Job.awaiting_parents - 1)
                 .returning(Job.id, Job.awaiting_parents)
             ).all()
@@ -576,7 +603,9 @@ class Store:
         if met:
             values["state"] = State.ENQUEUED
             if parents[0].pass_result:
-                values["args"] = self._args_with_results(conn, child_id, [p.id for p in parents])
+                values["args"] = self._args_with_results(
+                    conn, child_id, [p.id for p in parents], as_list=parents[0].pass_result == "all"
+                )
         else:
             values["state"] = State.DELETED
             values["expire_at"] = now + self.deleted_retention
@@ -595,7 +624,9 @@ class Store:
             return _dispatch_from_row(row), State.ENQUEUED
         return None, State.DELETED
 
-    def _args_with_results(self, conn: Connection, child_id: str, parent_ids: list[str]) -> str:
+    def _args_with_results(
+        self, conn: Connection, child_id: str, parent_ids: list[str], *, as_list: bool
+    ) -> str:
         results = []
         for parent_id in parent_ids:
             data = conn.execute(
@@ -606,7 +637,7 @@ class Store:
             ).scalar()
             results.append(from_json(data).get("result") if data else None)
         args = from_json(conn.execute(select(Job.args).where(Job.id == child_id)).scalar_one())
-        args.append(results[0] if len(results) == 1 else results)
+        args.append(results if as_list else results[0])
         return to_json(args)
 
     def _send_released(self, released: Sequence[Dispatch]) -> None:
@@ -614,9 +645,14 @@ class Store:
             self._send(released, self.publisher)
 
     def release_processing(self, job_id: str, *, server_id: str, reason: str) -> bool:
-        """Put a job back to Enqueued whose worker process was lost; the broker redelivers it."""
+        """Put a job back to Enqueued whose worker process was lost.
+
+        Celery usually redelivers its message, but not always (a success already stored, the
+        retries for lost workers used up): it is left unpublished, so the maintenance loop sends
+        it again if it is still Enqueued after the grace period.
+        """
         conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
-        return self._requeue_where(conditions, reason=reason, published=True) == 1
+        return self._requeue_where(conditions, reason=reason, published=False) == 1
 
     def retry(
         self,
@@ -628,15 +664,24 @@ class Store:
         failed_reason: str,
         failed_data: dict[str, Any],
         reason: str,
+        started_at: datetime | None = None,
     ) -> bool:
-        """Record a failed attempt and schedule the next: Processing -> Failed -> Scheduled."""
+        """Record a failed attempt and schedule the next: Processing -> Failed -> Scheduled.
+
+        With ``started_at``, a job found still Enqueued as before that time is retried too:
+        its claim was lost (see :meth:`finish`).
+        """
         now = utcnow()
-        conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
+        holder = [Job.state == State.PROCESSING, Job.server_id == server_id]
         if worker_id is not None:
-            conditions.append(Job.worker_id == worker_id)
+            holder.append(Job.worker_id == worker_id)
+        mine = and_(*holder)
+        if started_at is not None:
+            lost_claim = and_(Job.state == State.ENQUEUED, Job.state_changed_at < started_at)
+            mine = or_(mine, lost_claim)
         stmt = (
             update(Job)
-            .where(*conditions)
+            .where(Job.id == job_id, mine)
             .values(
                 state=State.SCHEDULED,
                 server_id=None,
@@ -692,7 +737,15 @@ class Store:
         move = (
             update(Job)
             .where(Job.id.in_(due.scalar_subquery()), Job.state == State.SCHEDULED)
-            .values(state=State.ENQUEUED, state_changed_at=now, due_at=None, published=False)
+            .values(
+                state=State.ENQUEUED,
+                state_changed_at=now,
+                due_at=None,
+                published=False,
+                # Taking over a Celery self.retry() whose message is late: that message must
+                # not claim the job again once this run has started.
+                retry_count=case((Job.published, Job.retry_count + 1), else_=Job.retry_count),
+            )
             .returning(*_DISPATCH_COLUMNS)
         )
 
@@ -718,19 +771,21 @@ class Store:
         return self._delete_jobs(expired)
 
     def trim_failed(self, *, older_than: timedelta | None, keep: int | None, limit: int) -> int:
-        """Remove Failed jobs older than ``older_than`` or beyond the newest ``keep``."""
+        """Remove Failed jobs older than ``older_than`` or beyond the newest ``keep``.
+
+        A Failed job that continuations wait for is kept: it may still be requeued.
+        """
+        waited_for_by_none = and_(Job.state == State.FAILED, Job.continuation_count == 0)
         removed = 0
         if older_than is not None:
             cutoff = utcnow() - older_than
             removed += self._delete_jobs(
-                select(Job.id)
-                .where(Job.state == State.FAILED, Job.state_changed_at < cutoff)
-                .limit(limit)
+                select(Job.id).where(waited_for_by_none, Job.state_changed_at < cutoff).limit(limit)
             )
         if keep is not None:
             removed += self._delete_jobs(
                 select(Job.id)
-                .where(Job.state == State.FAILED)
+                .where(waited_for_by_none)
                 .order_by(Job.state_changed_at.desc(), Job.id.desc())
                 .offset(keep)
                 .limit(limit)
@@ -772,16 +827,25 @@ class Store:
             "updated_at": now,
         }
 
+        compared = {k: v for k, v in values.items() if k != "updated_at"}
+        current_values = select(*(getattr(RecurringJob, k) for k in compared)).where(
+            RecurringJob.id == definition.id
+        )
+
         def work(conn: Connection) -> None:
-            changed = conn.execute(
-                update(RecurringJob)
-                .where(RecurringJob.id == definition.id)
-                .values(revision=RecurringJob.revision + 1, **values)
-            ).rowcount
-            if not changed:
+            current = conn.execute(current_values).first()
+            if current is None:
                 row = {"id": definition.id, "paused": False, "revision": 1, "created_at": now}
                 if not self._insert_ignoring_conflict(conn, {**row, **values}, RecurringJob):
                     raise StoreError(f"recurring job {definition.id!r} was created concurrently")
+            elif tuple(current) != tuple(compared.values()):
+                conn.execute(
+                    update(RecurringJob)
+                    .where(RecurringJob.id == definition.id)
+                    .values(revision=RecurringJob.revision + 1, **values)
+                )
+            # else: the same definition again (a deploy re-registering it) keeps its revision,
+            # so beat keeps its schedule and catches up its misfires.
 
         self._run(work, durable=True)
 
@@ -954,6 +1018,15 @@ class Store:
             reason="Server that processed the job stopped responding",
             published=False,
         )
+
+    def terminations(self, running: Sequence[str]) -> list[str]:
+        """Of the jobs ``running`` here, those deleted with their process to be terminated."""
+        if not running:
+            return []
+        stmt = select(Job.id).where(
+            Job.id.in_(list(running)), Job.state == State.DELETED, Job.terminate.is_(True)
+        )
+        return list(self._run(lambda conn: conn.execute(stmt).scalars().all(), single=True))
 
     def requeue_orphans(self, server_id: str, running: Sequence[str], older_than: timedelta) -> int:
         """Requeue jobs Processing on this server that it is not running (their outcome was
@@ -1224,7 +1297,7 @@ def _with_history(job_update: ReturningDML) -> Select[Any]:
 _NEW_JOB_COLUMNS = (
     "id", "function", "task_name", "args", "kwargs", "queue", "state",
     "created_at", "state_changed_at", "published", "retry_count", "display_name", "due_at",
-    "awaiting_parents", "continuation_count",
+    "awaiting_parents", "continuation_count", "tracked", "terminate",
 )  # fmt: skip
 _INSERT_JOB = (
     insert(Job)
@@ -1258,6 +1331,7 @@ _CLAIM = (
         state_changed_at=_param("p_now", UTCDateTime()),
         published=True,
         due_at=None,
+        terminate=False,
         retry_count=case((Job.retry_count < _ATTEMPT, _ATTEMPT), else_=Job.retry_count),
     )
     .returning(Job.id, Job.created_at, Job.retry_count)
@@ -1321,6 +1395,8 @@ def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
         "due_at": job.due_at,
         "awaiting_parents": 0,
         "continuation_count": 0,
+        "tracked": job.tracked,
+        "terminate": False,
     }
 
 
@@ -1378,11 +1454,15 @@ def _recurring_record(row: Any, now: datetime) -> RecurringJobRecord:
 
 
 def _dispatch_from_row(row: Any) -> Dispatch:
-    return Dispatch(row.id, row.function, row.task_name, row.args, row.kwargs, row.queue)
+    return Dispatch(
+        row.id, row.function, row.task_name, row.args, row.kwargs, row.queue, row.tracked
+    )
 
 
 def _dispatch_of(job: NewJob) -> Dispatch:
-    return Dispatch(job.id, job.function, job.task_name, job.args_json, job.kwargs_json, job.queue)
+    return Dispatch(
+        job.id, job.function, job.task_name, job.args_json, job.kwargs_json, job.queue, job.tracked
+    )
 
 
 def _encode_cursor(changed_at: datetime, job_id: str) -> str:
@@ -1393,9 +1473,12 @@ def _encode_cursor(changed_at: datetime, job_id: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         changed_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(changed_at), job_id
-    except ValueError as exc:
-        raise ValueError(f"invalid page cursor {cursor!r}") from exc
+        when = datetime.fromisoformat(changed_at)
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise InvalidArgumentError(f"invalid page cursor {cursor!r}") from exc
+    if when.tzinfo is None:
+        raise InvalidArgumentError(f"invalid page cursor {cursor!r}")
+    return when, job_id
 
 
 def _configure_sqlite(engine: Engine) -> None:

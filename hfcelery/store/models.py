@@ -70,6 +70,10 @@ class Job(Base):
     function: Mapped[str] = mapped_column(String(255))
     #: How lists show the job (``@hfcelery.display_name``), if not by its function.
     display_name: Mapped[str | None] = mapped_column(String(255))
+    #: A plain Celery task that hfcelery tracks (it keeps Celery's semantics, e.g. no retries).
+    tracked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Deleted while running, with its worker process to be terminated.
+    terminate: Mapped[bool] = mapped_column(Boolean, default=False)
     #: The Celery task the message is addressed to.
     task_name: Mapped[str] = mapped_column(String(255))
     #: JSON text, as the message serializer writes it.
@@ -155,8 +159,12 @@ class Continuation(Base):
     )
     #: ``JobContinuationOptions`` flags.
     options: Mapped[int] = mapped_column(Integer)
-    #: Append the parents' results to the child's arguments when it is released.
-    pass_result: Mapped[bool] = mapped_column(Boolean)
+    #: Append the parents' results to the child's arguments when it is released: "one"
+    #: appends the parent's result, "all" the list of every parent's (a join); None neither.
+    pass_result: Mapped[str | None] = mapped_column(String(8))
+    #: Whether this parent's finish has been counted down for the child (once only, even if
+    #: the parent is finished again after a requeue).
+    counted: Mapped[bool] = mapped_column(Boolean)
 
 
 class RecurringJob(Base):

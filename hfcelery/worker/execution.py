@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, Reject
 from celery.utils.serialization import UnpickleableExceptionWrapper, get_pickled_exception
 from celery.worker.request import Request
 
-from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, load_function
+from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, load_function
 from hfcelery.errors import ForbiddenFunctionError, FunctionNotFoundError, StoreError
 from hfcelery.extension import Extension, extension_of, find_extension
 from hfcelery.jsonutil import to_json, to_json_or_repr
@@ -196,7 +196,8 @@ def retry_policy(extension: Extension, task: Task) -> RetryPolicy | None:
     policy = _options(task).retry
     if policy is not None:
         return policy
-    if getattr(task.request, JOB_HEADER, False):
+    request = task.request
+    if getattr(request, JOB_HEADER, False) and not getattr(request, TRACKED_HEADER, False):
         return RetryPolicy(attempts=extension.config.default_retry_attempts)
     return None
 
@@ -230,6 +231,7 @@ def _retried_or_deleted(
                 failed_reason=reason,
                 failed_data=data,
                 reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
+                started_at=request.hf_started_at,
             )
         except StoreError:
             logger.exception("hfcelery could not schedule the retry of job %s", request.id)

@@ -25,6 +25,8 @@ from hfcelery.client import publish
 from hfcelery.errors import HfceleryError
 from hfcelery.extension import Extension, find_extension
 from hfcelery.records import Dispatch, ServerRecord
+from hfcelery.states import State
+from hfcelery.store import BROKER_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class ServerStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, worker: Any) -> None:
         assert self.extension is not None
         queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
-        self.server = Server(self.extension, worker.hostname, queues, worker.concurrency or 1)
+        self.server = Server(self.extension, worker, queues)
         self.server.start()
         # Stop heartbeating only once the pool has finished its jobs (warm shutdown).
         signals.worker_shutdown.connect(self._on_worker_shutdown, sender=worker, weak=False)
@@ -73,12 +75,12 @@ class ServerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 class Server:
     """A running worker's presence in the store: registration, heartbeat, maintenance."""
 
-    def __init__(
-        self, extension: Extension, hostname: str, queues: list[str], concurrency: int
-    ) -> None:
+    def __init__(self, extension: Extension, worker: Any, queues: list[str]) -> None:
         assert extension.server_id is not None
         self.extension = extension
+        self.worker = worker
         self.id = extension.server_id
+        hostname, concurrency = worker.hostname, worker.concurrency or 1
         self.record = ServerRecord(
             id=self.id,
             hostname=hostname,
@@ -132,6 +134,7 @@ class Server:
         orphans = store.requeue_orphans(self.id, running, timeout)
         if orphans:
             logger.warning("hfcelery requeued %d job(s) whose outcome was lost", orphans)
+        self.terminate_deleted()
         ttl = timedelta(seconds=max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 30))
         if not store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
             return
@@ -149,6 +152,15 @@ class Server:
         if next_due is None:
             return interval
         return min(interval, max((next_due - datetime.now(UTC)).total_seconds(), 0.01))
+
+    def terminate_deleted(self) -> list[str]:
+        """Kill the worker processes of running jobs deleted with ``terminate=True``."""
+        requests = {request.id: request for request in list(worker_state.active_requests)}
+        doomed = self.extension.store.terminations(list(requests))
+        for job_id in doomed:
+            logger.warning("hfcelery terminates deleted job %s", job_id)
+            requests[job_id].terminate(self.worker.pool, signal="SIGTERM")
+        return doomed
 
     def enqueue_due(self) -> int:
         """Enqueue the Scheduled jobs that are due, a batch at a time; return how many."""
@@ -200,12 +212,22 @@ class Server:
             timedelta(seconds=config.publish_grace_seconds), config.maintenance_batch_size
         )
         sent: list[str] = []
-        try:
-            for dispatch in pending:
+        for dispatch in pending:
+            try:
                 self._publish(dispatch)
-                sent.append(dispatch.id)
-        except Exception as exc:  # the broker is down: try again on the next pass
-            logger.warning("hfcelery could not publish pending jobs: %s", exc)
+            except BROKER_UNAVAILABLE as exc:  # try again on the next pass
+                logger.warning("hfcelery could not publish pending jobs: %s", exc)
+                break
+            except Exception as exc:  # this message cannot be sent at all: fail its job
+                logger.error("hfcelery cannot publish job %s: %r", dispatch.id, exc)
+                store.change_state(
+                    dispatch.id,
+                    State.FAILED,
+                    reason=f"The job's message could not be sent: {exc!r}",
+                    from_states=(State.ENQUEUED,),
+                )
+                continue
+            sent.append(dispatch.id)
         store.mark_published(sent)
         if sent:
             logger.info("hfcelery published %d pending job(s)", len(sent))

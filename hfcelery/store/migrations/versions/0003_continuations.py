@@ -32,7 +32,8 @@ def upgrade() -> None:
         sa.Column("parent_id", sa.String(64), nullable=False),
         sa.Column("child_id", sa.String(64), nullable=False),
         sa.Column("options", sa.Integer(), nullable=False),
-        sa.Column("pass_result", sa.Boolean(), nullable=False),
+        sa.Column("pass_result", sa.String(8), nullable=True),
+        sa.Column("counted", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["parent_id"],
             ["hfcelery_jobs.id"],
