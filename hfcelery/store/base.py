@@ -1,0 +1,361 @@
+"""The store's foundation: the engine (fork-aware), transactions, shared row helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Row, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.selectable import Select
+
+from hfcelery.errors import StoreError
+from hfcelery.jsonutil import to_json
+from hfcelery.records import (
+    Dispatch,
+    NewJob,
+)
+from hfcelery.states import State
+from hfcelery.store import schema
+from hfcelery.store.models import (
+    Job,
+    JobState,
+)
+from hfcelery.store.statements import ReturningDML, _with_history
+
+logger = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+#: Errors of a publish that mean "the broker is unreachable", not "the message is wrong".
+BROKER_UNAVAILABLE = (BrokerOperationalError, OSError)
+
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+DEFAULT_DELETED_RETENTION = timedelta(days=1)
+
+
+ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
+
+
+_DISPATCH_COLUMNS = (
+    Job.id, Job.function, Job.task_name, Job.args, Job.kwargs, Job.queue, Job.tracked,
+)  # fmt: skip
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Parse a store URL; a bare ``postgresql://`` URL uses psycopg (version 3)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class StoreBase:
+    """Engine, transactions and the helpers every part of the store shares."""
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        auto_upgrade: bool | None = None,
+        publisher: Callable[[Dispatch], None] | None = None,
+        deleted_retention: timedelta = DEFAULT_DELETED_RETENTION,
+    ) -> None:
+        self.url = normalise_url(url)
+        #: How long continuations deleted because their condition was not met are kept.
+        self.deleted_retention = deleted_retention
+        #: Sends the messages of continuations released by a store operation (without one,
+        #: they wait, unpublished, for a worker's maintenance loop).
+        self.publisher = publisher
+        self.dialect = self.url.get_backend_name()
+        self.auto_upgrade = self.dialect == "sqlite" if auto_upgrade is None else auto_upgrade
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._schema_checked = False
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of this process, its schema checked (or, for SQLite, upgraded) once."""
+        engine = self._process_engine()
+        if not self._schema_checked:
+            schema.ensure(engine, auto_upgrade=self.auto_upgrade)
+            self._schema_checked = True
+        return engine
+
+    def _process_engine(self) -> Engine:
+        # After a fork, leave the parent's pooled connections alone and start a new pool.
+        pid = os.getpid()
+        if self._engine is None or self._pid != pid:
+            if self._engine is not None:
+                self._engine.dispose(close=False)
+            self._engine = self._create_engine()
+            self._pid = pid
+        return self._engine
+
+    def _create_engine(self) -> Engine:
+        if self.dialect == "sqlite":
+            if self.url.database in (None, "", ":memory:"):
+                raise StoreError("an in-memory SQLite store cannot be shared with workers")
+            engine = create_engine(
+                self.url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+            )
+            _configure_sqlite(engine)
+            return engine
+        connect_args = {} if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS
+        return create_engine(
+            self.url, pool_size=5, max_overflow=10, pool_recycle=3600, connect_args=connect_args
+        )
+
+    def dispose(self) -> None:
+        """Close every pooled connection of this process."""
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    def schema_revision(self) -> str | None:
+        """The schema version the store is at (None before the first migration)."""
+        return schema.current_revision(self._process_engine())
+
+    def migrate(self) -> str:
+        """Bring the schema to the newest version; return that version."""
+        schema.upgrade(self._process_engine())
+        self._schema_checked = True
+        return schema.head_revision()
+
+    def _run(
+        self, work: Callable[[Connection], T], *, durable: bool = False, single: bool = False
+    ) -> T:
+        """Run ``work`` in one transaction; retry once on a connection the server dropped.
+
+        ``durable`` transactions wait for the commit to reach disk on PostgreSQL. ``single``
+        work issues one statement on PostgreSQL, which runs in autocommit mode: atomic by
+        itself, without the round trips of BEGIN and COMMIT.
+        """
+        for attempt in (1, 2):
+            try:
+                if single and self.dialect == "postgresql":
+                    with self.engine.connect() as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return work(conn)
+                with self.engine.begin() as conn:
+                    if durable:
+                        self._make_durable(conn)
+                    return work(conn)
+            except DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    logger.warning("hfcelery store connection lost, retrying: %s", exc.orig)
+                    continue
+                raise StoreError(f"hfcelery store operation failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _change(
+        self,
+        conn: Connection,
+        job_update: ReturningDML,
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        now: datetime,
+        params: dict[str, Any] | None = None,
+        with_history: Select[Any] | None = None,
+    ) -> Sequence[Row[Any]]:
+        """Write job rows (``job_update`` returns ``Job.id`` first) and their history entries.
+
+        On PostgreSQL both happen in one statement (``with_history``, or one built from
+        ``job_update``); SQLite takes two.
+        """
+        entry = _state_row(None, state, reason, data, now)
+        if self.dialect != "postgresql":
+            rows = conn.execute(job_update, params or {}).all()
+            if rows:
+                conn.execute(insert(JobState), [{**entry, "job_id": row[0]} for row in rows])
+            return rows
+        statement = with_history if with_history is not None else _with_history(job_update)
+        history = {f"h_{key}": value for key, value in entry.items() if key != "job_id"}
+        return conn.execute(statement, {**(params or {}), **history}).all()
+
+    def mark_published(self, job_ids: Sequence[str]) -> None:
+        """Record that the messages of Enqueued jobs reached the broker."""
+        if not job_ids:
+            return
+
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.state == State.ENQUEUED)
+            .values(published=True)
+        )
+        self._run(lambda conn: conn.execute(stmt), single=True)
+
+    def _make_durable(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO ON")
+
+    def _send(self, dispatches: Sequence[Dispatch], publish: Callable[[Dispatch], None]) -> int:
+        """Publish committed Enqueued jobs and mark them published; return how many were sent.
+
+        Jobs moved to Enqueued are published only after that commit: a worker that received a
+        message before would still see the old state and skip it. When the broker cannot be
+        reached the rest stay unpublished, made durable, for the maintenance loop; any other
+        error is raised.
+        """
+        sent: list[str] = []
+        try:
+            for dispatch in dispatches:
+                publish(dispatch)
+                sent.append(dispatch.id)
+        except BROKER_UNAVAILABLE as exc:
+            _log_unpublished(len(dispatches) - len(sent), exc)
+            # The store is now their only record: flush it to disk (a durable commit flushes
+            # the asynchronous ones before it).
+            pending = [d.id for d in dispatches if d.id not in sent]
+            stmt = update(Job).where(Job.id.in_(pending)).values(published=False)
+            self._run(lambda conn: conn.execute(stmt), durable=True)
+        finally:
+            self.mark_published(sent)
+        return len(sent)
+
+    def _requeue_where(self, conditions: list[Any], *, reason: str, published: bool) -> int:
+        now = utcnow()
+        stmt = (
+            update(Job)
+            .where(*conditions)
+            .values(
+                state=State.ENQUEUED,
+                server_id=None,
+                worker_id=None,
+                state_changed_at=now,
+                published=published,
+            )
+            .returning(Job.id)
+        )
+
+        return len(
+            self._run(lambda conn: self._change(conn, stmt, State.ENQUEUED, reason, {}, now))
+        )
+
+    def _job_exists(self, conn: Connection, job_id: str) -> bool:
+        return conn.execute(select(Job.id).where(Job.id == job_id)).first() is not None
+
+    def _insert_ignoring_conflict(
+        self, conn: Connection, row: dict[str, Any], table: type[Any] = Job
+    ) -> bool:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        primary_key = sa_inspect(table).primary_key
+        stmt = dialect_insert(table).values(**row).on_conflict_do_nothing().returning(*primary_key)
+        return conn.execute(stmt).first() is not None
+
+
+def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "function": job.function,
+        "task_name": job.task_name,
+        "args": job.args_json,
+        "kwargs": job.kwargs_json,
+        "queue": job.queue,
+        "state": job.state,
+        "created_at": now,
+        "state_changed_at": now,
+        "published": published,
+        "retry_count": 0,
+        "display_name": job.display_name,
+        "due_at": job.due_at,
+        "awaiting_parents": 0,
+        "continuation_count": 0,
+        "tracked": job.tracked,
+        "terminate": False,
+    }
+
+
+def _log_unpublished(count: int, exc: BaseException) -> None:
+    logger.warning(
+        "hfcelery could not publish %d job(s) (%s); a worker will publish them later", count, exc
+    )
+
+
+def _state_row(
+    job_id: str | None,
+    state: State,
+    reason: str | None,
+    data: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "state": state,
+        "reason": reason,
+        "data": to_json(data),
+        "created_at": now,
+    }
+
+
+def _dispatch_from_row(row: Any) -> Dispatch:
+    return Dispatch(
+        row.id, row.function, row.task_name, row.args, row.kwargs, row.queue, row.tracked
+    )
+
+
+def _dispatch_of(job: NewJob) -> Dispatch:
+    return Dispatch(
+        job.id, job.function, job.task_name, job.args_json, job.kwargs_json, job.queue, job.tracked
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys, and ``BEGIN IMMEDIATE`` so writers queue instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def count_statements(engine: Engine) -> Iterator[list[str]]:
+    """Collect the SQL statements ``engine`` executes inside the block (tests, benchmarks)."""
+    seen: list[str] = []
+
+    def _count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement != "BEGIN IMMEDIATE":  # SQLite's transaction start, not a query
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", _count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", _count)

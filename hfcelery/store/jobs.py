@@ -1,0 +1,476 @@
+"""Jobs in the store: every state change is a compare-and-set on the job row plus a row of
+state history, in one transaction (one statement on PostgreSQL for the worker path)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.selectable import Select
+
+from hfcelery.records import (
+    Claim,
+    Dispatch,
+    NewJob,
+)
+from hfcelery.states import State
+from hfcelery.store.base import (
+    _DISPATCH_COLUMNS,
+    BROKER_UNAVAILABLE,
+    _dispatch_from_row,
+    _dispatch_of,
+    _job_row,
+    _log_unpublished,
+    _state_row,
+    utcnow,
+)
+from hfcelery.store.continuations import ContinuationStore
+from hfcelery.store.models import (
+    Job,
+    JobState,
+)
+from hfcelery.store.statements import (
+    _CLAIM,
+    _CLAIM_H,
+    _FINISH,
+    _FINISH_ALONE,
+    _FINISH_ALONE_H,
+    _FINISH_LOST_CLAIM,
+    _FINISH_LOST_CLAIM_ALONE,
+    _FINISH_LOST_CLAIM_ALONE_H,
+    _INSERT_JOB,
+    _INSERT_JOB_H,
+    ReturningDML,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class JobStore(ContinuationStore):
+    """Writing jobs: creation, claims, outcomes, state changes, scheduling, retention."""
+
+    def create_job(self, job: NewJob, publish: Callable[[Dispatch], None] | None = None) -> bool:
+        """Write a job and its first state; if ``publish`` is given, send its message too.
+
+        The message is sent inside the transaction, before the commit: a job is never committed
+        as published without its message. A worker that receives the message before the commit
+        waits for it (see :meth:`claim`), and one whose job was never committed writes the job
+        from the message. If the broker cannot be reached the job is committed, durably, as
+        unpublished, and a worker's maintenance loop publishes it later; any other publishing
+        error rolls the job back and is raised. Returns whether the message was sent.
+        """
+        now = utcnow()
+        row = {f"p_{k}": v for k, v in _job_row(job, now, published=publish is not None).items()}
+
+        def work(conn: Connection) -> bool:
+            self._change(
+                conn, _INSERT_JOB, job.state, job.reason, job.data, now, row, _INSERT_JOB_H
+            )
+            if publish is None:
+                return False
+            try:
+                publish(_dispatch_of(job))
+            except BROKER_UNAVAILABLE as exc:
+                _log_unpublished(1, exc)
+                self._make_durable(conn)
+                conn.execute(update(Job).where(Job.id == job.id).values(published=False))
+                return False
+            return True
+
+        # Without a message the store is the job's only record: commit it durably.
+        return self._run(work, durable=publish is None)
+
+    def claim(
+        self,
+        job_id: str,
+        *,
+        server_id: str,
+        worker_id: str,
+        server_timeout: timedelta,
+        attempt: int = 0,
+        untracked: Callable[[], NewJob] | None = None,
+    ) -> Claim | None:
+        """Move a job to Processing if it may start; None means skip it.
+
+        A job may start when it is Enqueued, or Processing on a server whose heartbeat stopped,
+        or Processing or Scheduled for an earlier ``attempt`` (the message of a Celery
+        ``self.retry()``).
+        ``untracked`` returns the description of a job that has a message but no row (its
+        writer died between publishing and committing, or the store was down when a plain
+        Celery task was sent): it is written now, already Processing.
+        """
+        now = utcnow()
+        params = {
+            "p_id": job_id,
+            "p_server": server_id,
+            "p_worker": worker_id,
+            "p_now": now,
+            "p_alive_after": now - server_timeout,
+            "p_attempt": attempt,
+        }
+        data = {"server_id": server_id, "worker_id": worker_id, "started_at": now.isoformat()}
+
+        def claim_once() -> Claim | None:
+            rows = self._run(
+                lambda conn: self._change(
+                    conn, _CLAIM, State.PROCESSING, None, data, now, params, _CLAIM_H
+                ),
+                single=True,
+            )
+            return Claim(rows[0].created_at, rows[0].retry_count) if rows else None
+
+        def record(conn: Connection) -> bool:
+            """Write the job from its message; False if its row exists (by now)."""
+            if untracked is None or self._job_exists(conn, job_id):
+                return False
+            job = untracked()
+            row = _job_row(job, now, published=True)
+            row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id)
+            # On PostgreSQL this insert waits for a writer that has not committed yet.
+            if not self._insert_ignoring_conflict(conn, row):
+                return False
+            conn.execute(
+                insert(JobState),
+                [
+                    _state_row(job_id, job.state, job.reason, job.data, now),
+                    _state_row(job_id, State.PROCESSING, None, data, now),
+                ],
+            )
+            return True
+
+        claimed = claim_once()
+        if claimed is not None or untracked is None:
+            return claimed
+        # No row, or a row the claim could not see yet: its writer may have committed since.
+        if self._run(record):
+            return Claim(now, 0)
+        return claim_once()
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        server_id: str,
+        worker_id: str | None = None,
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        retention: timedelta | None = None,
+        started_at: datetime | None = None,
+        due_at: datetime | None = None,
+    ) -> bool:
+        """Move a job this server (and worker, if given) is processing to ``state``.
+
+        Returns False when the job was taken away meanwhile (deleted, requeued, or claimed
+        again after a retry), and nothing is written then. With ``started_at``, a job found
+        still Enqueued as it was before that time is finished too: its claim was lost.
+        """
+        now = utcnow()
+        params = {
+            "p_id": job_id,
+            "p_server": server_id,
+            "p_worker": worker_id,
+            "p_state": state,
+            "p_now": now,
+            "p_expire_at": None if retention is None else now + retention,
+            "p_started_at": started_at,
+            "p_due_at": due_at,
+        }
+
+        def apply(change: ReturningDML, with_history: Select[Any]) -> bool:
+            return bool(
+                self._run(
+                    lambda conn: self._change(
+                        conn, change, state, reason, data, now, params, with_history
+                    ),
+                    single=True,
+                )
+            )
+
+        if apply(_FINISH_ALONE, _FINISH_ALONE_H) or self._finish_with_continuations(
+            _FINISH, state, reason, data, now, params
+        ):
+            return True
+        if started_at is None:
+            return False
+        if not (
+            apply(_FINISH_LOST_CLAIM_ALONE, _FINISH_LOST_CLAIM_ALONE_H)
+            or self._finish_with_continuations(_FINISH_LOST_CLAIM, state, reason, data, now, params)
+        ):
+            return False
+        logger.warning("hfcelery job %s: its claim was lost; recorded %s", job_id, state)
+        return True
+
+    def _finish_with_continuations(
+        self,
+        finish: Update,
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        now: datetime,
+        params: dict[str, Any],
+    ) -> bool:
+        """The finish of a job that has continuations: released in the same transaction."""
+        unrestricted = finish.where(Job.continuation_count > 0)  # the fast path's complement
+        released: list[Dispatch] = []
+
+        def work(conn: Connection) -> bool:
+            rows = self._change(conn, unrestricted, state, reason, data, now, params)
+            if rows and state.is_final:
+                released.extend(self._release_children(conn, [rows[0][0]], now))
+            return bool(rows)
+
+        finished = self._run(work)
+        self._send_released(released)
+        return finished
+
+    def change_state(
+        self,
+        job_id: str,
+        state: State,
+        *,
+        reason: str | None,
+        data: dict[str, Any] | None = None,
+        expected_state: State | None = None,
+        from_states: Sequence[State] | None = None,
+        retention: timedelta | None = None,
+        due_at: datetime | None = None,
+        publish: Callable[[Dispatch], None] | None = None,
+        terminate: bool = False,
+    ) -> bool:
+        """Change a job's state if it is in ``expected_state`` (or any of ``from_states``).
+
+        Moving to Enqueued with ``publish`` sends the job's message again; moving to Scheduled
+        takes ``due_at``; ``terminate`` asks the server running the job to kill it. Returns
+        whether the change was applied.
+        """
+        now = utcnow()
+        conditions = [Job.id == job_id]
+        if expected_state is not None:
+            conditions.append(Job.state == expected_state)
+        if from_states is not None:
+            conditions.append(Job.state.in_(list(from_states)))
+        stmt = (
+            update(Job)
+            .where(*conditions)
+            .values(
+                state=state,
+                state_changed_at=now,
+                server_id=None,
+                worker_id=None,
+                published=False,
+                expire_at=None if retention is None else now + retention,
+                due_at=due_at,
+                terminate=terminate,
+            )
+            .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
+        )
+
+        released: list[Dispatch] = []
+
+        def work(conn: Connection) -> Sequence[Row[Any]]:
+            rows = self._change(conn, stmt, state, reason, data or {}, now)
+            if rows and state.is_final and rows[0].continuation_count:
+                released.extend(self._release_children(conn, [job_id], now))
+            return rows
+
+        rows = self._run(work, durable=True)
+        if rows and publish is not None:
+            self._send([_dispatch_from_row(rows[0])], publish)
+        self._send_released(released)
+        return bool(rows)
+
+    def release_processing(self, job_id: str, *, server_id: str, reason: str) -> bool:
+        """Put a job back to Enqueued whose worker process was lost.
+
+        Celery usually redelivers its message, but not always (a success already stored, the
+        retries for lost workers used up): it is left unpublished, so the maintenance loop sends
+        it again if it is still Enqueued after the grace period.
+        """
+        conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
+        return self._requeue_where(conditions, reason=reason, published=False) == 1
+
+    def retry(
+        self,
+        job_id: str,
+        *,
+        server_id: str,
+        worker_id: str | None,
+        due_at: datetime,
+        failed_reason: str,
+        failed_data: dict[str, Any],
+        reason: str,
+        started_at: datetime | None = None,
+    ) -> bool:
+        """Record a failed attempt and schedule the next: Processing -> Failed -> Scheduled.
+
+        With ``started_at``, a job found still Enqueued as before that time is retried too:
+        its claim was lost (see :meth:`finish`).
+        """
+        now = utcnow()
+        holder = [Job.state == State.PROCESSING, Job.server_id == server_id]
+        if worker_id is not None:
+            holder.append(Job.worker_id == worker_id)
+        mine = and_(*holder)
+        if started_at is not None:
+            lost_claim = and_(Job.state == State.ENQUEUED, Job.state_changed_at < started_at)
+            mine = or_(mine, lost_claim)
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, mine)
+            .values(
+                state=State.SCHEDULED,
+                server_id=None,
+                worker_id=None,
+                state_changed_at=now,
+                due_at=due_at,
+                published=False,
+                retry_count=Job.retry_count + 1,
+            )
+            .returning(Job.retry_count)
+        )
+
+        def work(conn: Connection) -> bool:
+            attempt = conn.execute(stmt).scalar()
+            if attempt is None:
+                return False
+            scheduled = {"due_at": due_at.isoformat(), "attempt": attempt}
+            conn.execute(
+                insert(JobState),
+                [
+                    _state_row(job_id, State.FAILED, failed_reason, failed_data, now),
+                    _state_row(job_id, State.SCHEDULED, reason, scheduled, now),
+                ],
+            )
+            return True
+
+        return self._run(work)
+
+    def enqueue_due(
+        self, *, limit: int, grace: timedelta, publish: Callable[[Dispatch], None]
+    ) -> int:
+        """Move due Scheduled jobs to Enqueued and send them; return how many moved.
+
+        Concurrent schedulers take disjoint batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+        SQLite's single writer), and the compare-and-set on the state moves each job once. A
+        job that already has a message on its way (a Celery ``self.retry()``) is taken only
+        ``grace`` after it fell due, in case that message was lost.
+        """
+        now = utcnow()
+        due = (
+            select(Job.id)
+            .where(
+                Job.state == State.SCHEDULED,
+                or_(
+                    and_(Job.published.is_(False), Job.due_at <= now),
+                    Job.due_at <= now - grace,
+                ),
+            )
+            .order_by(Job.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        move = (
+            update(Job)
+            .where(Job.id.in_(due.scalar_subquery()), Job.state == State.SCHEDULED)
+            .values(
+                state=State.ENQUEUED,
+                state_changed_at=now,
+                due_at=None,
+                published=False,
+                # Taking over a Celery self.retry() whose message is late: that message must
+                # not claim the job again once this run has started.
+                retry_count=case((Job.published, Job.retry_count + 1), else_=Job.retry_count),
+            )
+            .returning(*_DISPATCH_COLUMNS)
+        )
+
+        rows = self._run(
+            lambda conn: self._change(
+                conn, move, State.ENQUEUED, "Triggered by the scheduler", {}, now
+            )
+        )
+        # Should this process die before publishing, the maintenance loop publishes them.
+        self._send([_dispatch_from_row(row) for row in rows], publish)
+        return len(rows)
+
+    def next_due_at(self) -> datetime | None:
+        """When the next Scheduled job without a message on its way falls due."""
+        stmt = select(func.min(Job.due_at)).where(
+            Job.state == State.SCHEDULED, Job.published.is_(False), Job.due_at.is_not(None)
+        )
+        return self._run(lambda conn: conn.execute(stmt).scalar(), single=True)
+
+    def unpublished_jobs(self, older_than: timedelta, limit: int) -> list[Dispatch]:
+        """Enqueued jobs whose message may never have reached the broker."""
+        cutoff = utcnow() - older_than
+        stmt = (
+            select(*_DISPATCH_COLUMNS)
+            .where(
+                Job.state == State.ENQUEUED,
+                Job.published.is_(False),
+                Job.state_changed_at < cutoff,
+            )
+            .order_by(Job.state_changed_at)
+            .limit(limit)
+        )
+        return self._run(lambda conn: [_dispatch_from_row(row) for row in conn.execute(stmt)])
+
+    def delete_expired(self, *, limit: int) -> int:
+        """Remove up to ``limit`` expired jobs with their history; return how many."""
+        expired = select(Job.id).where(Job.expire_at < utcnow()).limit(limit)
+        return self._delete_jobs(expired)
+
+    def trim_failed(self, *, older_than: timedelta | None, keep: int | None, limit: int) -> int:
+        """Remove Failed jobs older than ``older_than`` or beyond the newest ``keep``.
+
+        A Failed job that continuations wait for is kept: it may still be requeued.
+        """
+        waited_for_by_none = and_(Job.state == State.FAILED, Job.continuation_count == 0)
+        removed = 0
+        if older_than is not None:
+            cutoff = utcnow() - older_than
+            removed += self._delete_jobs(
+                select(Job.id).where(waited_for_by_none, Job.state_changed_at < cutoff).limit(limit)
+            )
+        if keep is not None:
+            removed += self._delete_jobs(
+                select(Job.id)
+                .where(waited_for_by_none)
+                .order_by(Job.state_changed_at.desc(), Job.id.desc())
+                .offset(keep)
+                .limit(limit)
+            )
+        return removed
+
+    def _delete_jobs(self, ids: Select[Any]) -> int:
+        # Select first: neither dialect deletes with LIMIT, and a short transaction per batch
+        # holds its locks briefly. The history goes with the job (ON DELETE CASCADE).
+        def work(conn: Connection) -> int:
+            batch = conn.execute(ids).scalars().all()
+            if batch:
+                conn.execute(delete(Job).where(Job.id.in_(batch)))
+            return len(batch)
+
+        return self._run(work)
+
+    def processing_holder(self, job_id: str) -> tuple[State, str | None] | None:
+        """A job's state and the server processing it (for cancellation checks)."""
+        stmt = select(Job.state, Job.server_id).where(Job.id == job_id)
+        row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
+        return None if row is None else (State(row.state), row.server_id)

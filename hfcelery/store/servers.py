@@ -1,0 +1,161 @@
+"""Servers in the store: registration, heartbeats, recovery of their jobs, and locks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import (
+    Connection,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from hfcelery.jsonutil import from_json, to_json
+from hfcelery.records import (
+    ServerRecord,
+)
+from hfcelery.states import State
+from hfcelery.store.base import (
+    StoreBase,
+    utcnow,
+)
+from hfcelery.store.models import (
+    Job,
+    Lock,
+    Server,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ServerStore(StoreBase):
+    """Servers (running workers), their recovery, and named locks."""
+
+    def register_server(self, server: ServerRecord) -> None:
+        """Add a server (or refresh it if it is already known)."""
+        row = {
+            "id": server.id,
+            "hostname": server.hostname,
+            "pid": server.pid,
+            "queues": to_json(server.queues),
+            "concurrency": server.concurrency,
+            "started_at": server.started_at,
+            "heartbeat_at": server.heartbeat_at,
+        }
+
+        def work(conn: Connection) -> None:
+            conn.execute(delete(Server).where(Server.id == server.id))
+            conn.execute(insert(Server), [row])
+
+        self._run(work)
+
+    def heartbeat(self, server_id: str) -> bool:
+        """Record that a server is alive; False if its row is gone (it was declared dead)."""
+        stmt = update(Server).where(Server.id == server_id).values(heartbeat_at=utcnow())
+        return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def remove_server(self, server_id: str, *, reason: str) -> int:
+        """Remove a stopping server; requeue (unpublished) any job it still held."""
+        requeued = self._requeue_where(
+            [Job.state == State.PROCESSING, Job.server_id == server_id],
+            reason=reason,
+            published=False,
+        )
+        self._run(lambda conn: conn.execute(delete(Server).where(Server.id == server_id)))
+        return requeued
+
+    def recover_dead_servers(self, server_timeout: timedelta) -> int:
+        """Forget servers whose heartbeat stopped; requeue the jobs they held. Returns the count.
+
+        The requeued jobs are left unpublished for :meth:`unpublished_jobs` to send.
+        """
+        cutoff = utcnow() - server_timeout
+        dead = self._run(
+            lambda conn: (
+                conn.execute(
+                    delete(Server).where(Server.heartbeat_at < cutoff).returning(Server.id)
+                )
+                .scalars()
+                .all()
+            )
+        )
+        for server_id in dead:
+            logger.warning("hfcelery server %s stopped sending heartbeats", server_id)
+        orphaned = ~exists(select(Server.id).where(Server.id == Job.server_id))
+        return self._requeue_where(
+            [Job.state == State.PROCESSING, orphaned, Job.state_changed_at < cutoff],
+            reason="Server that processed the job stopped responding",
+            published=False,
+        )
+
+    def terminations(self, running: Sequence[str]) -> list[str]:
+        """Of the jobs ``running`` here, those deleted with their process to be terminated."""
+        if not running:
+            return []
+        stmt = select(Job.id).where(
+            Job.id.in_(list(running)), Job.state == State.DELETED, Job.terminate.is_(True)
+        )
+        return list(self._run(lambda conn: conn.execute(stmt).scalars().all(), single=True))
+
+    def requeue_orphans(self, server_id: str, running: Sequence[str], older_than: timedelta) -> int:
+        """Requeue jobs Processing on this server that it is not running (their outcome was
+        lost, or could not be written); they are published again by :meth:`unpublished_jobs`.
+        """
+        conditions = [
+            Job.state == State.PROCESSING,
+            Job.server_id == server_id,
+            Job.state_changed_at < utcnow() - older_than,
+        ]
+        if running:
+            conditions.append(Job.id.not_in(list(running)))
+        return self._requeue_where(
+            conditions, reason="The worker that processed the job lost its outcome", published=False
+        )
+
+    def servers(self) -> list[ServerRecord]:
+        """Every server the store knows, oldest first."""
+        stmt = select(Server).order_by(Server.started_at)
+
+        def work(conn: Connection) -> list[ServerRecord]:
+            return [
+                ServerRecord(
+                    id=r.id,
+                    hostname=r.hostname,
+                    pid=r.pid,
+                    queues=from_json(r.queues),
+                    concurrency=r.concurrency,
+                    started_at=r.started_at,
+                    heartbeat_at=r.heartbeat_at,
+                )
+                for r in conn.execute(stmt)
+            ]
+
+        return self._run(work)
+
+    def try_lock(self, name: str, owner: str, ttl: timedelta) -> bool:
+        """Take or renew the lease ``name`` for ``owner``; False while someone else holds it."""
+        now = utcnow()
+
+        def work(conn: Connection) -> bool:
+            taken = conn.execute(
+                update(Lock)
+                .where(Lock.name == name, or_(Lock.owner == owner, Lock.expires_at < now))
+                .values(owner=owner, expires_at=now + ttl)
+            ).rowcount
+            if taken == 1:
+                return True
+            row = {"name": name, "owner": owner, "expires_at": now + ttl}
+            return self._insert_ignoring_conflict(conn, row, table=Lock)
+
+        return self._run(work)
+
+    def release_lock(self, name: str, owner: str) -> None:
+        """Give up the lease ``name`` if ``owner`` holds it."""
+        stmt = delete(Lock).where(Lock.name == name, Lock.owner == owner)
+        self._run(lambda conn: conn.execute(stmt))

@@ -1,0 +1,163 @@
+"""The statements of the worker path, built once with bind parameters.
+
+Bind parameter names carry a prefix: SQLAlchemy reserves the plain column names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    case,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.selectable import Select
+
+from hfcelery.states import State
+from hfcelery.store.models import (
+    Job,
+    JobState,
+    Server,
+    UTCDateTime,
+)
+
+#: A returning INSERT/UPDATE/DELETE (SQLAlchemy types them apart; the store does not).
+ReturningDML = UpdateBase
+
+
+def _param(name: str, type_: Any) -> BindParameter[Any]:
+    param: BindParameter[Any] = bindparam(name, type_=type_)
+    return param
+
+
+def _with_history(job_update: ReturningDML) -> Select[Any]:
+    """PostgreSQL: ``job_update`` and the insert of its history entries, as one statement."""
+    changed = job_update.cte("changed")
+    history = insert(JobState).from_select(
+        ["job_id", "state", "reason", "data", "created_at"],
+        select(
+            changed.c.id,
+            _param("h_state", JobState.state.type),
+            _param("h_reason", JobState.reason.type),
+            _param("h_data", JobState.data.type),
+            _param("h_created_at", JobState.created_at.type),
+        ),
+    )
+    return select(changed).add_cte(history.cte("history"))
+
+
+_NEW_JOB_COLUMNS = (
+    "id", "function", "task_name", "args", "kwargs", "queue", "state",
+    "created_at", "state_changed_at", "published", "retry_count", "display_name", "due_at",
+    "awaiting_parents", "continuation_count", "tracked", "terminate",
+)  # fmt: skip
+
+
+_INSERT_JOB = (
+    insert(Job)
+    .values({name: _param(f"p_{name}", Job.__table__.c[name].type) for name in _NEW_JOB_COLUMNS})
+    .returning(Job.id)
+)
+
+
+_ATTEMPT = _param("p_attempt", Integer())
+
+
+_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        or_(
+            Job.state == State.ENQUEUED,
+            and_(
+                Job.state == State.PROCESSING,
+                ~exists(
+                    select(Server.id).where(
+                        Server.id == Job.server_id,
+                        Server.heartbeat_at >= _param("p_alive_after", UTCDateTime()),
+                    )
+                ),
+            ),
+            # The message of a later attempt of a Celery self.retry().
+            and_(Job.state.in_((State.PROCESSING, State.SCHEDULED)), Job.retry_count < _ATTEMPT),
+        ),
+    )
+    .values(
+        state=State.PROCESSING,
+        server_id=_param("p_server", Job.server_id.type),
+        worker_id=_param("p_worker", Job.worker_id.type),
+        state_changed_at=_param("p_now", UTCDateTime()),
+        published=True,
+        due_at=None,
+        terminate=False,
+        retry_count=case((Job.retry_count < _ATTEMPT, _ATTEMPT), else_=Job.retry_count),
+    )
+    .returning(Job.id, Job.created_at, Job.retry_count)
+)
+
+
+_FINISHED_VALUES = {
+    "state": _param("p_state", Job.state.type),
+    "server_id": None,
+    "worker_id": None,
+    "state_changed_at": _param("p_now", UTCDateTime()),
+    "expire_at": _param("p_expire_at", UTCDateTime()),
+    "due_at": _param("p_due_at", UTCDateTime()),
+}
+
+
+_FINISH = (
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        Job.state == State.PROCESSING,
+        Job.server_id == _param("p_server", Job.server_id.type),
+        or_(
+            _param("p_worker", Job.worker_id.type).is_(None),
+            Job.worker_id == _param("p_worker", Job.worker_id.type),
+        ),
+    )
+    .values(_FINISHED_VALUES)
+    .returning(Job.id)
+)
+
+
+#: The one-statement finish, for the (common) job without continuations.
+_FINISH_ALONE = _FINISH.where(Job.continuation_count == 0)
+
+
+#: A job still Enqueued as it was before its run started: its claim was lost (see module doc).
+_FINISH_LOST_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        Job.state == State.ENQUEUED,
+        Job.state_changed_at < _param("p_started_at", UTCDateTime()),
+    )
+    .values(_FINISHED_VALUES)
+    .returning(Job.id)
+)
+
+
+_FINISH_LOST_CLAIM_ALONE = _FINISH_LOST_CLAIM.where(Job.continuation_count == 0)
+
+
+_INSERT_JOB_H = _with_history(_INSERT_JOB)
+
+
+_CLAIM_H = _with_history(_CLAIM)
+
+
+_FINISH_ALONE_H = _with_history(_FINISH_ALONE)
+
+
+_FINISH_LOST_CLAIM_ALONE_H = _with_history(_FINISH_LOST_CLAIM_ALONE)
