@@ -105,7 +105,14 @@ class Job(Base):
     # Partial indexes: most jobs have no due time, expiry or server, and pay for no entry.
     __table_args__ = (
         # One job per occurrence of a recurring job, however many beats fire it.
-        Index(None, "recurring_id", "scheduled_for", unique=True),
+        Index(
+            None,
+            "recurring_id",
+            "scheduled_for",
+            unique=True,
+            postgresql_where=text("recurring_id IS NOT NULL"),
+            sqlite_where=text("recurring_id IS NOT NULL"),
+        ),
         Index(None, "state", "state_changed_at", "id"),
         Index(
             None,

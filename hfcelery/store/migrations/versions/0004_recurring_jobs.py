@@ -24,6 +24,8 @@ def upgrade() -> None:
             "ix_hfcelery_jobs_recurring_id_scheduled_for",
             ["recurring_id", "scheduled_for"],
             unique=True,
+            postgresql_where=sa.text("recurring_id IS NOT NULL"),
+            sqlite_where=sa.text("recurring_id IS NOT NULL"),
         )
     op.create_table(
         "hfcelery_recurring_jobs",
