@@ -460,10 +460,11 @@ class JobStore(ContinuationStore):
 
     def _delete_jobs(self, ids: Select[Any]) -> int:
         # Select first: neither dialect deletes with LIMIT, and a short transaction per batch
-        # holds its locks briefly. The history goes with the job (ON DELETE CASCADE).
+        # holds its locks briefly. Continuation links go with the job (ON DELETE CASCADE).
         def work(conn: Connection) -> int:
             batch = conn.execute(ids).scalars().all()
             if batch:
+                conn.execute(delete(JobState).where(JobState.job_id.in_(batch)))
                 conn.execute(delete(Job).where(Job.id.in_(batch)))
             return len(batch)
 

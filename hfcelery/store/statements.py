@@ -88,7 +88,10 @@ _CLAIM = (
                 ),
             ),
             # The message of a later attempt of a Celery self.retry().
-            and_(Job.state.in_((State.PROCESSING, State.SCHEDULED)), Job.retry_count < _ATTEMPT),
+            and_(
+                or_(Job.state == State.PROCESSING, Job.state == State.SCHEDULED),
+                Job.retry_count < _ATTEMPT,
+            ),
         ),
     )
     .values(

@@ -79,12 +79,6 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("data", sa.Text(), nullable=False),
         sa.Column("created_at", _ts(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"],
-            ["hfcelery_jobs.id"],
-            name="fk_hfcelery_job_states_job_id_hfcelery_jobs",
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("id", name="pk_hfcelery_job_states"),
     )
     op.create_index("ix_hfcelery_job_states_job_id", "hfcelery_job_states", ["job_id"])
