@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from hfcelery.embedded import EmbeddedRedis
+from hfcelery.monitoring import Monitoring, monitoring
+from hfcelery.records import JobDetails
+from hfcelery.states import State
 from hfcelery.store import Store
 from hfcelery.store.models import Base
 
@@ -85,25 +89,33 @@ def side_effects(redis_url: str) -> redis.Redis:
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a new, migrated database, dropped after the session."""
+@contextmanager
+def new_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (its URL), dropped afterwards."""
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"hfcelery_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         admin.dispose()
         service_missing("PostgreSQL", exc)
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    migrator = Store(url)
-    migrator.migrate()
-    migrator.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a new, migrated database, dropped after the session."""
+    with new_postgres_database("hfcelery_test") as url:
+        migrator = Store(url)
+        migrator.migrate()
+        migrator.dispose()
+        yield url
 
 
 def truncate(store: Store) -> None:
@@ -247,3 +259,41 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+# -- helpers of the acceptance modules -----------------------------------------------------------
+
+FINAL = (State.SUCCEEDED, State.FAILED, State.DELETED)
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: StartWorker) -> WorkerProcess:
+    """One real worker (prefork, 2 processes) for the tests of a module."""
+    return start_worker()
+
+
+@pytest.fixture(scope="module")
+def api(test_app: Any) -> Monitoring:
+    return monitoring(test_app)
+
+
+def wait_state(
+    api: Monitoring, job_id: str, states: tuple[State, ...] = FINAL, timeout: float = 30
+) -> JobDetails:
+    """Wait until the job is in one of ``states`` (by default a final one); return it."""
+
+    def reached() -> JobDetails | None:
+        job = api.find_job(job_id)
+        return job if job is not None and job.state in states else None
+
+    result: JobDetails = wait_for(reached, timeout=timeout, what=f"{job_id} to reach {states}")
+    return result
+
+
+def token() -> str:
+    """A fresh name for a job's side effects in Redis."""
+    return uuid.uuid4().hex
+
+
+def history(job: JobDetails) -> list[State]:
+    return [h.state for h in job.history]

@@ -19,44 +19,15 @@ import hfcelery
 from hfcelery import BackgroundJob, BackgroundJobClient, State, call
 from hfcelery.client import publish
 from hfcelery.monitoring import Monitoring
-from hfcelery.records import Dispatch, JobDetails
+from hfcelery.records import Dispatch
 from tests import jobs
-from tests.conftest import StartWorker, WorkerProcess, wait_for
+from tests.conftest import StartWorker, WorkerProcess, history, token, wait_for, wait_state
 
 pytestmark = pytest.mark.acceptance
-
-FINAL = (State.SUCCEEDED, State.FAILED, State.DELETED)
-
-
-@pytest.fixture(scope="module")
-def worker(start_worker: StartWorker) -> WorkerProcess:
-    return start_worker()
-
-
-@pytest.fixture(scope="module")
-def api(test_app: Celery) -> Monitoring:
-    return hfcelery.monitoring(test_app)
-
-
-def wait_state(api: Monitoring, job_id: str, states: tuple[State, ...] = FINAL) -> JobDetails:
-    def reached() -> JobDetails | None:
-        job = api.find_job(job_id)
-        return job if job is not None and job.state in states else None
-
-    result: JobDetails = wait_for(reached, timeout=30, what=f"job {job_id} to reach {states}")
-    return result
-
-
-def token() -> str:
-    return uuid.uuid4().hex
 
 
 def runs(side_effects: redis.Redis, tok: str) -> list[str]:
     return list(side_effects.lrange(f"hftests:{tok}", 0, -1))
-
-
-def history(job: JobDetails) -> list[State]:
-    return [h.state for h in job.history]
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from hfcelery.beat import ENTRY_PREFIX, CronSchedule, RecurringEntry, RecurringS
 from hfcelery.extension import extension_of
 from hfcelery.recurring.fire import FIRE_TASK_NAME
 from tests import jobs
-from tests.conftest import ROOT, StartWorker, WorkerProcess, wait_for
+from tests.conftest import ROOT, WorkerProcess, wait_for
 
 EVERY_SECOND = "* * * * * *"
 
@@ -199,11 +199,6 @@ def start_beat(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     yield start
     for beat in beats:
         beat.stop()
-
-
-@pytest.fixture(scope="module")
-def worker(start_worker: StartWorker) -> WorkerProcess:
-    return start_worker()
 
 
 def recurring_jobs(app: Celery, recurring_id: str) -> list[tuple[datetime, State]]:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from hfcelery.store import schema
-from tests.conftest import PG_ADMIN_URL, ROOT, service_missing
+from tests.conftest import ROOT, new_postgres_database
 
 
 def migrate(store_url: str) -> str:
@@ -29,23 +25,10 @@ def migrate(store_url: str) -> str:
 
 
 def test_migrate_postgresql() -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"hfcelery_cli_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        service_missing("PostgreSQL", exc)
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with new_postgres_database("hfcelery_cli") as url:
         head = schema.head_revision()
         assert f"migrated from empty to schema {head}" in migrate(url)
         assert f"up to date (schema {head})" in migrate(url)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_migrate_sqlite(tmp_path: Path) -> None:

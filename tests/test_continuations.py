@@ -8,44 +8,17 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis
-from celery import Celery
 
 import hfcelery
 from hfcelery import BackgroundJob, JobContinuationOptions, State, call
 from hfcelery.monitoring import Monitoring
 from hfcelery.records import JobDetails
 from tests import jobs
-from tests.conftest import StartWorker, WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, history, wait_state
 
 pytestmark = pytest.mark.acceptance
 
-FINAL = (State.SUCCEEDED, State.FAILED, State.DELETED)
 SOON = timedelta(seconds=1)
-
-
-@pytest.fixture(scope="module")
-def worker(start_worker: StartWorker) -> WorkerProcess:
-    return start_worker()
-
-
-@pytest.fixture(scope="module")
-def api(test_app: Celery) -> Monitoring:
-    return hfcelery.monitoring(test_app)
-
-
-def wait_state(
-    api: Monitoring, job_id: str, states: tuple[State, ...] = FINAL, timeout: float = 30
-) -> JobDetails:
-    def reached() -> JobDetails | None:
-        job = api.find_job(job_id)
-        return job if job is not None and job.state in states else None
-
-    result: JobDetails = wait_for(reached, timeout=timeout, what=f"{job_id} to reach {states}")
-    return result
-
-
-def history(job: JobDetails) -> list[State]:
-    return [h.state for h in job.history]
 
 
 def started(job: JobDetails) -> datetime:

@@ -7,52 +7,19 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from celery import Celery
 
 import hfcelery
 from hfcelery import BackgroundJob, State, call
 from hfcelery.monitoring import Monitoring
 from hfcelery.records import JobDetails
 from tests import jobs
-from tests.conftest import StartWorker, WorkerProcess, wait_for
+from tests.conftest import StartWorker, WorkerProcess, history, token, wait_for, wait_state
 
 pytestmark = pytest.mark.acceptance
-
-FINAL = (State.SUCCEEDED, State.FAILED, State.DELETED)
-
-
-@pytest.fixture(scope="module")
-def worker(start_worker: StartWorker) -> WorkerProcess:
-    return start_worker()
-
-
-@pytest.fixture(scope="module")
-def api(test_app: Celery) -> Monitoring:
-    return hfcelery.monitoring(test_app)
-
-
-def wait_state(
-    api: Monitoring, job_id: str, states: tuple[State, ...] = FINAL, timeout: float = 30
-) -> JobDetails:
-    def reached() -> JobDetails | None:
-        job = api.find_job(job_id)
-        return job if job is not None and job.state in states else None
-
-    result: JobDetails = wait_for(reached, timeout=timeout, what=f"{job_id} to reach {states}")
-    return result
-
-
-def token() -> str:
-    return uuid.uuid4().hex
-
-
-def history(job: JobDetails) -> list[State]:
-    return [h.state for h in job.history]
 
 
 def started_at(job: JobDetails) -> datetime:
