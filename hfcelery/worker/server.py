@@ -164,16 +164,11 @@ class Server:
 
     def enqueue_due(self) -> int:
         """Enqueue the Scheduled jobs that are due, a batch at a time; return how many."""
-        config = self.extension.config
-        grace = timedelta(seconds=config.publish_grace_seconds)
-        total = 0
-        while not self._stopping.is_set():
-            moved = self.extension.store.enqueue_due(
-                limit=config.maintenance_batch_size, grace=grace, publish=self._publish
-            )
-            total += moved
-            if moved < config.maintenance_batch_size:
-                break
+        grace = timedelta(seconds=self.extension.config.publish_grace_seconds)
+        store = self.extension.store
+        total = self._in_batches(
+            lambda size: store.enqueue_due(limit=size, grace=grace, publish=self._publish)
+        )
         if total:
             logger.info("hfcelery enqueued %d scheduled job(s)", total)
         return total
@@ -185,21 +180,28 @@ class Server:
         ttl = timedelta(seconds=max(config.cleanup_interval_seconds * 3, 60))
         if not store.try_lock(CLEANUP_LOCK, self.id, ttl):
             return 0
-        older_than = config.failed_retention_seconds
-        removed = 0
-        while not self._stopping.is_set():
-            batch = store.delete_expired(limit=config.maintenance_batch_size)
-            batch += store.trim_failed(
-                older_than=None if older_than is None else timedelta(seconds=older_than),
-                keep=config.max_failed_jobs,
-                limit=config.maintenance_batch_size,
+        seconds = config.failed_retention_seconds
+        older_than = None if seconds is None else timedelta(seconds=seconds)
+        removed = self._in_batches(
+            lambda size: (
+                store.delete_expired(limit=size)
+                + store.trim_failed(older_than=older_than, keep=config.max_failed_jobs, limit=size)
             )
-            removed += batch
-            if batch < config.maintenance_batch_size:
-                break
+        )
         if removed:
             logger.info("hfcelery removed %d expired job(s)", removed)
         return removed
+
+    def _in_batches(self, step: Callable[[int], int]) -> int:
+        """Run ``step(batch_size)`` until it handles less than a full batch; return the total."""
+        size = self.extension.config.maintenance_batch_size
+        total = 0
+        while not self._stopping.is_set():
+            handled = step(size)
+            total += handled
+            if handled < size:
+                break
+        return total
 
     def _publish(self, dispatch: Dispatch) -> None:
         publish(self.extension.app, dispatch)
