@@ -14,7 +14,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from celery import Task
 from celery.canvas import Signature
@@ -27,6 +27,11 @@ from hfcelery.errors import (
 )
 from hfcelery.jsonutil import to_json
 from hfcelery.options import JobOptions, options_of
+from hfcelery.validation import (
+    MAX_ARGUMENT_DEPTH,
+    nesting_depth_exceeds,
+    problem_with_function_path,
+)
 
 #: Name of the generic Celery task that performs plain functions.
 PERFORM_TASK_NAME = "hfcelery.perform"
@@ -159,9 +164,13 @@ def function_path(func: object) -> str:
         )
     path = f"{module}:{qualname}"
     try:
-        found = _resolve(module, qualname)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidCallError(f"{path} cannot be imported: {exc}", target=func) from exc
+        found = resolve_function(module, qualname)
+    except FunctionNotFoundError as exc:
+        raise InvalidCallError(f"{path} cannot be imported: {exc.reason}", target=func) from exc
+    except ForbiddenFunctionError as exc:
+        raise InvalidCallError(
+            f"{path} cannot be performed by a worker: {exc.reason}", target=func
+        ) from exc
     if not _same_function(found, func):
         raise InvalidCallError(
             f"{path} does not name {func!r} (it was replaced or decorated without functools.wraps)",
@@ -171,35 +180,106 @@ def function_path(func: object) -> str:
 
 
 def dumps_json(value: object, *, what: str, target: object = None) -> str:
-    """Serialise with the message serializer's JSON (kombu's), raising a typed error."""
+    """Serialise with the message serializer's JSON (kombu's), raising a typed error.
+
+    Structures nested deeper than :data:`~hfcelery.validation.MAX_ARGUMENT_DEPTH` are refused:
+    Celery's worker cannot take them.
+    """
+    if nesting_depth_exceeds(value, MAX_ARGUMENT_DEPTH + 1):
+        raise ArgumentSerializationError(
+            f"{what} nest deeper than {MAX_ARGUMENT_DEPTH} levels (or contain a cycle)",
+            target=target,
+            value=value,
+        )
     try:
         return to_json(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise ArgumentSerializationError(
             f"{what} cannot be carried as JSON: {exc}", target=target, value=value
         ) from exc
 
 
 def load_function(path: str, allowed: Callable[[str], bool]) -> Callable[..., Any]:
-    """Import the function a job names, in a worker, after checking its module is allowed.
+    """Import the function a job names, in a worker; raise unless it may run.
 
-    The module is checked before it is imported, so a forbidden module's import-time code
-    never runs.
+    A job may call only a function, or a static or class method of a class, that is *defined*
+    in an allowed module under exactly the name the path gives (see :func:`resolve_function`).
+    The module is checked before it is imported, so a forbidden module's import-time code never
+    runs, and nothing reached through another module, an instance or a dunder name is called.
     """
     if not isinstance(path, str) or path.count(":") != 1:
-        raise FunctionNotFoundError(str(path), "expected 'module:qualname'")
+        raise FunctionNotFoundError(repr(path)[:300], "expected 'module:qualname'")
     module, qualname = path.split(":")
-    if not module or not qualname:
-        raise FunctionNotFoundError(path, "expected 'module:qualname'")
+    problem = _problem_with_names(module, qualname)
+    if problem is not None:
+        raise ForbiddenFunctionError(path, module, problem)
     if not allowed(module):
         raise ForbiddenFunctionError(path, module)
+    return resolve_function(module, qualname)
+
+
+def resolve_function(module: str, qualname: str) -> Callable[..., Any]:
+    """The function ``module:qualname`` names, if it is defined there under that name.
+
+    Every dotted part but the last must be a class defined in ``module`` (its ``__module__``
+    and ``__qualname__`` match the path); the last must be a function defined under the whole
+    qualname, or a static or class method of that class. Lookups read the module's and the
+    classes' own namespaces, so no ``__getattr__`` or descriptor of another object runs.
+    Raises :class:`ForbiddenFunctionError` for anything else, :class:`FunctionNotFoundError`
+    when a name does not exist.
+    """
+    path = f"{module}:{qualname}"
+    problem = _problem_with_names(module, qualname)
+    if problem is not None:
+        raise ForbiddenFunctionError(path, module, problem)
     try:
-        func = _resolve(module, qualname)
-    except (ImportError, AttributeError) as exc:
+        namespace: object = sys.modules.get(module) or importlib.import_module(module)
+    except ImportError as exc:
         raise FunctionNotFoundError(path, str(exc)) from exc
-    if not callable(func):
-        raise FunctionNotFoundError(path, "it is not callable")
-    return func
+    parts = qualname.split(".")
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[: depth + 1])
+        try:
+            raw = (
+                vars(namespace)[part]
+                if inspect.ismodule(namespace)
+                else inspect.getattr_static(namespace, part)
+            )
+        except (KeyError, AttributeError):
+            raise FunctionNotFoundError(path, f"{prefix!r} does not exist in {module}") from None
+        last = depth == len(parts) - 1
+        if not last:
+            if not inspect.isclass(raw) or not _defined_as(raw, module, prefix):
+                raise ForbiddenFunctionError(
+                    path, module, f"{prefix!r} is not a class defined in {module}"
+                )
+            namespace = raw
+            continue
+        if isinstance(raw, staticmethod | classmethod):
+            target: object = raw.__func__
+            if not inspect.isclass(namespace):
+                raise ForbiddenFunctionError(path, module, f"{prefix!r} is not a function")
+            func: Any = getattr(namespace, part)  # binds a classmethod to its class
+        elif depth == 0:
+            target = func = raw
+        else:
+            raise ForbiddenFunctionError(
+                path,
+                module,
+                f"{prefix!r} is a method of instances: only static and class methods of a "
+                "class can be jobs",
+            )
+        if (
+            inspect.isclass(target)
+            or inspect.ismodule(target)
+            or not callable(target)
+            or not _defined_as(target, module, qualname)
+        ):
+            raise ForbiddenFunctionError(
+                path, module, f"{prefix!r} is not a function defined in {module} under that name"
+            )
+        return cast("Callable[..., Any]", func)
+    raise FunctionNotFoundError(path, "expected 'module:qualname'")
 
 
 def module_allowed(module: str, exact: Iterable[str], prefixes: Iterable[str]) -> bool:
@@ -209,11 +289,24 @@ def module_allowed(module: str, exact: Iterable[str], prefixes: Iterable[str]) -
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def _resolve(module: str, qualname: str) -> object:
-    obj: object = sys.modules.get(module) or importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _problem_with_names(module: str, qualname: str) -> str | None:
+    problem = problem_with_function_path(f"{module}:{qualname}")
+    if problem is not None:
+        return problem
+    for what, name in (("module", module), ("qualified name", qualname)):
+        parts = name.split(".")
+        if not all(part.isidentifier() for part in parts):
+            return f"the {what} {name!r} is not a dotted name of identifiers"
+        if any(part.startswith("__") and part.endswith("__") for part in parts):
+            return f"the {what} {name!r} has a dunder part"
+    return None
+
+
+def _defined_as(obj: object, module: str, qualname: str) -> bool:
+    return (
+        getattr(obj, "__module__", None) == module
+        and getattr(obj, "__qualname__", None) == qualname
+    )
 
 
 def _same_function(found: object, func: object) -> bool:

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from celery import Celery
-from celery._state import get_current_app
 
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, Invocation, to_invocation
 from hfcelery.continuations import JobContinuationOptions
-from hfcelery.errors import InvalidArgumentError, InvalidCallError, InvalidScheduleError
-from hfcelery.extension import extension_of
+from hfcelery.errors import (
+    InvalidArgumentError,
+    InvalidCallError,
+    InvalidScheduleError,
+)
+from hfcelery.extension import default_app, extension_of
 from hfcelery.jsonutil import from_json
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
+from hfcelery.validation import check_job_id, check_queue, problem_with_job_id
 
 _ALL_BUT = {s: tuple(x for x in State if x is not s) for s in State}
+
+#: The latest due time a job may have: a year short of the end of Python's calendar, so every
+#: time computed from it (retention, time zones) stays in range.
+LATEST_DUE_AT = datetime(9998, 12, 31, tzinfo=UTC)
 
 
 #: How hard a publish tries before the broker counts as unreachable (and a worker publishes
@@ -129,10 +137,15 @@ class BackgroundJobClient:
         queue: str | None,
         pass_result: str | None,
     ) -> str:
-        if isinstance(parent_ids, str) or not parent_ids:
+        if isinstance(parent_ids, str | bytes) or not isinstance(parent_ids, Iterable):
+            raise InvalidCallError("continue_when_all needs a list of parent job ids")
+        parent_ids = list(parent_ids)  # a generator is read once, here
+        if not parent_ids:
             raise InvalidCallError("continue_when_all needs a non-empty list of parent job ids")
-        if not all(isinstance(p, str) and p for p in parent_ids):
-            raise InvalidCallError(f"parent job ids must be strings, got {parent_ids!r}")
+        for parent_id in parent_ids:
+            problem = problem_with_job_id(parent_id)
+            if problem is not None:
+                raise InvalidCallError(f"invalid parent job id {parent_id!r:.80}: {problem}")
         if not isinstance(options, int) or int(options) not in range(4):
             raise InvalidArgumentError(f"invalid continuation options {options!r}")
         job = self.new_job(the_call, queue, State.AWAITING, pass_result=pass_result is not None)
@@ -163,7 +176,7 @@ class BackgroundJobClient:
         running it kills its process (within its maintenance interval).
         """
         return self._extension.store.change_state(
-            job_id,
+            check_job_id(job_id),
             State.DELETED,
             reason="Deleted by request",
             expected_state=_state_or_none(expected_state),
@@ -175,7 +188,7 @@ class BackgroundJobClient:
     def requeue(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
         """Move a job to Enqueued and send it again; True if applied."""
         return self._extension.store.change_state(
-            job_id,
+            check_job_id(job_id),
             State.ENQUEUED,
             reason="Requeued by request",
             expected_state=_state_or_none(expected_state),
@@ -198,7 +211,7 @@ class BackgroundJobClient:
         applied."""
         due_at = due_time(delay)
         return self._extension.store.change_state(
-            job_id,
+            check_job_id(job_id),
             State.SCHEDULED,
             reason="Rescheduled by request",
             data={"enqueue_at": due_at.isoformat()},
@@ -217,8 +230,12 @@ class BackgroundJobClient:
         pass_result: bool = False,
     ) -> NewJob:
         """Validate the call and describe the job it makes (nothing is written)."""
+        if queue is not None:
+            check_queue(queue)
+        # The function must be one a worker may call (defined where its name says, see
+        # calls.resolve_function); whether its module is allowed is the worker's setting.
         invocation = to_invocation(the_call, extra_argument=pass_result)
-        queue = (
+        queue = check_queue(
             queue
             or invocation.job_options.queue
             or invocation.options.get("queue")
@@ -256,12 +273,22 @@ def due_time(delay: timedelta | datetime) -> datetime:
             raise InvalidScheduleError(
                 f"{delay!r} is a naive datetime: give it a time zone (datetime.now(UTC) + ...)"
             )
-        return delay.astimezone(UTC)
-    if isinstance(delay, timedelta):
+        try:
+            due_at = delay.astimezone(UTC)
+        except OverflowError as exc:
+            raise InvalidScheduleError(f"{delay!r} is out of range in UTC") from exc
+    elif isinstance(delay, timedelta):
         if delay < timedelta(0):
             raise InvalidScheduleError(f"the delay {delay} is negative")
-        return datetime.now(UTC) + delay
-    raise InvalidScheduleError(f"expected a timedelta or an aware datetime, got {delay!r}")
+        try:
+            due_at = datetime.now(UTC) + delay
+        except OverflowError as exc:
+            raise InvalidScheduleError(f"the delay {delay} reaches past year 9999") from exc
+    else:
+        raise InvalidScheduleError(f"expected a timedelta or an aware datetime, got {delay!r}")
+    if due_at > LATEST_DUE_AT:
+        raise InvalidScheduleError(f"the due time {due_at.isoformat()} is past year 9998")
+    return due_at
 
 
 def _state_or_none(state: State | str | None) -> State | None:
@@ -278,12 +305,13 @@ def parse_state(state: State | str) -> State:
 
 
 class _BackgroundJobFacade:
-    """``BackgroundJob``: the methods of :class:`BackgroundJobClient` for the current app."""
+    """``BackgroundJob``: the methods of :class:`BackgroundJobClient` for the app that
+    ``init_app`` was called on (see :func:`hfcelery.extension.default_app`), from any thread."""
 
     @staticmethod
     def client() -> BackgroundJobClient:
-        """The client of the current Celery app."""
-        return extension_of(get_current_app()).client
+        """The client of the app ``init_app`` was called on (the default one, if several)."""
+        return extension_of(default_app()).client
 
     def enqueue(self, the_call: object, *, queue: str | None = None) -> str:
         return self.client().enqueue(the_call, queue=queue)
@@ -352,5 +380,6 @@ for _name in (
 ):
     getattr(_BackgroundJobFacade, _name).__doc__ = getattr(BackgroundJobClient, _name).__doc__
 
-#: Static facade over the client of the current Celery app, as Hangfire's ``BackgroundJob``.
+#: Static facade over the client of the app ``init_app`` was called on, as Hangfire's
+#: ``BackgroundJob``.
 BackgroundJob = _BackgroundJobFacade()

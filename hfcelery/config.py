@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from hfcelery.errors import ConfigurationError
+from hfcelery.validation import DEFAULT_MAX_TEXT_CHARS
 
 DEFAULT_STORE_URL = "sqlite:///hfcelery.db"
 DEFAULT_SUCCEEDED_RETENTION_SECONDS = 24 * 60 * 60
@@ -73,6 +74,9 @@ class HfConfig:
     failed_retention_seconds: float | None = None
     #: At most this many Failed jobs are kept, the newest (None: no limit).
     max_failed_jobs: int | None = None
+    #: Longest exception message, traceback or result text stored with a state; longer ones
+    #: are cut, with a mark saying how much.
+    max_stored_text_chars: int = DEFAULT_MAX_TEXT_CHARS
 
     @classmethod
     def from_app(cls, conf: Mapping[str, Any], options: Mapping[str, Any]) -> HfConfig:
@@ -120,6 +124,8 @@ class HfConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigurationError(f"hfcelery_{name} must be an integer >= 0")
+        if not isinstance(self.max_stored_text_chars, int) or self.max_stored_text_chars < 100:
+            raise ConfigurationError("hfcelery_max_stored_text_chars must be an integer >= 100")
         if not isinstance(self.maintenance_batch_size, int) or self.maintenance_batch_size < 1:
             raise ConfigurationError("hfcelery_maintenance_batch_size must be an integer >= 1")
         if not isinstance(self.store_url, str) or not self.store_url:

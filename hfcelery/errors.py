@@ -29,11 +29,19 @@ class ConfigurationError(HfceleryError):
 class NotInitializedError(ConfigurationError):
     """``hfcelery.init_app(app)`` was not called for the app in use."""
 
-    def __init__(self, app_name: str) -> None:
-        super().__init__(
-            f"hfcelery is not initialised for Celery app {app_name!r}: "
-            "call hfcelery.init_app(app) where the app is created"
-        )
+    def __init__(self, app_name: str | None) -> None:
+        if app_name is None:
+            message = (
+                "hfcelery is not initialised in this process: call hfcelery.init_app(app) "
+                "where the Celery app is created (and import that module before using "
+                "BackgroundJob)"
+            )
+        else:
+            message = (
+                f"hfcelery is not initialised for Celery app {app_name!r}: "
+                "call hfcelery.init_app(app) where the app is created"
+            )
+        super().__init__(message)
         self.app_name = app_name
 
     def _reduce_args(self) -> tuple[object, ...]:
@@ -81,22 +89,27 @@ class InvalidTimeZoneError(InvalidScheduleError):
 
 
 class ForbiddenFunctionError(HfceleryError):
-    """A worker was asked to perform a function whose module is not allowed.
+    """A worker was asked to perform a function it must not run.
 
-    The worker performs only functions in the app's own task modules and in the modules listed in
-    ``hfcelery_allowed_modules``; anything else (``os.system``, say) fails the job with this error.
+    The worker performs only functions (and static or class methods of classes) *defined* in the
+    app's own task modules and in the modules listed in ``hfcelery_allowed_modules``, under
+    exactly the name the job gives; anything else (``os.system``, or ``proj:os.system`` reached
+    through an allowed module) fails the job with this error before anything is called.
     """
 
-    def __init__(self, function_path: str, module: str) -> None:
-        super().__init__(
-            f"function {function_path!r} is not allowed: module {module!r} is neither a task "
-            "module of this Celery app nor listed in hfcelery_allowed_modules"
-        )
+    def __init__(self, function_path: str, module: str, reason: str | None = None) -> None:
+        if reason is None:
+            reason = (
+                f"module {module!r} is neither a task module of this Celery app nor listed in "
+                "hfcelery_allowed_modules"
+            )
+        super().__init__(f"function {function_path!r} is not allowed: {reason}")
         self.function_path = function_path
         self.module = module
+        self.reason = reason
 
     def _reduce_args(self) -> tuple[object, ...]:
-        return (self.function_path, self.module)
+        return (self.function_path, self.module, self.reason)
 
 
 class FunctionNotFoundError(HfceleryError):
@@ -113,6 +126,16 @@ class FunctionNotFoundError(HfceleryError):
 
 class StoreError(HfceleryError):
     """The job store failed (a database error, wrapped)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or cannot work right now (connection refused or lost, the
+    database restarting, a lock timeout): trying again later may succeed."""
+
+
+class StoreDataError(StoreError):
+    """The store refused the data it was given (text it cannot hold, a number out of range, a
+    constraint): trying the same write again will fail the same way."""
 
 
 class SchemaOutOfDateError(StoreError):

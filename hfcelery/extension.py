@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -63,11 +64,22 @@ class Extension:
         return frozenset(m for m in modules if not m.startswith(("celery.", "hfcelery.")))
 
     def module_allowed(self, module: str) -> bool:
-        """Whether a worker may perform functions of ``module``."""
+        """Whether a worker may perform functions of ``module``: a module where this app's
+        tasks are defined, or one listed in ``hfcelery_allowed_modules``."""
+        if module_allowed(module, self._own_task_modules, self.config.allowed_modules):
+            return True
+        # Task modules imported since the first look (autodiscovery, lazy imports) count too.
+        self.__dict__.pop("_own_task_modules", None)
         return module_allowed(module, self._own_task_modules, self.config.allowed_modules)
 
 
-def init_app(app: Celery, **options: Any) -> Extension:
+#: The apps ``init_app`` was called on, oldest first; the facades use the default one.
+_initialised: list[Celery] = []
+_default: list[Celery] = []
+_registry_lock = threading.Lock()
+
+
+def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension:
     """Load hfcelery into a Celery app.
 
     Registers the task that performs plain functions, the worker bootstep and the signal
@@ -76,6 +88,9 @@ def init_app(app: Celery, **options: Any) -> Extension:
     nothing else. Options are the ``hfcelery_*`` settings without the prefix (``store_url``,
     ``allowed_modules``, ...) and win over ``app.conf``. Calling it again returns the same
     extension; calling it again with other options is an error.
+
+    The static facades (``BackgroundJob``, ``RecurringJob``) use the first app initialised in
+    the process, from any thread, unless another is initialised with ``default=True``.
     """
     existing: Extension | None = getattr(app, _ATTRIBUTE, None)
     if existing is not None:
@@ -83,6 +98,8 @@ def init_app(app: Celery, **options: Any) -> Extension:
             raise ConfigurationError(
                 f"hfcelery is already initialised for app {app.main!r} with other options"
             )
+        if default:
+            _set_default(app)
         return existing
     from hfcelery.worker import install
 
@@ -91,7 +108,38 @@ def init_app(app: Celery, **options: Any) -> Extension:
     setattr(app, _ATTRIBUTE, extension)
     app.add_defaults(dict(RELIABLE_CELERY_DEFAULTS))
     install(app)
+    with _registry_lock:
+        _initialised.append(app)
+    if default:
+        _set_default(app)
     return extension
+
+
+def _set_default(app: Celery) -> None:
+    with _registry_lock:
+        _default[:] = [app]
+
+
+def default_app() -> Celery:
+    """The app the static facades use: the one marked ``default=True``, else the first one
+    ``init_app`` was called on. Raises :class:`NotInitializedError` when there is none."""
+    with _registry_lock:
+        if _default:
+            return _default[0]
+        if _initialised:
+            return _initialised[0]
+    raise NotInitializedError(None)
+
+
+def extension_for_task(task_name: str) -> Extension | None:
+    """The extension of the app that publishes ``task_name`` in a thread with no current app of
+    its own: the default app's, if it has that task registered, else the first one that has."""
+    with _registry_lock:
+        apps = _default + [app for app in _initialised if app not in _default]
+    for app in apps:
+        if task_name in app.tasks:
+            return extension_of(app)
+    return None
 
 
 def extension_of(app: Celery) -> Extension:

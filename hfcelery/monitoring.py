@@ -7,7 +7,13 @@ from celery import Celery
 from hfcelery.client import parse_state
 from hfcelery.errors import InvalidArgumentError, JobNotFoundError, RecurringJobNotFoundError
 from hfcelery.extension import extension_of
-from hfcelery.records import JobDetails, JobPage, RecurringJobRecord, ServerRecord
+from hfcelery.records import (
+    DroppedMessageRecord,
+    JobDetails,
+    JobPage,
+    RecurringJobRecord,
+    ServerRecord,
+)
 from hfcelery.states import State
 from hfcelery.store import Store
 
@@ -59,6 +65,13 @@ class Monitoring:
     def servers(self) -> list[ServerRecord]:
         """The workers currently registered, with their last heartbeat."""
         return self._store.servers()
+
+    def dropped_messages(self, limit: int = 50) -> tuple[int, list[DroppedMessageRecord]]:
+        """Messages workers acknowledged without running them or recording a job (an id no
+        job can have, say), kept for a week: how many, and the newest ``limit`` with why."""
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidArgumentError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        return self._store.dropped_messages(limit)
 
 
 def monitoring(app: Celery) -> Monitoring:

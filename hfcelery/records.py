@@ -165,3 +165,14 @@ class RecurringJobRecord:
     last_job_id: str | None
     last_job_state: State | None
     last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedMessageRecord:
+    """A message a worker acknowledged without running it or recording a job."""
+
+    message_id: str
+    task_name: str
+    reason: str
+    server_id: str | None
+    created_at: datetime

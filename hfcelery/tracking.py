@@ -15,10 +15,11 @@ from celery._state import get_current_app
 
 from hfcelery.calls import JOB_HEADER
 from hfcelery.errors import HfceleryError
-from hfcelery.extension import find_extension
+from hfcelery.extension import Extension, extension_for_task, find_extension
 from hfcelery.jsonutil import to_json_or_repr
 from hfcelery.records import NewJob
 from hfcelery.states import State
+from hfcelery.validation import problem_with_function_path, problem_with_job_id
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,13 @@ def before_task_publish(
         or sender.startswith(_INTERNAL_PREFIXES)
     ):
         return
-    extension = find_extension(get_current_app())
+    extension = publishing_extension(sender)
     if extension is None or not extension.config.track_celery_tasks:
+        return
+    problem = problem_with_job_id(job_id) or problem_with_function_path(sender)
+    if problem is not None:
+        # Celery carries such a task as it always has; the store cannot hold it as a job.
+        logger.warning("hfcelery does not track task %r (%s): %s", job_id, sender, problem)
         return
     args, kwargs = _body_arguments(body)
     queue = declare[0].name if declare else (routing_key or extension.app.conf.task_default_queue)
@@ -79,13 +85,23 @@ def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if not pending or job_id not in pending:
         return
     pending.discard(job_id)
-    extension = find_extension(get_current_app())
+    extension = publishing_extension((headers or {}).get("task"))
     if extension is None:
         return
     try:
         extension.store.mark_published([job_id])
     except HfceleryError as exc:  # the job is published again later: harmless
         logger.warning("hfcelery could not mark task %s published: %s", job_id, exc)
+
+
+def publishing_extension(task_name: str | None) -> Extension | None:
+    """The extension of the app publishing ``task_name``: the current app's, or, in a thread
+    where Celery knows no current app (a web server's request thread), the hfcelery app that
+    has that task."""
+    extension = find_extension(get_current_app())
+    if extension is None and isinstance(task_name, str):
+        extension = extension_for_task(task_name)
+    return extension
 
 
 def _body_arguments(body: Any) -> tuple[Any, Any]:

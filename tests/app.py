@@ -22,6 +22,7 @@ app.conf.beat_max_loop_interval = 1
 app.conf.redbeat_lock_timeout = int(os.environ.get("HF_TEST_LOCK_TIMEOUT", "4"))
 hfcelery.init_app(
     app,
+    default=True,  # the facades use this app even when a test has initialised others
     store_url=os.environ.get("HF_TEST_STORE_URL", "sqlite:///hftests.db"),
     allowed_modules=["tests.jobs"],
     heartbeat_interval_seconds=float(os.environ.get("HF_TEST_HEARTBEAT", "1")),

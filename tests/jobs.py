@@ -8,6 +8,8 @@ import time
 import redis
 
 import hfcelery
+from tests import canary  # noqa: F401  (reachable from here: security tests try it)
+from tests.canary import touch  # noqa: F401  (imported, not defined here: must not run)
 
 
 def _side_effects() -> redis.Redis:
@@ -47,6 +49,33 @@ class Reports:
     @staticmethod
     def static_build(name: str) -> str:
         return f"static {name}"
+
+    def instance_method(self) -> str:
+        """Not a job: only static and class methods of a class can be."""
+        return "instance"
+
+
+class Subreports(Reports):
+    """Inherits ``build``: it is defined as ``Reports.build``, so only that name runs it."""
+
+
+@hfcelery.automatic_retry(attempts=0)
+def raise_with(message: str) -> None:
+    """Fail with ``message`` as the exception's text (NUL, lone surrogates, megabytes...)."""
+    raise RuntimeError(message)
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def untyped_dict() -> dict[str, object]:
+    """A result kombu's JSON decoder refuses to read back."""
+    return {"__type__": "nope", "__value__": 1}
+
+
+def huge_text(size: int) -> str:
+    return "x" * size
 
 
 @hfcelery.automatic_retry(attempts=0)

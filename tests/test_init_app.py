@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from celery import Celery
-from celery._state import get_current_app
 
 import hfcelery
 from hfcelery import BackgroundJobClient, call
@@ -98,15 +98,47 @@ def test_client_needs_init_app() -> None:
         BackgroundJobClient(make_app())
 
 
-def test_facade_uses_the_current_app(tmp_path: Path) -> None:
+@pytest.fixture
+def empty_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The facades' registry of initialised apps, empty for one test."""
+    from hfcelery import extension
+
+    monkeypatch.setattr(extension, "_initialised", [])
+    monkeypatch.setattr(extension, "_default", [])
+
+
+def test_facade_uses_the_app_init_app_was_called_on_from_any_thread(
+    tmp_path: Path, empty_registry: None
+) -> None:
     app = make_app()
     hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
-    previous = get_current_app()
-    app.set_current()
-    try:
-        assert BackgroundJob.client().app is app
-    finally:
-        previous.set_current()
+    Celery("created-later", broker="memory://")  # becomes Celery's current app, in this thread
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(BackgroundJob.client().app))
+    thread.start()
+    thread.join()
+    assert seen == [app]  # a thread where Celery's current app is its fallback "default" app
+    assert BackgroundJob.client().app is app
+    assert hfcelery.RecurringJob.manager().app is app
+
+
+def test_facade_uses_the_first_app_unless_another_is_the_default(
+    tmp_path: Path, empty_registry: None
+) -> None:
+    first, second, third = make_app(), make_app(), make_app()
+    hfcelery.init_app(first, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    hfcelery.init_app(second, store_url=f"sqlite:///{tmp_path / 'b.db'}")
+    assert BackgroundJob.client().app is first
+    hfcelery.init_app(third, store_url=f"sqlite:///{tmp_path / 'c.db'}", default=True)
+    assert BackgroundJob.client().app is third
+    hfcelery.init_app(second, default=True)  # again, now marked the default
+    assert BackgroundJob.client().app is second
+
+
+def test_facade_without_any_initialised_app_says_so(empty_registry: None) -> None:
+    make_app()
+    with pytest.raises(NotInitializedError, match="init_app"):
+        BackgroundJob.enqueue(call(jobs.multiply, 1, 2))
 
 
 def test_invalid_call_writes_nothing(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from hfcelery.errors import InvalidCronError, InvalidTimeZoneError
+from hfcelery.validation import MAX_CRON_LENGTH
 
 #: The most missed occurrences a Strict recurring job catches up in one pass.
 MAX_CATCH_UP = 1000
@@ -104,7 +105,16 @@ class CronExpression:
 
     def __post_init__(self) -> None:
         if not isinstance(self.expression, str) or not self.expression.strip():
-            raise InvalidCronError(f"invalid cron expression {self.expression!r}")
+            raise InvalidCronError(f"invalid cron expression {self.expression!r:.120}")
+        if len(self.expression) > MAX_CRON_LENGTH:
+            raise InvalidCronError(
+                f"cron expression {self.expression[:40]!r}... is longer than {MAX_CRON_LENGTH} "
+                "characters"
+            )
+        if not self.expression.isprintable():
+            raise InvalidCronError(
+                f"cron expression {self.expression!r} contains a control character"
+            )
         fields = self.expression.split()
         if not self.expression.startswith("@") and len(fields) not in (5, 6):
             raise InvalidCronError(

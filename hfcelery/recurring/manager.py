@@ -5,17 +5,26 @@ from __future__ import annotations
 from uuid import uuid4
 
 from celery import Celery
-from celery._state import get_current_app
 
 from hfcelery.client import publish
 from hfcelery.errors import InvalidCallError, InvalidScheduleError, RecurringJobNotFoundError
-from hfcelery.extension import extension_of
+from hfcelery.extension import default_app, extension_of
 from hfcelery.records import RecurringDefinition
 from hfcelery.recurring.cron import CronExpression, MisfireHandling
 from hfcelery.states import State
+from hfcelery.validation import MAX_RECURRING_ID_LENGTH, problem_with_identifier
 
-#: Longest recurring job id the store keeps.
-MAX_RECURRING_ID_LENGTH = 100
+
+def check_recurring_id(recurring_id: object) -> str:
+    """``recurring_id`` if the store can keep it; raises InvalidCallError."""
+    problem = problem_with_identifier(
+        recurring_id, "recurring job id", MAX_RECURRING_ID_LENGTH, allow_whitespace=True
+    )
+    if problem is None and not str(recurring_id).strip():
+        problem = "recurring job id must not be blank"
+    if problem is not None:
+        raise InvalidCallError(problem)
+    return str(recurring_id)
 
 
 class RecurringJobManager:
@@ -45,12 +54,7 @@ class RecurringJobManager:
         ``@daily`` or a ``Cron`` helper's output, read in the time zone ``tz``. Raises
         InvalidCronError, InvalidTimeZoneError or InvalidCallError before anything is written.
         """
-        if not isinstance(recurring_id, str) or not recurring_id.strip():
-            raise InvalidCallError("a recurring job needs a non-empty id")
-        if len(recurring_id) > MAX_RECURRING_ID_LENGTH:
-            raise InvalidCallError(
-                f"recurring job ids have at most {MAX_RECURRING_ID_LENGTH} characters"
-            )
+        check_recurring_id(recurring_id)
         expression = CronExpression(cron, tz)
         try:
             misfire = MisfireHandling(misfire)
@@ -75,7 +79,7 @@ class RecurringJobManager:
 
     def remove_if_exists(self, recurring_id: str) -> bool:
         """Remove a recurring job (jobs it created stay); True if there was one."""
-        return self._extension.store.remove_recurring(recurring_id)
+        return self._extension.store.remove_recurring(check_recurring_id(recurring_id))
 
     def trigger(self, recurring_id: str) -> str:
         """Run a recurring job now, outside its schedule; return the new job's id."""
@@ -93,20 +97,21 @@ class RecurringJobManager:
 
     def pause(self, recurring_id: str) -> bool:
         """Stop firing a recurring job until it is resumed; True if it exists."""
-        return self._extension.store.set_recurring_paused(recurring_id, True)
+        return self._extension.store.set_recurring_paused(check_recurring_id(recurring_id), True)
 
     def resume(self, recurring_id: str) -> bool:
         """Fire a paused recurring job again, from its next occurrence on (missed ones are not
         caught up); True if it exists."""
-        return self._extension.store.set_recurring_paused(recurring_id, False)
+        return self._extension.store.set_recurring_paused(check_recurring_id(recurring_id), False)
 
 
 class _RecurringJobFacade:
-    """``RecurringJob``: the methods of :class:`RecurringJobManager` for the current app."""
+    """``RecurringJob``: the methods of :class:`RecurringJobManager` for the app ``init_app``
+    was called on (the default one, if several), from any thread."""
 
     @staticmethod
     def manager() -> RecurringJobManager:
-        return RecurringJobManager(get_current_app())
+        return RecurringJobManager(default_app())
 
     def add_or_update(
         self,

@@ -22,10 +22,10 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Row, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.sql.selectable import Select
 
-from hfcelery.errors import StoreError
+from hfcelery.errors import StoreDataError, StoreError, StoreUnavailableError
 from hfcelery.jsonutil import to_json
 from hfcelery.records import (
     Dispatch,
@@ -126,11 +126,13 @@ class StoreBase:
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
             )
             _configure_sqlite(engine)
-            return engine
-        connect_args = {} if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS
-        return create_engine(
-            self.url, pool_size=5, max_overflow=10, pool_recycle=3600, connect_args=connect_args
-        )
+        else:
+            connect_args = {} if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS
+            engine = create_engine(
+                self.url, pool_size=5, max_overflow=10, pool_recycle=3600, connect_args=connect_args
+            )
+        event.listen(engine, "handle_error", _data_errors_while_binding)
+        return engine
 
     def dispose(self) -> None:
         """Close every pooled connection of this process."""
@@ -167,11 +169,13 @@ class StoreBase:
                     if durable:
                         self._make_durable(conn)
                     return work(conn)
+            except (DataError, IntegrityError) as exc:
+                raise StoreDataError(f"the store refused the data: {_summary(exc)}") from exc
             except DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
                     logger.warning("hfcelery store connection lost, retrying: %s", exc.orig)
                     continue
-                raise StoreError(f"hfcelery store operation failed: {exc}") from exc
+                raise StoreUnavailableError(f"hfcelery store operation failed: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _change(
@@ -269,6 +273,22 @@ class StoreBase:
         primary_key = sa_inspect(table).primary_key
         stmt = dialect_insert(table).values(**row).on_conflict_do_nothing().returning(*primary_key)
         return conn.execute(stmt).first() is not None
+
+
+def _data_errors_while_binding(context: Any) -> BaseException | None:
+    """Errors the driver raises while sending parameters (text that is not valid Unicode, a
+    number out of every range) mean the data is wrong, not the store: say so."""
+    original = context.original_exception
+    if isinstance(original, ValueError | OverflowError | RecursionError):
+        return StoreDataError(f"the store refused the data: {_summary(original)}")
+    return None
+
+
+def _summary(exc: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's statement and parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"{type(cause).__name__}: {text}"[:500]
 
 
 def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from sqlalchemy import (
 
 from hfcelery.continuations import JobContinuationOptions
 from hfcelery.errors import JobNotFoundError
-from hfcelery.jsonutil import from_json, to_json
+from hfcelery.jsonutil import from_json_or_raw, to_json
 from hfcelery.records import (
     Dispatch,
     NewJob,
@@ -195,8 +195,10 @@ class ContinuationStore(StoreBase):
                 .order_by(JobState.id.desc())
                 .limit(1)
             ).scalar()
-            results.append(from_json(data).get("result") if data else None)
-        args = from_json(conn.execute(select(Job.args).where(Job.id == child_id)).scalar_one())
+            results.append(from_json_or_raw(data).get("result") if data else None)
+        args = from_json_or_raw(
+            conn.execute(select(Job.args).where(Job.id == child_id)).scalar_one()
+        )
         args.append(results if as_list else results[0])
         return to_json(args)
 

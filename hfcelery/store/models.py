@@ -221,3 +221,20 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DroppedMessage(Base):
+    """A message the worker acknowledged without running it or recording a job, because the
+    store cannot hold what it carries (an id that is too long or not text, say)."""
+
+    __tablename__ = TABLE_PREFIX + "dropped_messages"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    #: The message's id as it came, made storable (escaped, cut to length).
+    message_id: Mapped[str] = mapped_column(String(255))
+    task_name: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    server_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

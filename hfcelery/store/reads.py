@@ -14,7 +14,7 @@ from sqlalchemy import (
 )
 
 from hfcelery.errors import InvalidArgumentError
-from hfcelery.jsonutil import from_json
+from hfcelery.jsonutil import from_json_or_raw
 from hfcelery.records import (
     JobDetails,
     JobPage,
@@ -45,7 +45,7 @@ class ReadStore(StoreBase):
             if r is None:
                 return None
             history = [
-                StateRecord(State(h.state), h.reason, from_json(h.data), h.created_at)
+                StateRecord(State(h.state), h.reason, from_json_or_raw(h.data), h.created_at)
                 for h in conn.execute(
                     select(JobState).where(JobState.job_id == job_id).order_by(JobState.id)
                 )
@@ -64,8 +64,8 @@ class ReadStore(StoreBase):
                 id=r.id,
                 function=r.function,
                 task_name=r.task_name,
-                args=from_json(r.args),
-                kwargs=from_json(r.kwargs),
+                args=from_json_or_raw(r.args),
+                kwargs=from_json_or_raw(r.kwargs),
                 queue=r.queue,
                 state=State(r.state),
                 created_at=r.created_at,

@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 
 from hfcelery.errors import HfceleryError, StoreError
-from hfcelery.jsonutil import from_json
+from hfcelery.jsonutil import from_json_or_raw
 from hfcelery.records import (
     Dispatch,
     NewJob,
@@ -207,8 +207,8 @@ def _recurring_record(row: Any, now: datetime) -> RecurringJobRecord:
         id=r.id,
         function=r.function,
         task_name=r.task_name,
-        args=from_json(r.args),
-        kwargs=from_json(r.kwargs),
+        args=from_json_or_raw(r.args),
+        kwargs=from_json_or_raw(r.kwargs),
         queue=r.queue,
         display_name=r.display_name,
         cron=r.cron,

@@ -17,6 +17,7 @@ from hfcelery.worker.execution import (
     on_task_unknown,
     perform,
 )
+from hfcelery.worker.guard import MessageGuard
 from hfcelery.worker.server import ServerStep
 
 _SIGNAL_HANDLERS = (
@@ -38,6 +39,7 @@ def install(app: Celery) -> None:
     app.Task.before_start = before_start
     app.Task.Request = JobRequest
     app.steps["worker"].add(ServerStep)
+    app.steps["consumer"].add(MessageGuard)
     for signal, handler in _SIGNAL_HANDLERS:
         # Handlers look up the extension of the sender's app, so one connection serves all apps.
         signal.connect(handler, weak=False, dispatch_uid=f"hfcelery.{handler.__name__}")

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
@@ -27,12 +27,25 @@ from celery.utils.serialization import UnpickleableExceptionWrapper, get_pickled
 from celery.worker.request import Request
 
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, load_function
-from hfcelery.errors import ForbiddenFunctionError, FunctionNotFoundError, StoreError
+from hfcelery.errors import (
+    ForbiddenFunctionError,
+    FunctionNotFoundError,
+    StoreDataError,
+    StoreError,
+)
 from hfcelery.extension import Extension, extension_of, find_extension
-from hfcelery.jsonutil import to_json, to_json_or_repr
+from hfcelery.jsonutil import from_json, to_json, to_json_or_repr
 from hfcelery.options import AttemptsExceeded, JobOptions, RetryPolicy, options_of
 from hfcelery.records import NewJob
 from hfcelery.states import State
+from hfcelery.validation import (
+    DEFAULT_MAX_TEXT_CHARS,
+    problem_with_count,
+    problem_with_function_path,
+    problem_with_job_id,
+    storable_text,
+    storable_value,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +78,11 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
         return
     if task.name in INTERNAL_TASK_NAMES:
         return
+    problem = message_problem(task, request, args)
+    if problem is not None and _settle_invalid_message(
+        extension, task, request, args, kwargs, problem
+    ):
+        return  # a plain Celery task whose id the store cannot hold: it runs untracked
     try:
         claimed = extension.store.claim(
             task_id,
@@ -74,10 +92,11 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
             attempt=int(request.retries or 0),
             untracked=functools.partial(_untracked_job, task, task_id, args, kwargs, request),
         )
+    except StoreDataError as exc:
+        _settle_invalid_message(extension, task, request, args, kwargs, str(exc))
+        raise AssertionError("unreachable") from exc  # the settle raised Ignore
     except StoreError as exc:
-        logger.error("hfcelery cannot claim job %s, message handed back: %s", task_id, exc)
-        time.sleep(STORE_DOWN_BACKOFF_SECONDS)
-        raise Reject(exc, requeue=True) from exc
+        _hand_back(task_id, exc)
     if claimed is None:
         logger.info(
             "hfcelery skipped job %s: it is finished, deleted or running elsewhere", task_id
@@ -88,6 +107,98 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request.hf_retry_count = claimed.retry_count
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
+
+
+def _hand_back(task_id: object, exc: BaseException) -> NoReturn:
+    """The store is unreachable: give the message back to the broker after a pause."""
+    logger.error("hfcelery cannot claim job %r, message handed back: %s", task_id, exc)
+    time.sleep(STORE_DOWN_BACKOFF_SECONDS)
+    raise Reject(exc, requeue=True) from exc
+
+
+def message_problem(task: Task, request: Any, args: Any) -> str | None:
+    """What makes a message impossible to record as a job, or None.
+
+    Checked before the store sees the message: its id, the function a ``hfcelery.perform``
+    message names, and the ``retries`` header.
+    """
+    problem = problem_with_job_id(request.id)
+    if problem is not None:
+        return problem
+    if task.name == PERFORM_TASK_NAME:
+        function = args[0] if isinstance(args, list | tuple) and args else None
+        if not isinstance(function, str):
+            return "a hfcelery.perform message must name its function first"
+        problem = problem_with_function_path(function)
+        if problem is not None:
+            return problem
+    return problem_with_count(request.retries or 0, "retries header")
+
+
+def _settle_invalid_message(
+    extension: Extension, task: Task, request: Any, args: Any, kwargs: Any, problem: str
+) -> bool:
+    """Settle a message the store cannot record as it is, so it is never handed back forever.
+
+    A plain Celery task whose id the store cannot hold runs as Celery would run it, untracked
+    (True is returned). Otherwise the job is recorded Failed with storable fields and the
+    reason, when its id can key a row; if not, the message is noted as dropped. Either way
+    :class:`Ignore` is raised, so the message is acknowledged without running.
+    """
+    is_job = task.name == PERFORM_TASK_NAME or getattr(request, JOB_HEADER, False)
+    reason = f"Invalid message: {problem}"
+    if problem_with_job_id(request.id) is not None:
+        if not is_job:
+            logger.warning(
+                "hfcelery runs task %r (%s) without tracking it: %s", request.id, task.name, problem
+            )
+            return True
+        _drop(extension, request.id, task.name, reason)
+    else:
+        try:
+            recorded = extension.store.fail_invalid_message(
+                _invalid_job(task, request, args, kwargs), reason
+            )
+        except StoreDataError as exc:
+            _drop(extension, request.id, task.name, f"{reason}; not recordable: {exc}")
+        except StoreError as exc:
+            _hand_back(request.id, exc)
+        else:
+            logger.error(
+                "hfcelery did not run message %r (%s): %s%s",
+                request.id,
+                task.name,
+                reason,
+                "" if recorded else " (its job is in another state and was left alone)",
+            )
+    raise Ignore()
+
+
+def _drop(extension: Extension, message_id: object, task_name: str, reason: str) -> None:
+    logger.error("hfcelery dropped message %r (%s): %s", message_id, task_name, reason)
+    try:
+        extension.store.record_dropped_message(message_id, task_name, reason, extension.server_id)
+    except StoreError:
+        logger.exception("hfcelery could not note the dropped message %r", message_id)
+
+
+def _invalid_job(task: Task, request: Any, args: Any, kwargs: Any) -> NewJob:
+    """The job of an invalid message, every field made storable."""
+    args = list(args) if isinstance(args, list | tuple) else [args]
+    function: object = task.name
+    if task.name == PERFORM_TASK_NAME and args:
+        function, args = args[0], args[1:]
+    queue = (request.delivery_info or {}).get("routing_key") or task.app.conf.task_default_queue
+    return NewJob(
+        id=str(request.id),
+        function=storable_text(function if isinstance(function, str) else repr(function), 200),
+        task_name=storable_text(task.name, 200),
+        args_json=to_json_or_repr(args),
+        kwargs_json=to_json_or_repr(kwargs if isinstance(kwargs, dict) else {}),
+        queue=storable_text(str(queue), 200),
+        state=State.FAILED,
+        tracked=not getattr(request, JOB_HEADER, False),
+    )
 
 
 def _untracked_job(task: Task, task_id: str, args: Any, kwargs: Any, request: Any) -> NewJob:
@@ -147,12 +258,14 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
     request = sender.request
     duration_ms = round((time.monotonic() - request.hf_started) * 1000, 3)
     latency_ms = round((request.hf_started_at - request.hf_created_at).total_seconds() * 1000, 3)
+    data = {"duration_ms": duration_ms, "latency_ms": latency_ms}
+    data.update(result_data(result, extension.config.max_stored_text_chars))
     _finish(
         extension,
         request.id,
         State.SUCCEEDED,
         None,
-        {"duration_ms": duration_ms, "latency_ms": latency_ms, "result": _result_data(result)},
+        data,
         worker=worker_id(),
         retention=_retention(sender, extension.config.succeeded_retention_seconds),
         started_at=request.hf_started_at,
@@ -175,8 +288,9 @@ def on_task_failure(
     if in_child:
         # Still inside Celery's except block: the original exception, not the picklable copy.
         exception = sys.exc_info()[1] or exception
-    data = exception_data(exception, einfo)
-    reason = f"{type(exception).__name__}: {exception}"
+    max_chars = extension.config.max_stored_text_chars
+    data = exception_data(exception, einfo, max_chars)
+    reason = storable_text(f"{type(exception).__name__}: {safe_str(exception)}", max_chars)
     if in_child and _retried_or_deleted(extension, sender, exception, reason, data):
         return
     _finish(
@@ -337,6 +451,22 @@ def _finish(
             started_at=started_at,
             due_at=due_at,
         )
+    except StoreDataError as exc:
+        # The outcome itself cannot be stored; retrying it would fail forever, and leaving the
+        # job Processing would make it run again. Record that instead.
+        logger.error("hfcelery cannot store the outcome of job %s (%s): %s", job_id, state, exc)
+        if state is State.FAILED and data.get("exception_type") == _UNSTORABLE:
+            return
+        _finish(
+            extension,
+            job_id,
+            State.FAILED,
+            f"The job's outcome ({state}) could not be stored: {exc}",
+            {"exception_type": _UNSTORABLE, "exception_message": str(exc)},
+            worker=worker,
+            started_at=started_at,
+        )
+        return
     except StoreError:
         # The job stays Processing; this server's maintenance loop requeues it once the task
         # is no longer running. Celery must not see the error: it would turn a success into a
@@ -347,33 +477,71 @@ def _finish(
         logger.info("hfcelery: job %s changed state while running; %s not recorded", job_id, state)
 
 
-def _result_data(result: Any) -> Any:
-    if result is None or isinstance(result, bool | int | float | str):
-        return result
+_UNSTORABLE = "hfcelery.errors.StoreDataError"
+
+
+def result_data(result: Any, max_chars: int) -> dict[str, Any]:
+    """The Succeeded state's ``result``, as it can be stored and read back.
+
+    A result JSON cannot carry, that does not read back (kombu's decoder refuses some
+    objects), or whose JSON is longer than ``max_chars`` is kept as its (cut) repr, with a
+    ``result_note`` saying so.
+    """
+    if result is None or isinstance(result, bool | int | float):
+        return {"result": result}
     try:
-        to_json(result)
-    except (TypeError, ValueError, OverflowError):
-        return repr(result)
-    return result
+        text = to_json(result)
+        from_json(text)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        note = f"stored as its repr: JSON cannot carry it ({type(exc).__name__})"
+    else:
+        if len(text) <= max_chars:
+            return {"result": storable_value(result, max_chars)}
+        note = f"stored as its repr, cut: its JSON has {len(text)} characters"
+    return {"result": storable_text(safe_repr(result), max_chars), "result_note": note}
 
 
-def exception_data(exception: BaseException, einfo: ExceptionInfo | None) -> dict[str, Any]:
-    """Hangfire's failed-state data: exception type, message and details (traceback)."""
+def safe_str(value: object) -> str:
+    """``str(value)``, or a placeholder when its ``__str__`` fails."""
+    try:
+        return str(value)
+    except Exception as exc:  # an exception's own __str__ may be broken
+        return f"<{type(value).__name__}: str() failed with {type(exc).__name__}>"
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when its ``__repr__`` fails or recurses too deep."""
+    try:
+        return repr(value)
+    except (Exception, RecursionError) as exc:
+        return f"<{type(value).__name__}: repr() failed with {type(exc).__name__}>"
+
+
+def exception_data(
+    exception: BaseException,
+    einfo: ExceptionInfo | None,
+    max_chars: int = DEFAULT_MAX_TEXT_CHARS,
+) -> dict[str, Any]:
+    """Hangfire's failed-state data: exception type, message and details (traceback), each
+    made storable (see :func:`hfcelery.validation.storable_text`)."""
     if isinstance(exception, UnpickleableExceptionWrapper):
         # Celery could not pickle the task's exception; it kept its name and arguments.
         exc_type = f"{exception.exc_module}.{exception.exc_cls_name}"
-        message = ", ".join(str(a) for a in exception.exc_args)
+        message = ", ".join(safe_str(a) for a in exception.exc_args)
     else:
         exception = get_pickled_exception(exception)
         cls = type(exception)
-        exc_type, message = f"{cls.__module__}.{cls.__qualname__}", str(exception)
+        exc_type, message = f"{cls.__module__}.{cls.__qualname__}", safe_str(exception)
     details = einfo.traceback if einfo is not None else None
     if not details:
-        details = "".join(traceback.format_exception(exception))
+        try:
+            details = "".join(traceback.format_exception(exception))
+        except Exception:  # a broken __str__ inside the chain
+            details = f"{exc_type}: {message}"
     return {
-        "exception_type": exc_type,
-        "exception_message": message,
-        "exception_details": details,
+        "exception_type": storable_text(exc_type, 200),
+        "exception_message": storable_text(message, max_chars),
+        "exception_details": storable_text(str(details), max_chars),
     }
 
 

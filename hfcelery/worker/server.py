@@ -27,11 +27,14 @@ from hfcelery.extension import Extension, find_extension
 from hfcelery.records import Dispatch, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import BROKER_UNAVAILABLE
+from hfcelery.validation import problem_with_job_id, storable_text
 
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_LOCK = "maintenance"
 CLEANUP_LOCK = "cleanup"
+#: How long notes of dropped messages are kept for the monitoring API.
+DROPPED_MESSAGES_KEPT_SECONDS = 7 * 24 * 60 * 60
 #: The maintenance lease outlives a few missed loops before another worker may take it.
 MAINTENANCE_LOCK_TTL_LOOPS = 10
 
@@ -124,24 +127,46 @@ class Server:
             self.extension.store.register_server(self.record)
 
     def maintain(self) -> None:
-        """One maintenance pass: this server's own orphans, then (with the lease) the rest."""
+        """One maintenance pass: this server's own orphans, then (with the lease) the rest.
+
+        Each step runs even when an earlier one failed, so one bad row cannot stop the others;
+        the first failure is raised at the end, for the loop to log.
+        """
         config = self.extension.config
         store = self.extension.store
+        timeout = timedelta(seconds=config.server_timeout_seconds)
+        failures: list[Exception] = []
+
+        def step(work: Callable[[], object]) -> None:
+            try:
+                work()
+            except Exception as exc:
+                failures.append(exc)
+
+        step(lambda: self.requeue_orphans(timeout))
+        step(self.terminate_deleted)
+        ttl = timedelta(seconds=max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 30))
+        if store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
+            step(lambda: self.recover_dead_servers(timeout))
+            step(self.publish_pending)
+        if failures:
+            raise failures[0]
+
+    def requeue_orphans(self, timeout: timedelta) -> int:
+        """Requeue this server's jobs that are Processing in the store but not running here."""
         # Read what runs before asking the store, so a job that finishes in between is not
         # taken for an orphan (its outcome is written before the pool reports it done).
-        running = [request.id for request in list(worker_state.active_requests)]
-        timeout = timedelta(seconds=config.server_timeout_seconds)
-        orphans = store.requeue_orphans(self.id, running, timeout)
+        orphans = self.extension.store.requeue_orphans(self.id, _running_job_ids(), timeout)
         if orphans:
             logger.warning("hfcelery requeued %d job(s) whose outcome was lost", orphans)
-        self.terminate_deleted()
-        ttl = timedelta(seconds=max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 30))
-        if not store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
-            return
-        requeued = store.recover_dead_servers(timeout)
+        return orphans
+
+    def recover_dead_servers(self, timeout: timedelta) -> int:
+        """Requeue the jobs of servers whose heartbeat stopped."""
+        requeued = self.extension.store.recover_dead_servers(timeout)
         if requeued:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
-        self.publish_pending()
+        return requeued
 
     def schedule(self) -> float:
         """One scheduler pass; return how long to wait for the next (until the next due job
@@ -155,7 +180,11 @@ class Server:
 
     def terminate_deleted(self) -> list[str]:
         """Kill the worker processes of running jobs deleted with ``terminate=True``."""
-        requests = {request.id: request for request in list(worker_state.active_requests)}
+        requests = {
+            request.id: request
+            for request in list(worker_state.active_requests)
+            if problem_with_job_id(request.id) is None
+        }
         doomed = self.extension.store.terminations(list(requests))
         for job_id in doomed:
             logger.warning("hfcelery terminates deleted job %s", job_id)
@@ -190,6 +219,7 @@ class Server:
         )
         if removed:
             logger.info("hfcelery removed %d expired job(s)", removed)
+        store.trim_dropped_messages(timedelta(seconds=DROPPED_MESSAGES_KEPT_SECONDS))
         return removed
 
     def _in_batches(self, step: Callable[[int], int]) -> int:
@@ -222,12 +252,15 @@ class Server:
                 break
             except Exception as exc:  # this message cannot be sent at all: fail its job
                 logger.error("hfcelery cannot publish job %s: %r", dispatch.id, exc)
-                store.change_state(
-                    dispatch.id,
-                    State.FAILED,
-                    reason=f"The job's message could not be sent: {exc!r}",
-                    from_states=(State.ENQUEUED,),
-                )
+                try:
+                    store.change_state(
+                        dispatch.id,
+                        State.FAILED,
+                        reason=storable_text(f"The job's message could not be sent: {exc!r}"),
+                        from_states=(State.ENQUEUED,),
+                    )
+                except HfceleryError:
+                    logger.exception("hfcelery could not fail unsendable job %s", dispatch.id)
                 continue
             sent.append(dispatch.id)
         store.mark_published(sent)
@@ -251,3 +284,10 @@ class Server:
         thread = threading.Thread(target=loop, name=f"hfcelery-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+
+def _running_job_ids() -> list[str]:
+    """Ids of the jobs this worker runs now (a message whose id no job can have is left out:
+    it has no row, and the store would refuse it)."""
+    ids = (request.id for request in list(worker_state.active_requests))
+    return [job_id for job_id in ids if problem_with_job_id(job_id) is None]

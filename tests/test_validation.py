@@ -1,0 +1,256 @@
+"""Bad input to the client gets a typed error from ``hfcelery.errors`` and writes nothing.
+
+Run against both stores: what the store would refuse is refused before it is reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from hypothesis import given
+from hypothesis import strategies as st
+
+import hfcelery
+from hfcelery import BackgroundJobClient, Cron, RecurringJobManager, call
+from hfcelery.calls import resolve_function
+from hfcelery.errors import (
+    ForbiddenFunctionError,
+    FunctionNotFoundError,
+    HfceleryError,
+    InvalidArgumentError,
+    InvalidCallError,
+    InvalidCronError,
+    InvalidScheduleError,
+)
+from hfcelery.extension import Extension
+from hfcelery.validation import (
+    MAX_ARGUMENT_DEPTH,
+    nesting_depth_exceeds,
+    storable_text,
+    storable_value,
+)
+from tests import jobs
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def extension(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Extension]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        from hfcelery.store import Store
+        from tests.conftest import truncate
+
+        url = request.getfixturevalue("postgres_url")
+        store = Store(url)
+        truncate(store)
+        store.dispose()
+    app = Celery("validation-test", broker="memory://", set_as_current=False)
+    ext = hfcelery.init_app(app, store_url=url, allowed_modules=["tests.jobs"])
+    yield ext
+    ext.store.dispose()
+
+
+def nothing_written(extension: Extension) -> bool:
+    store = extension.store
+    return sum(store.state_counts().values()) == 0 and store.recurring_jobs() == []
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+BAD_CLIENT_CALLS = {
+    "timedelta-max": lambda c: c.schedule(call(jobs.multiply, 1, 2), timedelta.max),
+    "datetime-max-west": lambda c: c.schedule(
+        call(jobs.multiply, 1, 2), datetime.max.replace(tzinfo=timezone(timedelta(hours=-5)))
+    ),
+    "datetime-past-9998": lambda c: c.schedule(
+        call(jobs.multiply, 1, 2), datetime(9999, 6, 1, tzinfo=UTC)
+    ),
+    "nested-2000": lambda c: c.enqueue(call(jobs.echo, _nested(2000))),
+    "nested-past-limit": lambda c: c.enqueue(call(jobs.echo, _nested(MAX_ARGUMENT_DEPTH + 1))),
+    "cycle": lambda c: c.enqueue(call(jobs.echo, _cycle())),
+    "queue-int": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue=5),
+    "queue-long": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="q" * 256),
+    "queue-nul": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="q\x00"),
+    "queue-space": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="two words"),
+    "parent-long": lambda c: c.continue_job_with("p" * 65, call(jobs.multiply, 1, 2)),
+    "parent-nul": lambda c: c.continue_job_with("p\x00", call(jobs.multiply, 1, 2)),
+    "parent-int": lambda c: c.continue_when_all([1, 2], call(jobs.multiply, 1, 2)),
+    "parents-none": lambda c: c.continue_when_all(iter(()), call(jobs.multiply, 1, 2)),
+    "delete-nul": lambda c: c.delete("id\x00"),
+    "requeue-long": lambda c: c.requeue("i" * 65),
+    "reschedule-int": lambda c: c.reschedule(5, timedelta(1)),
+}
+
+
+def _cycle() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CLIENT_CALLS))
+def test_bad_client_input_gets_a_typed_error_and_writes_nothing(
+    extension: Extension, name: str
+) -> None:
+    client = BackgroundJobClient(extension.app)
+    with pytest.raises(HfceleryError):
+        BAD_CLIENT_CALLS[name](client)
+    assert nothing_written(extension)
+
+
+BAD_RECURRING = {
+    "id-long": lambda m: m.add_or_update("r" * 101, call(jobs.multiply, 1, 2), Cron.daily()),
+    "id-nul": lambda m: m.add_or_update("r\x00", call(jobs.multiply, 1, 2), Cron.daily()),
+    "id-int": lambda m: m.add_or_update(7, call(jobs.multiply, 1, 2), Cron.daily()),
+    "cron-long": lambda m: m.add_or_update("r", call(jobs.multiply, 1, 2), "0 " * 60),
+    "cron-nul": lambda m: m.add_or_update("r", call(jobs.multiply, 1, 2), "0 0 * * *\x00"),
+    "queue-nul": lambda m: m.add_or_update(
+        "r", call(jobs.multiply, 1, 2), Cron.daily(), queue="a\x00"
+    ),
+    "remove-nul": lambda m: m.remove_if_exists("r\x00"),
+    "pause-long": lambda m: m.pause("r" * 101),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECURRING))
+def test_bad_recurring_input_gets_a_typed_error_and_writes_nothing(
+    extension: Extension, name: str
+) -> None:
+    manager = RecurringJobManager(extension.app)
+    with pytest.raises(HfceleryError):
+        BAD_RECURRING[name](manager)
+    assert nothing_written(extension)
+
+
+def test_specific_error_types(extension: Extension) -> None:
+    client = BackgroundJobClient(extension.app)
+    with pytest.raises(InvalidScheduleError):
+        BAD_CLIENT_CALLS["timedelta-max"](client)
+    with pytest.raises(InvalidCallError, match="nest deeper"):
+        BAD_CLIENT_CALLS["nested-2000"](client)
+    with pytest.raises(InvalidArgumentError, match="queue name must be a string"):
+        BAD_CLIENT_CALLS["queue-int"](client)
+    with pytest.raises(InvalidCronError, match="longer than 100"):
+        BAD_RECURRING["cron-long"](RecurringJobManager(extension.app))
+
+
+def test_continue_when_all_takes_a_generator(extension: Extension) -> None:
+    client = BackgroundJobClient(extension.app)
+    parents = [client.schedule(call(jobs.multiply, i, 2), timedelta(hours=1)) for i in range(3)]
+    child = client.continue_when_all((p for p in parents), call(jobs.multiply, 1, 2))
+    details = extension.store.job(child)
+    assert details is not None and details.parent_ids == sorted(parents)
+
+
+def test_valid_input_at_the_limits_is_accepted(extension: Extension) -> None:
+    client = BackgroundJobClient(extension.app)
+    job_id = client.enqueue(call(jobs.echo, _nested(MAX_ARGUMENT_DEPTH - 1)), queue="q" * 255)
+    assert extension.store.job(job_id) is not None
+    due = client.schedule(call(jobs.multiply, 1, 2), datetime(9998, 1, 1, tzinfo=UTC))
+    assert extension.store.job(due) is not None
+
+
+# -- resolving function paths --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "qualname",
+    [
+        "touch",
+        "canary.touch",
+        "os.system",
+        "hfcelery.worker.execution.os.system",
+        "Reports.__init__",
+        "record.__globals__",
+        "Reports.instance_method",
+        "Subreports.build",
+        "Reports",
+        "__builtins__",
+        "redis.Redis",
+    ],
+)
+def test_only_functions_defined_under_the_given_name_resolve(qualname: str) -> None:
+    with pytest.raises(ForbiddenFunctionError):
+        resolve_function("tests.jobs", qualname)
+
+
+def test_missing_names_are_not_found() -> None:
+    with pytest.raises(FunctionNotFoundError):
+        resolve_function("tests.jobs", "no_such_function")
+    with pytest.raises(FunctionNotFoundError):
+        resolve_function("tests.no_such_module", "f")
+
+
+def test_allowed_forms_resolve_to_the_function() -> None:
+    assert resolve_function("tests.jobs", "multiply") is jobs.multiply
+    assert resolve_function("tests.jobs", "Reports.build")("x") == "report x"
+    assert resolve_function("tests.jobs", "Reports.static_build")("x") == "static x"
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_resolving_arbitrary_names_raises_only_typed_errors(module: str, qualname: str) -> None:
+    try:
+        func = resolve_function(module, qualname)
+    except (ForbiddenFunctionError, FunctionNotFoundError):
+        return
+    assert func.__module__ == module  # only something really defined there resolves
+
+
+# -- storable texts ------------------------------------------------------------------------------
+
+
+def test_storable_text_escapes_nul_replaces_surrogates_and_cuts() -> None:
+    assert storable_text("a\x00b") == "a\\x00b"
+    assert storable_text("a\udc80b") == "a\ufffdb"
+    cut = storable_text("x" * 1000, 100)
+    assert cut.startswith("x" * 100) and cut.endswith("[truncated 900 characters]")
+    assert storable_value({"k\x00": ["v\x00", 1]}) == {"k\\x00": ["v\\x00", 1]}
+
+
+def test_nesting_depth_is_measured_without_recursion() -> None:
+    assert nesting_depth_exceeds(_nested(50_000), 100)
+    assert not nesting_depth_exceeds(_nested(99), 100)
+
+
+# -- the maintenance loop and ids no job can have -------------------------------------------------
+
+
+def test_maintenance_goes_on_while_a_message_with_a_nul_id_runs(
+    extension: Extension, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from celery.worker import state as worker_state
+
+    from hfcelery.worker.server import Server
+
+    extension.server_id = "validation-test:1"
+    worker = SimpleNamespace(hostname="validation-test", concurrency=1, app=extension.app)
+    server = Server(extension, worker, ["celery"])
+    extension.store.register_server(server.record)
+    monkeypatch.setattr(
+        worker_state, "active_requests", [SimpleNamespace(id="bad\x00id"), SimpleNamespace(id=7)]
+    )
+    published: list[str] = []
+    monkeypatch.setattr(server, "_publish", lambda dispatch: published.append(dispatch.id))
+    client = BackgroundJobClient(extension.app)
+    job_id = client.schedule(call(jobs.multiply, 1, 2), timedelta(hours=1))
+    assert client.requeue(job_id)  # its message goes to the memory broker ...
+    extension.store.change_state(  # ... and is lost: only the maintenance loop sends it again
+        job_id, hfcelery.State.ENQUEUED, reason="test", from_states=[hfcelery.State.ENQUEUED]
+    )
+    config = dataclasses.replace(extension.config, publish_grace_seconds=0)
+    monkeypatch.setitem(extension.__dict__, "config", config)
+    server.maintain()  # raised on every pass before, leaving the rest undone
+    assert published == [job_id]
