@@ -352,6 +352,8 @@ def _nested(depth: int) -> Any:
         {"args": [_nested(MAX_ARGUMENT_DEPTH + 5)]},
         {"body": [[], [], {}]},
         {"body": "just text"},
+        {"task": ["tests.add"]},
+        {"task": {"name": "tests.add"}},
     ],
     ids=[
         "body-dict",
@@ -363,13 +365,16 @@ def _nested(depth: int) -> Any:
         "nested-past-limit",
         "kwargs-list",
         "body-text",
+        "task-list",
+        "task-dict",
     ],
 )
 def test_malformed_messages_are_rejected_and_the_worker_lives(
     worker: WorkerProcess, api: Monitoring, forge: Forger, message: dict[str, Any]
 ) -> None:
     before, _ = api.dropped_messages()
-    forge.send("tests.add", **{"args": [1, 2], **message})
+    task = message.pop("task", "tests.add")
+    forge.send(task, **{"args": [1, 2], **message})
     wait_for(lambda: forge.queued() == 0, what="the queue to drain")
     wait_for(lambda: api.dropped_messages()[0] > before, what="the message to be counted")
     healthy(worker, api)

@@ -109,3 +109,30 @@ class MessageGuard(bootsteps.StartStopStep):  # type: ignore[misc]
 
         for name, strategy in list(c.strategies.items()):
             c.strategies[name] = guarded(strategy, name, refused)
+        if not getattr(c.create_task_handler, "hfcelery_guarded", False):
+            c.create_task_handler = _guarded_handler_factory(c, c.create_task_handler, refused)
+
+
+def _guarded_handler_factory(
+    c: Any, create: Callable[..., Strategy], refused: Callable[[Any, str, str], None]
+) -> Callable[..., Strategy]:
+    """Celery's ``create_task_handler``, whose handler first refuses a ``task`` header that is
+    not text (Celery looks it up in a dict, and a list there stops the consumer)."""
+
+    def create_guarded(*args: Any, **kwargs: Any) -> Strategy:
+        on_task_received = create(*args, **kwargs)
+
+        def handle(message: Any) -> Any:
+            headers = message.headers
+            if isinstance(headers, dict) and not isinstance(headers.get("task", ""), str):
+                problem = "the message's task name is not text"
+                refused(headers.get("id"), repr(headers.get("task"))[:200], problem)
+                logger.error("hfcelery refused a malformed message: %s", problem)
+                message.reject_log_error(logger, c.connection_errors)
+                return None
+            return on_task_received(message)
+
+        return handle
+
+    create_guarded.hfcelery_guarded = True  # type: ignore[attr-defined]
+    return create_guarded
