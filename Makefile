@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# The build backend's notes on editable installs are not problems: PYTHONWARNINGS keeps the
+# install quiet when all is well.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet \
+		--disable-pip-version-check -e '.[dev]' 
 	touch $(STAMP)
 
 test: $(STAMP)
