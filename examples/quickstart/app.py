@@ -12,12 +12,16 @@ from celery import Celery
 
 import hfcelery
 
-app = Celery("quickstart", broker=os.environ.get("DEMO_BROKER_URL", "redis://127.0.0.1:6379/0"))
+# deploy/ sets CELERY_BROKER_URL and HFCELERY_STORE_URL; `make demo` sets the DEMO_* ones.
+BROKER_URL = os.environ.get("CELERY_BROKER_URL") or os.environ.get("DEMO_BROKER_URL")
+STORE_URL = os.environ.get("HFCELERY_STORE_URL") or os.environ.get("DEMO_STORE_URL")
+
+app = Celery("quickstart", broker=BROKER_URL or "redis://127.0.0.1:6379/0")
 app.conf.task_default_queue = "quickstart"
 app.conf.redbeat_redis_url = app.conf.broker_url  # RedBeat keeps recurring entries there
 hfcelery.init_app(
     app,
-    store_url=os.environ.get("DEMO_STORE_URL", "sqlite:///hfcelery-demo.db"),
+    store_url=STORE_URL or "sqlite:///hfcelery-demo.db",
     allowed_modules=["examples.quickstart.jobs"],
 )
 
