@@ -1,0 +1,112 @@
+"""The examples run: each against the real services, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hfcelery.monitoring import Monitoring
+from hfcelery.states import State
+from hfcelery.store import Store
+from tests.conftest import ROOT, WORKER_START_TIMEOUT_SECONDS
+
+pytestmark = pytest.mark.acceptance
+
+EXISTING = "examples.existing_celery_project"
+
+
+@contextmanager
+def celery_worker(
+    app: str, env: dict[str, str], queue: str, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    command = [
+        sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", "2",
+        "-Q", queue, "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
+        while " ready." not in log.read_text(errors="replace"):
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_workflow(env: dict[str, str]) -> dict[str, Any]:
+    script = f"import json; from {EXISTING}.tasks import workflow; print(json.dumps(workflow()))"
+    ran = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    result: dict[str, Any] = json.loads(ran.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_existing_project_gives_the_same_results_with_hfcelery_and_is_tracked(
+    redis_url: str, acceptance_store_url: str, tmp_path: Path
+) -> None:
+    queue = f"existing-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "EXISTING_PROJECT_QUEUE": queue,
+        "HFCELERY_STORE_URL": acceptance_store_url,
+    }
+    plain_env = {**env, "EXISTING_PROJECT_WITHOUT_HFCELERY": "1"}
+    with celery_worker(f"{EXISTING}.celery_app", plain_env, queue, tmp_path / "plain.log"):
+        plain = run_workflow(plain_env)
+    expected = {
+        "add": 5,
+        "retry": "fetched https://example.org/a after 2 retries",
+        "chain": 35,
+        "group": [0, 1, 4, 9, 16],
+        "chord": 12,
+    }
+    assert plain == expected
+    store = Store(acceptance_store_url)
+    api = Monitoring(store)
+    before = {state: api.state_counts().get(state, 0) for state in State}
+    with celery_worker(f"{EXISTING}.celery_app", env, queue, tmp_path / "tracked.log"):
+        tracked = run_workflow(env)
+        assert tracked == plain
+        # add, flaky_fetch, 3 chained, 5 grouped, 4 chord header + 1 body: 15 tasks, all done.
+        deadline = time.monotonic() + 30
+        while api.state_counts().get(State.SUCCEEDED, 0) - before[State.SUCCEEDED] < 15:
+            assert time.monotonic() < deadline, api.state_counts()
+            time.sleep(0.2)
+    page = api.jobs(State.SUCCEEDED, limit=100)
+    functions = {job.function for job in page.items}
+    assert {f"{EXISTING}.tasks.{name}" for name in ("add", "multiply", "total", "flaky_fetch")} <= (
+        functions
+    )
+    (fetch,) = [j for j in page.items if j.function.endswith("flaky_fetch")][:1]
+    history = [h.state for h in api.job(fetch.id).history]
+    assert history.count(State.SCHEDULED) == 2  # each self.retry() shows as Scheduled
+    assert history[-1] is State.SUCCEEDED
+    store.dispose()
