@@ -6,10 +6,22 @@ from typing import Any
 
 import click
 
+from hfcelery.errors import HfceleryError
 from hfcelery.extension import extension_of
 
 
-@click.group(name="hf")
+class HfGroup(click.Group):
+    """A command group whose hfcelery errors end as one line and a non-zero exit code, never
+    a traceback (Celery's own command line conventions)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HfceleryError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(name="hf", cls=HfGroup)
 @click.pass_context
 def hf(ctx: click.Context) -> None:
     """hfcelery: job store and jobs."""
@@ -20,10 +32,16 @@ def _extension(ctx: click.Context) -> Any:
 
 
 @hf.command()
+@click.option(
+    "--sql", "print_sql", is_flag=True, help="Print the SQL instead of running it (PostgreSQL)."
+)
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, print_sql: bool) -> None:
     """Create or upgrade the job store's schema to this version's."""
     store = _extension(ctx).store
+    if print_sql:
+        click.echo(store.migration_sql() or "-- the store is up to date", nl=False)
+        return
     before = store.schema_revision()
     head = store.migrate()
     if before == head:

@@ -35,3 +35,36 @@ def test_migrate_sqlite(tmp_path: Path) -> None:
     out = migrate(f"sqlite:///{tmp_path / 'cli.db'}")
     assert f"schema {schema.head_revision()}" in out
     assert (tmp_path / "cli.db").exists()
+
+
+def run_hf(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "hf", *args],
+        cwd=ROOT,
+        env={**os.environ, "HF_TEST_STORE_URL": store_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_migrate_sql_prints_the_ddl_a_dba_applies() -> None:
+    from sqlalchemy import create_engine, inspect
+
+    with new_postgres_database("hfcelery_cli") as url:
+        printed = run_hf(url, "migrate", "--sql")
+        assert printed.returncode == 0, printed.stderr
+        assert "CREATE TABLE hfcelery_jobs" in printed.stdout
+        engine = create_engine(url)
+        assert inspect(engine).get_table_names() == []  # printed, not run
+        with engine.begin() as conn:
+            conn.exec_driver_sql(printed.stdout)  # what the DBA applies by hand
+        engine.dispose()
+        assert f"up to date (schema {schema.head_revision()})" in migrate(url)
+        assert "up to date" in run_hf(url, "migrate", "--sql").stdout
+
+
+def test_migrate_sql_on_sqlite_is_a_one_line_error(tmp_path: Path) -> None:
+    ran = run_hf(f"sqlite:///{tmp_path / 'cli.db'}", "migrate", "--sql")
+    assert ran.returncode != 0
+    assert "migrates itself" in ran.stderr and "Traceback" not in ran.stderr

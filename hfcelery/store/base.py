@@ -144,6 +144,10 @@ class StoreBase:
         """The schema version the store is at (None before the first migration)."""
         return schema.current_revision(self._process_engine())
 
+    def migration_sql(self) -> str:
+        """The SQL :meth:`migrate` would run, without running it ("" when up to date)."""
+        return schema.upgrade_sql(self._process_engine())
+
     def migrate(self) -> str:
         """Bring the schema to the newest version; return that version."""
         schema.upgrade(self._process_engine())

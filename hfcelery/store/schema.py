@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -51,6 +52,24 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     except DBAPIError as exc:
         raise StoreError(f"migrating the hfcelery store failed: {exc}") from exc
     logger.info("hfcelery store schema is at %s", current_revision(engine))
+
+
+def upgrade_sql(engine: Engine) -> str:
+    """The SQL that :func:`upgrade` would run on this store, from its current schema to head
+    (for a DBA to review and apply), without running it. Not for SQLite, which migrates
+    itself."""
+    if engine.dialect.name == "sqlite":
+        raise StoreError("a SQLite store migrates itself on first use; there is no SQL to print")
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return ""
+    config = _alembic_config()
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    config.attributes["dialect_name"] = engine.dialect.name
+    command.upgrade(config, f"{current}:{head}" if current else head, sql=True)
+    return buffer.getvalue()
 
 
 def downgrade(engine: Engine, revision: str) -> None:
