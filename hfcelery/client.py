@@ -295,13 +295,19 @@ def _state_or_none(state: State | str | None) -> State | None:
     return None if state is None else parse_state(state)
 
 
+_STATES_BY_NAME = {s.value.lower(): s for s in State}
+
+
 def parse_state(state: State | str) -> State:
-    """A :class:`State` from itself or its name; raises InvalidArgumentError."""
-    try:
-        return State(state)
-    except ValueError as exc:
+    """A :class:`State` from itself or its name in any case ("failed", "FAILED");
+    raises InvalidArgumentError."""
+    if isinstance(state, State):
+        return state
+    found = _STATES_BY_NAME.get(state.lower()) if isinstance(state, str) else None
+    if found is None:
         names = ", ".join(s.value for s in State)
-        raise InvalidArgumentError(f"unknown state {state!r}: use one of {names}") from exc
+        raise InvalidArgumentError(f"unknown state {state!r:.80}: use one of {names}")
+    return found
 
 
 class _BackgroundJobFacade:

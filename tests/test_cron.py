@@ -10,6 +10,10 @@ from hfcelery import Cron, InvalidCronError, InvalidTimeZoneError, MisfireHandli
 from hfcelery.recurring.cron import CronExpression, plan
 
 
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
 @pytest.mark.parametrize(
     ("expression", "expected"),
     [
@@ -47,13 +51,39 @@ def test_invalid_cron_expressions(bad: str) -> None:
         CronExpression(bad)
 
 
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("0 0 * * 5L", [utc(2026, 1, 30), utc(2026, 2, 27), utc(2026, 3, 27)]),  # last Friday
+        ("0 0 * * FRIL", [utc(2026, 1, 30), utc(2026, 2, 27), utc(2026, 3, 27)]),
+        (
+            "30 8 * * 0L",
+            [utc(2026, 1, 25, 8, 30), utc(2026, 2, 22, 8, 30), utc(2026, 3, 29, 8, 30)],
+        ),
+        ("0 0 L * *", [utc(2026, 1, 31), utc(2026, 2, 28), utc(2026, 3, 31)]),  # last day
+    ],
+)
+def test_cronos_last_day_forms(expression: str, expected: list[datetime]) -> None:
+    cron = CronExpression(expression)
+    assert cron.between(utc(2026, 1, 1), utc(2026, 4, 1), 10) == expected
+    assert cron.expression == expression  # kept as written, shown as written
+
+
+@pytest.mark.parametrize(
+    ("expression", "named"),
+    [("0 0 LW * *", "'LW'"), ("0 0 L-3 * *", "'L-n'"), ("0 0 1,LW * *", "'LW'"),
+     ("0 0 * * 1,5L", "'nL'")],
+)  # fmt: skip
+def test_cronos_forms_croniter_cannot_evaluate_get_an_error_naming_them(
+    expression: str, named: str
+) -> None:
+    with pytest.raises(InvalidCronError, match=named):
+        CronExpression(expression)
+
+
 def test_unknown_time_zone() -> None:
     with pytest.raises(InvalidTimeZoneError, match="Mars/Olympus"):
         CronExpression("0 0 * * *", "Mars/Olympus")
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
 
 def test_daily_0230_berlin_on_the_spring_forward_day() -> None:

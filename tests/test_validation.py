@@ -254,3 +254,15 @@ def test_maintenance_goes_on_while_a_message_with_a_nul_id_runs(
     monkeypatch.setitem(extension.__dict__, "config", config)
     server.maintain()  # raised on every pass before, leaving the rest undone
     assert published == [job_id]
+
+
+def test_states_are_named_in_any_case(extension: Extension) -> None:
+    client = BackgroundJobClient(extension.app)
+    job_id = client.schedule(call(jobs.multiply, 1, 2), timedelta(hours=1))
+    assert not client.delete(job_id, expected_state="enqueued")
+    assert client.delete(job_id, expected_state="SCHEDULED")
+    assert extension.store.job(job_id).state is hfcelery.State.DELETED  # type: ignore[union-attr]
+    with pytest.raises(InvalidArgumentError, match="unknown state"):
+        client.requeue(job_id, expected_state="gone")
+    with pytest.raises(InvalidArgumentError):
+        client.requeue(job_id, expected_state=3)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ one that runs every hour runs in both of the repeated hours.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -121,9 +122,30 @@ class CronExpression:
                 f"cron expression {self.expression!r} has {len(fields)} fields: "
                 "use 5 (minute precision) or 6 (seconds first)"
             )
-        if not croniter.is_valid(self.expression, second_at_beginning=self.has_seconds):
+        unsupported = _unsupported_cronos_form(self.expression)
+        if unsupported is not None:
+            raise InvalidCronError(
+                f"cron expression {self.expression!r} uses {unsupported}, which Hangfire's "
+                "Cronos accepts but hfcelery does not support yet"
+            )
+        if not croniter.is_valid(self._croniter_form, second_at_beginning=self.has_seconds):
             raise InvalidCronError(f"invalid cron expression {self.expression!r}")
         time_zone(self.zone)
+
+    @cached_property
+    def _croniter_form(self) -> str:
+        """The expression as croniter reads it: Cronos's ``5L`` (the last Friday of the month)
+        is croniter's ``L5``; ``FRIL`` becomes ``L5`` too."""
+        if self.expression.startswith("@"):
+            return self.expression
+        fields = self.expression.split()
+        day_of_week = fields[-1]
+        match = _LAST_WEEKDAY.fullmatch(day_of_week)
+        if match:
+            day = match.group(1)
+            number = _WEEKDAY_NUMBERS.get(day.upper(), day)
+            fields[-1] = f"L{number}"
+        return " ".join(fields)
 
     @property
     def has_seconds(self) -> bool:
@@ -150,7 +172,7 @@ class CronExpression:
         if after.tzinfo is None:
             raise ValueError("occurrences() needs an aware datetime")
         iterator = croniter(
-            self.expression,
+            self._croniter_form,
             after.astimezone(self.tz),
             ret_type=datetime,
             second_at_beginning=self.has_seconds,
@@ -172,6 +194,37 @@ class CronExpression:
                 break
             found.append(occurrence)
         return found
+
+
+_LAST_WEEKDAY = re.compile(r"([0-7]|[A-Za-z]{3})L")
+_WEEKDAY_NUMBERS = {
+    "SUN": "0",
+    "MON": "1",
+    "TUE": "2",
+    "WED": "3",
+    "THU": "4",
+    "FRI": "5",
+    "SAT": "6",
+}
+_CRONOS_DAY_OF_MONTH = {
+    re.compile(r"^LW$"): "'LW' (the last weekday of the month)",
+    re.compile(r"^L-\d+W?$"): "'L-n' (n days before the last day of the month)",
+}
+
+
+def _unsupported_cronos_form(expression: str) -> str | None:
+    """The Cronos form in ``expression`` croniter cannot evaluate, described, or None."""
+    fields = expression.split()
+    if expression.startswith("@") or len(fields) not in (5, 6):
+        return None
+    day_of_month = fields[-3]
+    for part in day_of_month.split(","):
+        for pattern, description in _CRONOS_DAY_OF_MONTH.items():
+            if pattern.match(part.upper()):
+                return description
+    if "," in fields[-1] and "L" in fields[-1].upper():
+        return "'nL' (the last given weekday of the month) in a list"
+    return None
 
 
 def _repeated_wall_time(local: datetime) -> bool:
