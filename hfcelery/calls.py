@@ -78,14 +78,22 @@ class Invocation:
 
     def display_name(self) -> str | None:
         """The ``@display_name`` template filled with the arguments, if there is one."""
-        template = self.job_options.display_name
-        if template is None:
-            return None
+        name = self._fill(self.job_options.display_name, "display name")
+        return None if name is None else name[:255]
+
+    def queue(self) -> str | None:
+        """The ``@queue`` name, filled with the arguments as Hangfire does (``"reports-{0}"``),
+        if there is one."""
+        return self._fill(self.job_options.queue, "queue name")
+
+    def _fill(self, template: str | None, what: str) -> str | None:
+        if template is None or "{" not in template:
+            return template
         try:
-            return template.format(*self.args, **self.kwargs)[:255]
+            return template.format(*self.args, **self.kwargs)
         except (IndexError, KeyError, ValueError, AttributeError) as exc:
             raise InvalidCallError(
-                f"display name {template!r} of {self.function} does not fit its arguments: {exc}"
+                f"{what} {template!r} of {self.function} does not fit its arguments: {exc!r}"
             ) from exc
 
     @property

@@ -237,7 +237,7 @@ class BackgroundJobClient:
         invocation = to_invocation(the_call, extra_argument=pass_result)
         queue = check_queue(
             queue
-            or invocation.job_options.queue
+            or invocation.queue()
             or invocation.options.get("queue")
             or self._default_queue(invocation)
         )

@@ -92,7 +92,11 @@ def _update(target: F, **changes: Any) -> F:
 
 
 def queue(name: str) -> Callable[[F], F]:
-    """Jobs of the decorated function run from the Celery queue ``name`` by default."""
+    """Jobs of the decorated function run from the Celery queue ``name`` by default.
+
+    As in Hangfire, the name may be a ``str.format`` template filled with the job's arguments:
+    ``@queue("reports-{0}")`` sends ``call(f, "eu")`` to ``reports-eu``.
+    """
     if not isinstance(name, str) or not name:
         raise ConfigurationError("hfcelery.queue needs a queue name")
     return lambda target: _update(target, queue=name)

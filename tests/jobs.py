@@ -141,3 +141,16 @@ def critical_report(name: str) -> str:
 def total(values: list[float]) -> float:
     """Sum a continuation's parent results."""
     return sum(values)
+
+
+async def async_multiply(x: float, y: float) -> float:
+    """An ``async def`` job: awaited by the worker."""
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return x * y
+
+
+@hfcelery.queue("hftests-reports-{0}")
+def regional_report(region: str) -> str:
+    return f"report for {region}"

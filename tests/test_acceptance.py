@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import signal
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,16 @@ def test_killed_worker_jobs_are_requeued_to_a_live_one(
     reasons = [h.reason for h in job.history]
     assert "Server that processed the job stopped responding" in reasons
     assert job.history[-2].data["server_id"].startswith(worker.hostname)
+
+
+def test_async_def_job_is_awaited(worker: WorkerProcess, api: Monitoring) -> None:
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.async_multiply, 6, 7)))
+    assert job.state is State.SUCCEEDED, job
+    assert job.history[-1].data["result"] == 42
+
+
+def test_queue_template_is_filled_with_the_arguments(api: Monitoring) -> None:
+    job_id = BackgroundJob.schedule(call(jobs.regional_report, "eu"), timedelta(hours=1))
+    assert api.job(job_id).queue == "hftests-reports-eu"
+    with pytest.raises(hfcelery.InvalidCallError, match="queue name"):
+        BackgroundJob.enqueue(call(jobs.regional_report, region="eu"))  # no {0} to fill

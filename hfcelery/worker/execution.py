@@ -8,13 +8,16 @@ through the same signals or through :class:`JobRequest`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import os
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -58,11 +61,34 @@ PERMANENT_ERRORS = (ForbiddenFunctionError, FunctionNotFoundError)
 
 
 def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any:
-    """The Celery task that performs a plain function job: ``function_path(*args, **kwargs)``."""
+    """The Celery task that performs a plain function job: ``function_path(*args, **kwargs)``.
+
+    An ``async def`` function (or one that returns an awaitable) is awaited on the event loop
+    of the worker thread, so loop-bound resources can be kept between jobs.
+    """
     extension = extension_of(task.app)
     func = load_function(function_path, extension.module_allowed)
     task.request.hf_options = options_of(func)
-    return func(*args, **kwargs)
+    result = func(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return _event_loop().run_until_complete(_awaited(result))
+    return result
+
+
+_loops = threading.local()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop of this worker thread, made anew in a forked process."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed() or getattr(_loops, "pid", None) != os.getpid():
+        loop = asyncio.new_event_loop()
+        _loops.loop, _loops.pid = loop, os.getpid()
+    return loop
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def worker_id() -> str:
