@@ -452,3 +452,16 @@ def test_forged_messages_never_run_outside_the_allowlist_and_always_settle(
         if isinstance(message_id, str) and message_id.isprintable() and message_id:
             assert deliveries(worker, message_id) <= MAX_DELIVERIES, message_id
     assert worker.process.poll() is None
+
+
+def test_a_function_missing_on_the_worker_is_retried_not_failed_for_good(
+    worker: WorkerProcess, api: Monitoring, forge: Forger
+) -> None:
+    # An older worker receiving a newer job during a deploy, as Hangfire treats it.
+    job_id = forge.perform("tests.jobs:deployed_tomorrow", 1)
+    job = wait_state(api, job_id, (State.SCHEDULED, State.FAILED))
+    assert job.state is State.SCHEDULED, job
+    failed, scheduled = job.history[-2:]
+    assert failed.data["exception_type"] == "hfcelery.errors.FunctionNotFoundError"
+    assert scheduled.reason is not None and scheduled.reason.startswith("Retry attempt 1 of")
+    assert BackgroundJob.delete(job_id)

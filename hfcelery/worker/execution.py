@@ -32,7 +32,6 @@ from celery.worker.request import Request
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, load_function
 from hfcelery.errors import (
     ForbiddenFunctionError,
-    FunctionNotFoundError,
     StoreDataError,
     StoreError,
 )
@@ -56,8 +55,9 @@ logger = logging.getLogger(__name__)
 STORE_DOWN_BACKOFF_SECONDS = 1.0
 #: hfcelery's own tasks that are not jobs.
 INTERNAL_TASK_NAMES = frozenset({"hfcelery.recurring.fire"})
-#: Failures that no retry can mend.
-PERMANENT_ERRORS = (ForbiddenFunctionError, FunctionNotFoundError)
+#: Failures that no retry can mend. A function that is missing (FunctionNotFoundError) is
+#: retried, as Hangfire does: during a deploy, an older worker may receive a newer job.
+PERMANENT_ERRORS = (ForbiddenFunctionError,)
 
 
 def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any:
