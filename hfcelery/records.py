@@ -111,6 +111,8 @@ class Claim:
 
     created_at: datetime
     retry_count: int
+    #: The claim's number: the worker finishes the job with it (see ``Store.finish``).
+    number: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -285,3 +286,40 @@ def test_queue_template_is_filled_with_the_arguments(api: Monitoring) -> None:
     assert api.job(job_id).queue == "hftests-reports-eu"
     with pytest.raises(hfcelery.InvalidCallError, match="queue name"):
         BackgroundJob.enqueue(call(jobs.regional_report, region="eu"))  # no {0} to fill
+
+
+def test_every_accepted_requeue_of_a_running_job_runs(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    """Requeues racing with a running 50 ms job: runs == 1 + accepted requeues, never fewer."""
+    import threading
+
+    tok = token()
+    job_id = BackgroundJob.enqueue(call(jobs.sleep_then_record, tok, 0.05))
+    accepted: list[bool] = []
+    lock = threading.Lock()
+    wait_for(lambda: side_effects.llen(f"hftests:{tok}") > 0, what="the first run to start")
+
+    def requeue_repeatedly() -> None:
+        for _ in range(20):
+            applied = BackgroundJob.requeue(job_id)
+            with lock:
+                accepted.append(applied)
+
+    threads = [threading.Thread(target=requeue_repeatedly) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    expected_runs = 1 + sum(accepted)
+
+    def all_ran() -> bool:
+        finished = runs(side_effects, tok).count("finished")
+        job = api.job(job_id)
+        return finished >= expected_runs and job.state is State.SUCCEEDED
+
+    wait_for(all_ran, timeout=60, what=f"{expected_runs} runs")
+    time.sleep(1)
+    assert runs(side_effects, tok).count("finished") == expected_runs
+    assert sum(accepted) >= 1

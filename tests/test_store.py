@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import inspect, update
 
 from hfcelery.errors import SchemaOutOfDateError
-from hfcelery.records import Dispatch, NewJob, ServerRecord
+from hfcelery.records import Claim, Dispatch, NewJob, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store, count_statements, schema
 from hfcelery.store.models import Base, Job, JobState, Server
@@ -42,7 +42,7 @@ def server(server_id: str = "s1", heartbeat_age: timedelta = timedelta(0)) -> Se
     return ServerRecord(server_id, "celery@host", 1, ["default"], 2, now, now - heartbeat_age)
 
 
-def claim(store: Store, job_id: str, server_id: str = "s1", **kwargs: object) -> datetime | None:
+def claim(store: Store, job_id: str, server_id: str = "s1", **kwargs: object) -> Claim | None:
     return store.claim(
         job_id, server_id=server_id, worker_id="w1", server_timeout=TIMEOUT, **kwargs
     )  # type: ignore[arg-type]
@@ -362,19 +362,36 @@ def test_orphans_of_a_live_server_are_requeued(store: Store) -> None:
 
 
 def test_finish_records_the_outcome_of_a_lost_claim(store: Store) -> None:
-    """After a database crash forgot the claim, the job reads Enqueued as before its start."""
+    """After a database crash forgot the claim, the job reads Enqueued as before the claim."""
     store.register_server(server("s1"))
     job = new_job()
     store.create_job(job)
-    started_at = datetime.now(UTC)
     kw = {"server_id": "s1", "state": State.SUCCEEDED, "reason": None, "data": {}}
     assert not store.finish(job.id, **kw)  # type: ignore[arg-type]
-    assert store.finish(job.id, started_at=started_at, **kw)  # type: ignore[arg-type]
+    assert not store.finish(job.id, claim=2, **kw)  # type: ignore[arg-type]  # not this claim
+    assert store.finish(job.id, claim=1, **kw)  # type: ignore[arg-type]  # the forgotten one
     assert states_of(store, job.id) == [State.ENQUEUED, State.SUCCEEDED]
-    requeued = new_job()
-    store.create_job(requeued)
-    later = datetime.now(UTC) - timedelta(minutes=1)  # the job was requeued after this start
-    assert not store.finish(requeued.id, started_at=later, **kw)  # type: ignore[arg-type]
+
+
+def test_a_requeue_while_running_is_never_taken_for_a_lost_claim(store: Store) -> None:
+    """Whatever the clocks say: the requeued job runs again, the old run's outcome is dropped."""
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    first = claim(store, job.id)
+    assert first is not None and first.number == 1
+    assert store.change_state(
+        job.id, State.ENQUEUED, reason="requeued", from_states=[State.PROCESSING]
+    )
+    kw = {"server_id": "s1", "state": State.SUCCEEDED, "reason": None, "data": {}}
+    assert not store.finish(job.id, claim=first.number, **kw)  # type: ignore[arg-type]
+    second = claim(store, job.id)  # the requeue's message, on the same server and worker
+    assert second is not None and second.number == 2
+    assert not store.finish(job.id, claim=first.number, **kw)  # type: ignore[arg-type]
+    assert store.finish(job.id, claim=second.number, **kw)  # type: ignore[arg-type]
+    assert states_of(store, job.id) == [
+        State.ENQUEUED, State.PROCESSING, State.ENQUEUED, State.PROCESSING, State.SUCCEEDED
+    ]  # fmt: skip
 
 
 def test_store_is_fork_safe(store: Store) -> None:
@@ -559,7 +576,8 @@ def test_retry_of_a_lost_claim(store: Store) -> None:
         "reason": "retry",
     }
     assert not store.retry(job.id, **kw)  # type: ignore[arg-type]
-    assert store.retry(job.id, started_at=datetime.now(UTC), **kw)  # type: ignore[arg-type]
+    assert not store.retry(job.id, claim=2, **kw)  # type: ignore[arg-type]
+    assert store.retry(job.id, claim=1, **kw)  # type: ignore[arg-type]
     assert states_of(store, job.id) == [State.ENQUEUED, State.FAILED, State.SCHEDULED]
 
 

@@ -132,7 +132,7 @@ class JobStore(ContinuationStore):
                 ),
                 single=True,
             )
-            return Claim(rows[0].created_at, rows[0].retry_count) if rows else None
+            return Claim(rows[0].created_at, rows[0].retry_count, rows[0].claims) if rows else None
 
         def record(conn: Connection) -> bool:
             """Write the job from its message; False if its row exists (by now)."""
@@ -140,7 +140,7 @@ class JobStore(ContinuationStore):
                 return False
             job = untracked()
             row = _job_row(job, now, published=True)
-            row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id)
+            row.update(state=State.PROCESSING, server_id=server_id, worker_id=worker_id, claims=1)
             # On PostgreSQL this insert waits for a writer that has not committed yet.
             if not self._insert_ignoring_conflict(conn, row):
                 return False
@@ -158,7 +158,7 @@ class JobStore(ContinuationStore):
             return claimed
         # No row, or a row the claim could not see yet: its writer may have committed since.
         if self._run(record):
-            return Claim(now, 0)
+            return Claim(now, 0, 1)
         return claim_once()
 
     def finish(
@@ -171,14 +171,15 @@ class JobStore(ContinuationStore):
         reason: str | None,
         data: dict[str, Any],
         retention: timedelta | None = None,
-        started_at: datetime | None = None,
+        claim: int | None = None,
         due_at: datetime | None = None,
     ) -> bool:
         """Move a job this server (and worker, if given) is processing to ``state``.
 
-        Returns False when the job was taken away meanwhile (deleted, requeued, or claimed
-        again after a retry), and nothing is written then. With ``started_at``, a job found
-        still Enqueued as it was before that time is finished too: its claim was lost.
+        ``claim`` is the number :meth:`claim` handed out: only that claim is finished. Returns
+        False when the job was taken away meanwhile (deleted, requeued, or claimed again), and
+        nothing is written then. A job found still Enqueued as it was before that claim is
+        finished too: the claim itself was lost.
         """
         now = utcnow()
         params = {
@@ -188,7 +189,7 @@ class JobStore(ContinuationStore):
             "p_state": state,
             "p_now": now,
             "p_expire_at": None if retention is None else now + retention,
-            "p_started_at": started_at,
+            "p_claim": claim,
             "p_due_at": due_at,
         }
 
@@ -206,7 +207,7 @@ class JobStore(ContinuationStore):
             _FINISH, state, reason, data, now, params
         ):
             return True
-        if started_at is None:
+        if claim is None:
             return False
         if not (
             apply(_FINISH_LOST_CLAIM_ALONE, _FINISH_LOST_CLAIM_ALONE_H)
@@ -315,20 +316,22 @@ class JobStore(ContinuationStore):
         failed_reason: str,
         failed_data: dict[str, Any],
         reason: str,
-        started_at: datetime | None = None,
+        claim: int | None = None,
     ) -> bool:
         """Record a failed attempt and schedule the next: Processing -> Failed -> Scheduled.
 
-        With ``started_at``, a job found still Enqueued as before that time is retried too:
-        its claim was lost (see :meth:`finish`).
+        Only the claim numbered ``claim`` is retried; a job found still Enqueued as before that
+        claim is retried too: the claim was lost (see :meth:`finish`).
         """
         now = utcnow()
         holder = [Job.state == State.PROCESSING, Job.server_id == server_id]
         if worker_id is not None:
             holder.append(Job.worker_id == worker_id)
+        if claim is not None:
+            holder.append(Job.claims == claim)
         mine = and_(*holder)
-        if started_at is not None:
-            lost_claim = and_(Job.state == State.ENQUEUED, Job.state_changed_at < started_at)
+        if claim is not None:
+            lost_claim = and_(Job.state == State.ENQUEUED, Job.claims + 1 == claim)
             mine = or_(mine, lost_claim)
         stmt = (
             update(Job)

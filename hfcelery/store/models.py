@@ -94,6 +94,9 @@ class Job(Base):
     expire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Number of times the job has failed and been retried.
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Number of times a worker has claimed the job. Each claim hands the new number to its
+    #: worker, which finishes only that claim: never one a requeue or another worker made since.
+    claims: Mapped[int] = mapped_column(Integer, default=0)
     #: Awaiting: how many parents have not finished yet.
     awaiting_parents: Mapped[int] = mapped_column(Integer, default=0)
     #: How many continuations wait for this job (0 keeps its finish on the fast path).

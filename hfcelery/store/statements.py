@@ -103,9 +103,14 @@ _CLAIM = (
         due_at=None,
         terminate=False,
         retry_count=case((Job.retry_count < _ATTEMPT, _ATTEMPT), else_=Job.retry_count),
+        claims=Job.claims + 1,
     )
-    .returning(Job.id, Job.created_at, Job.retry_count)
+    .returning(Job.id, Job.created_at, Job.retry_count, Job.claims)
 )
+
+#: The number of the claim a finish is for (None from the worker's main process, which does
+#: not know it: a lost process or a time limit, on this server).
+_CLAIM_NUMBER = _param("p_claim", Integer())
 
 
 _FINISHED_VALUES = {
@@ -128,6 +133,7 @@ _FINISH = (
             _param("p_worker", Job.worker_id.type).is_(None),
             Job.worker_id == _param("p_worker", Job.worker_id.type),
         ),
+        or_(_CLAIM_NUMBER.is_(None), Job.claims == _CLAIM_NUMBER),
     )
     .values(_FINISHED_VALUES)
     .returning(Job.id)
@@ -138,13 +144,15 @@ _FINISH = (
 _FINISH_ALONE = _FINISH.where(Job.continuation_count == 0)
 
 
-#: A job still Enqueued as it was before its run started: its claim was lost (see module doc).
+#: A job still Enqueued as it was before this worker's claim: the claim itself was lost (an
+#: asynchronous commit the database forgot). A requeue since the claim leaves the claim's
+#: number in place, so it never matches here, whatever the clocks say.
 _FINISH_LOST_CLAIM = (
     update(Job)
     .where(
         Job.id == _param("p_id", Job.id.type),
         Job.state == State.ENQUEUED,
-        Job.state_changed_at < _param("p_started_at", UTCDateTime()),
+        Job.claims + 1 == _CLAIM_NUMBER,
     )
     .values(_FINISHED_VALUES)
     .returning(Job.id)

@@ -131,6 +131,7 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request.hf_claimed = True
     request.hf_created_at = claimed.created_at
     request.hf_retry_count = claimed.retry_count
+    request.hf_claim = claimed.number
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
 
@@ -294,7 +295,7 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
         data,
         worker=worker_id(),
         retention=_retention(sender, extension.config.succeeded_retention_seconds),
-        started_at=request.hf_started_at,
+        claim=request.hf_claim,
     )
 
 
@@ -326,7 +327,7 @@ def on_task_failure(
         reason,
         data,
         worker=worker_id() if in_child else None,
-        started_at=request.hf_started_at if in_child else None,
+        claim=request.hf_claim if in_child else None,
     )
 
 
@@ -371,7 +372,7 @@ def _retried_or_deleted(
                 failed_reason=reason,
                 failed_data=data,
                 reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
-                started_at=request.hf_started_at,
+                claim=request.hf_claim,
             )
         except StoreError:
             logger.exception("hfcelery could not schedule the retry of job %s", request.id)
@@ -389,7 +390,7 @@ def _retried_or_deleted(
             data,
             worker=worker_id(),
             retention=_retention(task, extension.config.deleted_retention_seconds),
-            started_at=request.hf_started_at,
+            claim=request.hf_claim,
         )
         return True
     return False
@@ -409,7 +410,7 @@ def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: An
         f"Celery retry attempt {attempt}: {getattr(reason, 'exc', None) or reason}",
         {"attempt": attempt, "due_at": due_at.isoformat()},
         worker=worker_id(),
-        started_at=sender.request.hf_started_at,
+        claim=sender.request.hf_claim,
         due_at=due_at,
     )
 
@@ -460,7 +461,7 @@ def _finish(
     *,
     worker: str | None,
     retention: timedelta | None = None,
-    started_at: datetime | None = None,
+    claim: int | None = None,
     due_at: datetime | None = None,
 ) -> None:
     assert extension.server_id is not None
@@ -474,7 +475,7 @@ def _finish(
             reason=reason,
             data=data,
             retention=retention,
-            started_at=started_at,
+            claim=claim,
             due_at=due_at,
         )
     except StoreDataError as exc:
@@ -490,7 +491,7 @@ def _finish(
             f"The job's outcome ({state}) could not be stored: {exc}",
             {"exception_type": _UNSTORABLE, "exception_message": str(exc)},
             worker=worker,
-            started_at=started_at,
+            claim=claim,
         )
         return
     except StoreError:
