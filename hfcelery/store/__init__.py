@@ -4,7 +4,8 @@ Every state change is a compare-and-set ``UPDATE`` on the job row followed by an
 its state history, in one transaction. The worker path costs two statements per job on
 PostgreSQL (claim and finish, each a data-modifying CTE in autocommit mode) and four on SQLite.
 One module per concern: ``base`` (engine, transactions), ``statements`` (the worker path's
-prebuilt statements), ``jobs``, ``continuations``, ``recurring``, ``servers``, ``reads``.
+prebuilt statements), ``jobs``, ``continuations``, ``recurring``, ``servers``, ``reads``,
+``search`` (the pages' lists), ``stats`` (statistics, progress and log lines).
 
 On PostgreSQL, transactions commit asynchronously (``synchronous_commit=off``) unless they are
 marked durable: a crash of the database server may then forget the last fraction of a second of
@@ -21,12 +22,14 @@ from hfcelery.store.base import BROKER_UNAVAILABLE, count_statements, normalise_
 from hfcelery.store.jobs import JobStore
 from hfcelery.store.reads import ReadStore
 from hfcelery.store.recurring import RecurringStore
+from hfcelery.store.search import SearchStore
 from hfcelery.store.servers import ServerStore
+from hfcelery.store.stats import StatisticsStore
 
 __all__ = ["BROKER_UNAVAILABLE", "Store", "count_statements", "normalise_url", "utcnow"]
 
 
-class Store(JobStore, RecurringStore, ServerStore, ReadStore):
+class Store(JobStore, RecurringStore, ServerStore, ReadStore, SearchStore, StatisticsStore):
     """The job store over one SQLAlchemy engine.
 
     The engine is created lazily and again after a fork, so a store made in a prefork worker's

@@ -142,6 +142,12 @@ class Server:
         if requeued:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
         self.publish_pending()
+        self.roll_up_statistics()
+
+    def roll_up_statistics(self) -> int:
+        """Add the newest state history to the hourly counters; return how many entries."""
+        store = self.extension.store
+        return self._in_batches(lambda size: store.roll_up_statistics(limit=size))
 
     def schedule(self) -> float:
         """One scheduler pass; return how long to wait for the next (until the next due job
@@ -180,6 +186,8 @@ class Server:
         ttl = timedelta(seconds=max(config.cleanup_interval_seconds * 3, 60))
         if not store.try_lock(CLEANUP_LOCK, self.id, ttl):
             return 0
+        # Count the history before any of it is deleted with its job.
+        self.roll_up_statistics()
         seconds = config.failed_retention_seconds
         older_than = None if seconds is None else timedelta(seconds=seconds)
         removed = self._in_batches(
@@ -188,6 +196,8 @@ class Server:
                 + store.trim_failed(older_than=older_than, keep=config.max_failed_jobs, limit=size)
             )
         )
+        store.delete_orphan_progress()
+        store.prune_statistics()
         if removed:
             logger.info("hfcelery removed %d expired job(s)", removed)
         return removed
