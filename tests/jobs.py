@@ -112,3 +112,14 @@ def critical_report(name: str) -> str:
 def total(values: list[float]) -> float:
     """Sum a continuation's parent results."""
     return sum(values)
+
+
+@hfcelery.automatic_retry(attempts=0)
+def report_progress(text: str, fail_first: str = "") -> str:
+    """Report progress and a log line (shown on the job's page); fail once if asked."""
+    hfcelery.progress(0.5)
+    hfcelery.log(text)
+    if fail_first and _side_effects().incr(f"hftests:{fail_first}") == 1:
+        raise RuntimeError(text)
+    hfcelery.progress(1.0)
+    return text

@@ -182,9 +182,10 @@ def _route(dashboard: Dashboard, request: Request, path: str) -> Response:
         return json_response({"count": m.count(parse_filter(request.query))})
     if get and parts == ["retries"]:
         return json_response(plain(m.retries(limit=page_size(request), after=request.arg("after"))))
-    if get and len(parts) == 2 and parts[0] == "jobs":
-        details = m.job(parts[1])
-        progress = m.progress(parts[1])
+    if get and len(parts) >= 2 and parts[0] == "jobs":
+        job_id = "/".join(parts[1:])
+        details = m.job(job_id)
+        progress = m.progress(job_id)
         return json_response({**plain(details), "progress": plain(progress)})
     if get and parts == ["queues"]:
         return json_response(queue_rows(dashboard))
@@ -201,10 +202,12 @@ def _route(dashboard: Dashboard, request: Request, path: str) -> Response:
             where = parse_filter(request.form)
             outcome = act_on_filter(dashboard, action, where, after=request.field("after"))
         return json_response({**plain(outcome), "message": outcome.message()})
-    if not get and len(parts) == 3 and parts[0] == "jobs" and parts[2] in JOB_ACTIONS:
-        applied = act_on_job(dashboard, parts[2], parts[1])
-        return json_response({"action": parts[2], "id": parts[1], "applied": applied})
-    if not get and len(parts) == 3 and parts[0] == "recurring" and parts[2] in RECURRING_ACTIONS:
-        outcome = act_on_recurring(dashboard, parts[2], parts[1])
+    # Ids may contain "/" (the path arrives decoded): the id is everything between.
+    if not get and len(parts) >= 3 and parts[0] == "jobs" and parts[-1] in JOB_ACTIONS:
+        job_id = "/".join(parts[1:-1])
+        applied = act_on_job(dashboard, parts[-1], job_id)
+        return json_response({"action": parts[-1], "id": job_id, "applied": applied})
+    if not get and len(parts) >= 3 and parts[0] == "recurring" and parts[-1] in RECURRING_ACTIONS:
+        outcome = act_on_recurring(dashboard, parts[-1], "/".join(parts[1:-1]))
         return json_response({**plain(outcome), "message": outcome.detail})
     return json_response({"error": "not found"}, 404 if get else 405 if parts else 404)

@@ -144,8 +144,8 @@ def handle(dashboard: Dashboard, request: Request, path: str, token: str) -> Res
             return jobs(page, parts[1] if len(parts) == 2 else None)
         if parts == ["retries"]:
             return jobs(page, None, retries=True)
-        if parts[0] == "job" and len(parts) == 2:
-            return job(page, parts[1])
+        if parts[0] == "job" and len(parts) >= 2:
+            return job(page, "/".join(parts[1:]))
         if parts == ["recurring"]:
             return recurring(page)
         if parts == ["servers"]:
