@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 
 from cron_descriptor import get_description
 
-from hfcelery.dashboard.actions import act_on_filter, act_on_job, act_on_jobs, act_on_recurring
+from hfcelery.dashboard.actions import act_on_filter, act_on_jobs, act_on_recurring
 from hfcelery.dashboard.api import (
     PAGE_SIZES,
     page_size,
@@ -190,9 +190,7 @@ def _post(page: Page, parts: list[str]) -> Response:
                 raise InvalidArgumentError("select at least one job")
             message = outcome.message()
         elif parts == ["actions", "job"]:
-            job_id = r.field("id") or ""
-            done = act_on_job(page.d, r.field("action") or "", job_id)
-            message = f"{r.field('action')}: {'done' if done else 'not applied (state changed)'}"
+            message = act_on_jobs(page.d, r.field("action") or "", [r.field("id") or ""]).message()
         elif parts == ["actions", "recurring"]:
             o = act_on_recurring(page.d, r.field("action") or "", r.field("id") or "")
             message = o.detail or ""
