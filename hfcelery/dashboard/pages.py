@@ -208,7 +208,7 @@ def overview(page: Page) -> Response:
     counts = page.d.monitoring.state_counts()
     retries = page.d.monitoring.count(JobFilter(retries=True))
     cards = "".join(
-        f'<a class="card state-{state.value.lower()}" href="{e(page.url("/jobs/" + state.value.lower()))}">'
+        f'<a class="card card-{state.value.lower()}" href="{e(page.url("/jobs/" + state.value.lower()))}">'
         f'<span class="n" data-state="{e(state.value)}">{counts[state]}</span>'
         f"<span>{e(state.value)}</span></a>"
         for state in State
@@ -446,12 +446,12 @@ def job(page: Page, job_id: str) -> Response:
         )
         previous = h.created_at
         data = dict(h.data)
-        tb = data.pop("exception_traceback", None) or data.pop("traceback", None)
+        tb = next((data.pop(k) for k in ("exception_details", "traceback") if k in data), None)
         rows = "".join(
             f"<dt>{e(k)}</dt><dd><code>{e(json.dumps(v, default=str) if not isinstance(v, str) else v)}</code></dd>"
             for k, v in data.items()
         )
-        trace = f'<pre class="trace">{e(tb)}</pre>' if tb else ""
+        trace = f'<h3>Traceback</h3><pre class="trace">{e(tb)}</pre>' if tb else ""
         timeline.append(
             f'<li class="state-{e(h.state.value.lower())}"><div class="when">{stamp(h.created_at)} {gap}</div>'
             f"<b>{e(h.state.value)}</b> <span>{e(h.reason or '')}</span><dl>{rows}</dl>{trace}</li>"
