@@ -224,6 +224,11 @@ def test_pages_inside_flower(
         assert tab.locator("nav a:has-text('Flower')").get_attribute("href") == "/flw/"
         tab.screenshot(path=str(tmp_path / "flower_job.png"), full_page=True)
         assert tab.goto(base + "/").status == 200  # Flower itself still answers
+        assert tab.locator("a:has-text('Jobs (hfcelery)')").get_attribute("href") == "/flw/hf/"
+        task_page = tab.goto(f"{base}/task/{seeded['failed']}")
+        if task_page.status == 200:  # Flower knows the task only if it saw its events
+            back = tab.locator("a:has-text('Job in hfcelery')").get_attribute("href")
+            assert back == f"/flw/hf/job/{seeded['failed']}"
         context.close()
     finally:
         stop(process)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import tornado.ioloop
@@ -103,8 +104,44 @@ def mount_in_flower(flower_app: Any, app: Celery, **options: Any) -> None:
 
         get = post = head = _serve
 
+    _link_from_flower(flower_app, root)
     # First, before Flower's catch-all "not found" rule.
     router = flower_app.wildcard_router
     router.rules.insert(
         0, router.process_rule(Rule(PathMatches(root + r"(/.*)?"), FlowerPagesHandler))
     )
+
+
+def _link_from_flower(flower_app: Any, root: str) -> None:
+    """Add a "Jobs" link to Flower's navigation and a link from its task page to the job's.
+
+    Flower's templates are read through a loader that inserts the links; Flower's own files
+    are left as they are. Should a Flower version change the markup, the links are just absent.
+    """
+    import tornado.template
+
+    path = flower_app.settings.get("template_path")
+    if not path:
+        return
+    nav_anchor = '<ul class="app-nav app-nav-secondary'
+    nav_link = (
+        f'<ul class="app-nav navbar-nav"><li class="nav-item">'
+        f'<a class="nav-link" href="{root}/">Jobs (hfcelery)</a></li></ul>\n      '
+    )
+    task_anchor = '<div class="detail-actions">'
+    task_link = (
+        f'{task_anchor}<a class="btn btn-outline-secondary" '
+        f'href="{root}/job/{{{{ url_escape(task.uuid) }}}}">Job in hfcelery</a>'
+    )
+
+    class Loader(tornado.template.Loader):
+        def _create_template(self, name: str) -> tornado.template.Template:
+            with open(os.path.join(self.root, name), "rb") as f:
+                text = f.read().decode()
+            if name == "navbar.html":
+                text = text.replace(nav_anchor, nav_link + nav_anchor, 1)
+            elif name == "task.html":
+                text = text.replace(task_anchor, task_link, 1)
+            return tornado.template.Template(text, name=name, loader=self)
+
+    flower_app.settings["template_loader"] = Loader(path)
