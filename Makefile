@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.pages $(BENCH_PAGES_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

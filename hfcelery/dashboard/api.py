@@ -129,10 +129,10 @@ def queue_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
 
 
 def stats(dashboard: Dashboard) -> dict[str, Any]:
-    counts = dashboard.monitoring.state_counts()
+    counts, retries = dashboard.counts()
     return {
         "states": {state.value: n for state, n in counts.items()},
-        "retries": dashboard.monitoring.count(JobFilter(retries=True)),
+        "retries": retries,
         "totals": dashboard.monitoring.statistics(),
         "servers": len(dashboard.monitoring.servers()),
         "recurring": len(dashboard.monitoring.recurring_jobs()),

@@ -15,6 +15,8 @@ import ipaddress
 import json
 import mimetypes
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -26,13 +28,17 @@ from celery import Celery
 
 from hfcelery.client import BackgroundJobClient
 from hfcelery.monitoring import Monitoring, monitoring
+from hfcelery.records import JobFilter
 from hfcelery.recurring import RecurringJobManager
+from hfcelery.states import State
 
 #: The double-submit cookie and the form field / header that must repeat it on a POST.
 XSRF_COOKIE = "hf_xsrf"
 XSRF_FIELD = "_xsrf"
 XSRF_HEADER = "x-hf-xsrf"
 API_PREFIX = "/api/v1"
+#: How long counts per state are shared between requests.
+COUNTS_TTL_SECONDS = 1.0
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -157,6 +163,23 @@ class Dashboard:
         self.monitoring = api or monitoring(app)
         self.client = BackgroundJobClient(app)
         self.recurring = RecurringJobManager(app)
+        self._counts: tuple[float, dict[State, int], int] | None = None
+        self._counts_lock = threading.Lock()
+
+    def counts(self) -> tuple[dict[State, int], int]:
+        """Jobs per state and retries, shared by every page for ``COUNTS_TTL_SECONDS``.
+
+        Counting a store of a million jobs takes a noticeable part of a second; every open
+        overview polls every 2 s, and every list shows the counts, so one count serves them all.
+        An action clears it, so its outcome shows at once.
+        """
+        with self._counts_lock:
+            now = time.monotonic()
+            if self._counts is None or now - self._counts[0] > COUNTS_TTL_SECONDS:
+                counts = self.monitoring.state_counts()
+                retries = self.monitoring.count(JobFilter(retries=True))
+                self._counts = (now, counts, retries)
+            return self._counts[1], self._counts[2]
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -176,6 +199,7 @@ class Dashboard:
             problem = self._post_problem(request)
             if problem is not None:
                 return _secure(problem)
+            self._counts = None
         token = request.cookies.get(XSRF_COOKIE) or secrets.token_urlsafe(24)
         if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
             response = api.handle(self, request, path[len(API_PREFIX) :] or "/")

@@ -66,6 +66,15 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def _seconds(data: dict[str, Any]) -> float | None:
+    """A Succeeded state's duration: recorded in milliseconds (``duration`` in seconds)."""
+    for key, scale in (("duration_ms", 1000.0), ("duration", 1.0)):
+        value = data.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value / scale
+    return None
+
+
 class Page:
     """Builds one page: the layout around a body, links relative to the mount point."""
 
@@ -205,8 +214,7 @@ def _post(page: Page, parts: list[str]) -> Response:
 
 
 def overview(page: Page) -> Response:
-    counts = page.d.monitoring.state_counts()
-    retries = page.d.monitoring.count(JobFilter(retries=True))
+    counts, retries = page.d.counts()
     cards = "".join(
         f'<a class="card card-{state.value.lower()}" href="{e(page.url("/jobs/" + state.value.lower()))}">'
         f'<span class="n" data-state="{e(state.value)}">{counts[state]}</span>'
@@ -258,7 +266,7 @@ def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
         result = data.get("result")
         shown = "" if result is None else json.dumps(result, default=str)[:200]
         return [
-            e(duration(data.get("duration"))),
+            e(duration(_seconds(data))),
             f"<code>{e(shown)}</code>",
             stamp(j.state_changed_at),
         ]
@@ -276,14 +284,16 @@ def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
 
 
 def _sidebar(page: Page, current: str) -> str:
-    counts = page.d.monitoring.state_counts()
+    # The counts come from the (shared, briefly cached) stats: counting a large store on every
+    # list page would cost more than the list itself.
+    counts, _ = page.d.counts()
     items = []
     for state in State:
         slug = state.value.lower()
         cls = "active" if slug == current else ""
         items.append(
             f'<a class="{cls}" href="{e(page.url("/jobs/" + slug))}">{e(state.value)}'
-            f'<span class="count">{counts[state]}</span></a>'
+            f'<span class="count" data-state="{e(state.value)}">{counts[state]}</span></a>'
         )
     cls = "active" if current == "all" else ""
     items.append(f'<a class="{cls}" href="{e(page.url("/jobs"))}">Search all</a>')
