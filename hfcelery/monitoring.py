@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from celery import Celery
@@ -42,9 +43,9 @@ class Monitoring:
         """A job with its state history, or None when there is no such job."""
         return self._store.job(job_id)
 
-    def state_counts(self) -> dict[State, int]:
-        """How many jobs are in each state."""
-        return self._store.state_counts()
+    def state_counts(self, states: Sequence[State] | None = None) -> dict[State, int]:
+        """How many jobs are in each state (only ``states``, if given; the others read 0)."""
+        return self._store.state_counts(states)
 
     def jobs(self, state: State | str, *, limit: int = 20, after: str | None = None) -> JobPage:
         """A page of the jobs in ``state``, most recently changed first.

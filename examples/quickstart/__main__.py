@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -162,7 +163,15 @@ def serve_pages() -> None:
     BackgroundJob.enqueue(call(print_line, "waiting for a worker"), queue="parked")
     BackgroundJob.enqueue(call(long_report, 300))
     BackgroundJob.enqueue(call(flaky, "<b>escaped</b> failure"))
-    print(f"\nstate-report pages: http://127.0.0.1:{PAGES_PORT}/  (Ctrl-C stops everything)")
+    address = f"http://127.0.0.1:{PAGES_PORT}/"
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(address, timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    print(f"\nstate-report pages: {address}  (Ctrl-C stops everything)", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -37,6 +37,8 @@ XSRF_COOKIE = "hf_xsrf"
 XSRF_FIELD = "_xsrf"
 XSRF_HEADER = "x-hf-xsrf"
 API_PREFIX = "/api/v1"
+#: States the pages count (Succeeded and Deleted show cumulative counters instead).
+COUNTED_STATES = (State.ENQUEUED, State.SCHEDULED, State.AWAITING, State.PROCESSING, State.FAILED)
 #: How long counts per state are shared between requests.
 COUNTS_TTL_SECONDS = 1.0
 
@@ -169,14 +171,18 @@ class Dashboard:
     def counts(self) -> tuple[dict[State, int], int]:
         """Jobs per state and retries, shared by every page for ``COUNTS_TTL_SECONDS``.
 
-        Counting a store of a million jobs takes a noticeable part of a second; every open
-        overview polls every 2 s, and every list shows the counts, so one count serves them all.
-        An action clears it, so its outcome shows at once.
+        As in Hangfire's Dashboard, Succeeded and Deleted show the cumulative counters (the
+        bulk of a store: counting them would take most of a second at a million jobs); the
+        other states are counted. Every open overview polls every 2 s and every list shows the
+        counts, so one count serves them all; an action clears it, so its outcome shows at once.
         """
         with self._counts_lock:
             now = time.monotonic()
             if self._counts is None or now - self._counts[0] > COUNTS_TTL_SECONDS:
-                counts = self.monitoring.state_counts()
+                counts = self.monitoring.state_counts(COUNTED_STATES)
+                totals = self.monitoring.statistics()
+                counts[State.SUCCEEDED] = totals["succeeded"]
+                counts[State.DELETED] = totals["deleted"]
                 retries = self.monitoring.count(JobFilter(retries=True))
                 self._counts = (now, counts, retries)
             return self._counts[1], self._counts[2]

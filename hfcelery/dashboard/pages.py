@@ -213,12 +213,15 @@ def _post(page: Page, parts: list[str]) -> Response:
 # -- overview ----------------------------------------------------------------------------------
 
 
+_CUMULATIVE = (State.SUCCEEDED, State.DELETED)
+
+
 def overview(page: Page) -> Response:
     counts, retries = page.d.counts()
     cards = "".join(
         f'<a class="card card-{state.value.lower()}" href="{e(page.url("/jobs/" + state.value.lower()))}">'
         f'<span class="n" data-state="{e(state.value)}">{counts[state]}</span>'
-        f"<span>{e(state.value)}</span></a>"
+        f"<span>{e(state.value)}{' (all time)' if state in _CUMULATIVE else ''}</span></a>"
         for state in State
     )
     cards += (
