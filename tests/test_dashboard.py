@@ -8,6 +8,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,9 +54,7 @@ def seeded(worker: WorkerProcess, api: Monitoring, test_app: Any) -> Iterator[di
     """Jobs in every state, each carrying ``<script>`` in its arguments or outcome."""
     failed = BackgroundJob.enqueue(call(jobs.fail, XSS))
     succeeded = BackgroundJob.enqueue(call(jobs.report_progress, XSS))
-    scheduled = BackgroundJob.schedule(
-        call(jobs.record, XSS), __import__("datetime").timedelta(days=1)
-    )
+    scheduled = BackgroundJob.schedule(call(jobs.record, XSS), timedelta(days=1))
     awaiting = BackgroundJob.continue_job_with(
         scheduled, call(jobs.record, token()), options=JobContinuationOptions.ON_ANY_FINISHED_STATE
     )
@@ -200,6 +199,18 @@ def test_json_api_lists_counts_and_acts_on_a_filter(
     assert outcome["applied"] == 5 and outcome["next_cursor"] is None
     assert {api.job(i).state for i in ids} == {State.DELETED}
     assert get(dashboard, "/api/v1/jobs?state=nonsense").status == 400
+    queues = {q["queue"]: q for q in json.loads(get(dashboard, "/api/v1/queues").body)}
+    assert queues["nobody-listens"]["enqueued"] >= 1
+    assert queues["nobody-listens"]["broker"] >= 1  # the messages wait in Redis
+    later = BackgroundJob.schedule(
+        call(jobs.record, token()), timedelta(hours=1), queue="nobody-listens"
+    )
+    now = json.loads(post(dashboard, f"/api/v1/jobs/{later}/enqueue-now", {}).body)
+    assert now["applied"] is True and api.job(later).state == State.ENQUEUED
+    again = json.loads(post(dashboard, f"/api/v1/jobs/{later}/enqueue-now", {}).body)
+    assert again["applied"] is False
+    servers = json.loads(get(dashboard, "/api/v1/servers").body)
+    assert servers and all(s["looks_dead"] is False for s in servers)
     detail = json.loads(get(dashboard, f"/api/v1/jobs/{seeded['succeeded']}").body)
     assert detail["progress"]["log"] == [XSS]
 

@@ -56,7 +56,8 @@ def test_demo_serves_pages_with_every_state_until_ctrl_c(tmp_path: Path) -> None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
             assert response.status == 200
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=90) == 0, out.read_text()
+        # Not a timing assertion: a warm shutdown would wait minutes for the demo's long job.
+        assert demo.wait(timeout=60) == 0, out.read_text()
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -43,15 +43,20 @@ def main() -> int:
         worker = start("worker", worker_log)
         beat = start("beat", beat_log)
         processes = [beat, worker]
+        serving = False
         try:
             status = run_jobs(worker_log)
             if status == 0 and "--serve" in sys.argv[1:]:
+                serving = True
                 processes.insert(0, start("pages", DEMO_DIR / "pages.log"))
                 serve_pages()
             return status
         finally:
             for process in processes:
-                stop(process)
+                # Serving leaves a long job running: a cold shutdown (SIGQUIT) cuts it off
+                # (it is requeued) instead of waiting for it.
+                cold = serving and process is worker
+                stop(process, signal.SIGQUIT if cold else signal.SIGTERM)
             print(f"worker and beat stopped; their logs are in {DEMO_DIR}")
 
 
@@ -76,8 +81,8 @@ def start(kind: str, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    process.send_signal(sig)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -176,7 +181,7 @@ def serve_pages() -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("\nstopping")
+        print("\nstopping", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from celery import Celery
@@ -126,10 +127,7 @@ def wsgi_app(
             root=environ.get("SCRIPT_NAME", ""),
         )
         response = dashboard.handle(request)
-        reason = {200: "OK", 303: "See Other", 401: "Unauthorized", 403: "Forbidden"}
-        start_response(
-            f"{response.status} {reason.get(response.status, 'Status')}", response.headers
-        )
+        start_response(f"{response.status} {HTTPStatus(response.status).phrase}", response.headers)
         return [response.body]
 
     return application
