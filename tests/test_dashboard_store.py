@@ -107,3 +107,17 @@ def test_progress_and_log_outside_a_job_are_refused() -> None:
         hfcelery.log("nowhere")
     with pytest.raises(InvalidArgumentError):
         hfcelery.progress(1.5)
+
+
+def test_filters_from_query_fields() -> None:
+    from hfcelery.dashboard.api import parse_filter
+
+    where = parse_filter(
+        {"state": ["failed"], "queue": [""], "retries": ["True"], "since": ["2026-01-02T03:04"]}
+    )
+    assert where.state == State.FAILED and where.queue is None and where.retries
+    assert where.since == datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    with pytest.raises(InvalidArgumentError):
+        parse_filter({"since": ["yesterday"]})
+    with pytest.raises(InvalidArgumentError):
+        parse_filter({"state": ["Finished"]})

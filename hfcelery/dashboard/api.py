@@ -84,7 +84,7 @@ def parse_filter(values: Mapping[str, list[str]], state: str | None = None) -> J
         since=_when(one("since"), "since"),
         until=_when(one("until"), "until"),
         text=one("text"),
-        retries=one("retries") in ("1", "true"),
+        retries=(one("retries") or "").lower() in ("1", "true"),
     )
 
 

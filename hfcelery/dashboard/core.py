@@ -214,7 +214,10 @@ class Dashboard:
         if XSRF_COOKIE not in request.cookies:
             cookie_path = (request.root or "") + "/"
             response.headers.append(
-                ("Set-Cookie", f"{XSRF_COOKIE}={token}; Path={cookie_path}; SameSite=Strict")
+                (
+                    "Set-Cookie",
+                    f"{XSRF_COOKIE}={token}; Path={cookie_path}; SameSite=Strict; HttpOnly",
+                )
             )
         return _secure(response)
 

@@ -264,7 +264,11 @@ def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
         )
         return [links, stamp(j.created_at)]
     if state == State.PROCESSING:
-        return [e(j.server_id or ""), e(data.get("worker_id", "")), e(ago(j.state_changed_at))]
+        return [
+            e(j.server_id or ""),
+            e(data.get("worker_id", "")),
+            e(ago(j.state_changed_at).removesuffix(" ago")),
+        ]
     if state == State.SUCCEEDED:
         result = data.get("result")
         shown = "" if result is None else json.dumps(result, default=str)[:200]
