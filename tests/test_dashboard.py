@@ -20,7 +20,7 @@ from hfcelery.dashboard import Dashboard, DashboardOptions, Request, asgi_app, w
 from hfcelery.dashboard.core import XSRF_COOKIE
 from hfcelery.monitoring import Monitoring
 from tests import jobs
-from tests.conftest import WorkerProcess, token, wait_state
+from tests.conftest import WorkerProcess, token, wait_for, wait_state
 
 pytestmark = pytest.mark.acceptance
 
@@ -265,3 +265,20 @@ def test_wsgi_app_serves_pages(test_app: Any, seeded: dict[str, str]) -> None:
     body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
     assert statuses == ["200 OK"]
     assert b'href="/admin/jobs/queues"' in body
+
+
+def test_workers_roll_history_up_into_hourly_counters(
+    api: Monitoring, seeded: dict[str, str], worker: WorkerProcess, test_app: Any
+) -> None:
+    """The maintenance loop of the real worker fills the counters the history graphs read."""
+
+    def counted() -> bool:
+        hours = api.hourly_statistics(2)
+        return sum(c.get("succeeded", 0) for _, c in hours) >= 1 and any(
+            c.get("failed", 0) for _, c in hours
+        )
+
+    wait_for(counted, timeout=90, interval=1, what="the worker to roll up statistics")
+    history = json.loads(get(Dashboard(test_app), "/api/v1/history?hours=24").body)
+    assert len(history["points"]) == 24
+    assert sum(p["succeeded"] for p in history["points"]) >= 1

@@ -8,6 +8,7 @@ counting jobs.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,8 @@ ROLLUP_MARK = "rollup:last_state_id"
 #: The states counted (as Hangfire's statistics do).
 COUNTED_STATES = (State.SUCCEEDED, State.FAILED, State.DELETED)
 DEFAULT_ROLLUP_BATCH = 50_000
+#: How old a history entry must be before it is rolled up (see ``roll_up_statistics``).
+ROLLUP_GRACE = timedelta(seconds=10)
 #: Hourly counters older than this are pruned.
 HOURLY_RETENTION = timedelta(days=31)
 #: Bounds on what a job may report, so a chatty job cannot grow the store without limit.
@@ -41,18 +44,28 @@ def hour_of(when: datetime) -> datetime:
 class StatisticsStore(StoreBase):
     """Counters for the overview's graphs; progress and log lines of running jobs."""
 
-    def roll_up_statistics(self, *, limit: int = DEFAULT_ROLLUP_BATCH) -> int:
+    def roll_up_statistics(
+        self, *, limit: int = DEFAULT_ROLLUP_BATCH, grace: timedelta = ROLLUP_GRACE
+    ) -> int:
         """Add up to ``limit`` new state history entries to the counters; return how many
-        entries were read (call again while it returns ``limit``)."""
+        entries were read (call again while it returns ``limit``).
+
+        History ids are taken from a sequence as rows are written, but the transactions that
+        write them may commit out of order: an entry younger than ``grace`` may still have an
+        older neighbour on its way. Only the run of entries (by id) older than ``grace`` is
+        rolled up, so the high-water mark never passes an entry not yet visible.
+        """
+        cutoff = utcnow() - grace
 
         def work(conn: Connection) -> int:
             mark = self._mark(conn)
-            rows = conn.execute(
+            fetched = conn.execute(
                 select(JobState.id, JobState.state, JobState.created_at)
                 .where(JobState.id > mark)
                 .order_by(JobState.id)
                 .limit(limit)
             ).all()
+            rows = list(itertools.takewhile(lambda r: r.created_at < cutoff, fetched))
             if not rows:
                 return 0
             counts: Counter[tuple[str, datetime]] = Counter()
