@@ -243,6 +243,14 @@ def test_asgi_app_serves_pages_and_refuses_remote(test_app: Any, seeded: dict[st
             page = await client.get("/jobs/failed")
             assert page.status_code == 200 and "RuntimeError" in page.text
             assert (await client.post("/actions/job", data={"id": "x"})).status_code == 403
+        mounted = httpx.ASGITransport(
+            app=asgi_app(test_app), client=(LOCAL, 1234), root_path="/admin/jobs"
+        )
+        async with httpx.AsyncClient(transport=mounted, base_url="http://t") as client:
+            page = await client.get("/admin/jobs/queues")
+            assert page.status_code == 200
+            assert 'href="/admin/jobs/jobs/enqueued?queue=' in page.text
+            assert "Path=/admin/jobs/" in page.headers["set-cookie"]
         remote = httpx.ASGITransport(app=asgi_app(test_app), client=("10.0.0.9", 1234))
         async with httpx.AsyncClient(transport=remote, base_url="http://t") as client:
             assert (await client.get("/")).status_code == 403
