@@ -157,7 +157,12 @@ def test_actions_are_refused_without_xsrf_from_remote_and_read_only(
     assert get(open_pages, "/", client="10.1.2.3").status == 403
     read_only = Dashboard(test_app, DashboardOptions(read_only=True))
     assert post(read_only, "/actions/job", target).status == 403
-    assert "<button" not in get(read_only, f"/job/{seeded['failed']}").body.decode()
+    for path in (f"/job/{seeded['failed']}", "/jobs/failed", "/recurring", "/retries"):
+        page = get(read_only, path)
+        assert page.status == 200
+        assert 'method="post"' not in page.body.decode()
+        assert 'name="action"' not in page.body.decode()
+        assert 'type="checkbox"' not in page.body.decode()
     assert api.job(seeded["enqueued"]).state == State.ENQUEUED
 
 
