@@ -104,7 +104,7 @@ def mount_in_flower(flower_app: Any, app: Celery, **options: Any) -> None:
 
         get = post = head = _serve
 
-    _link_from_flower(flower_app, root)
+    add_flower_links(flower_app, root)
     # First, before Flower's catch-all "not found" rule.
     router = flower_app.wildcard_router
     router.rules.insert(
@@ -112,7 +112,7 @@ def mount_in_flower(flower_app: Any, app: Celery, **options: Any) -> None:
     )
 
 
-def _link_from_flower(flower_app: Any, root: str) -> None:
+def add_flower_links(flower_app: Any, root: str) -> None:
     """Add a "Jobs" link to Flower's navigation and a link from its task page to the job's.
 
     Flower's templates are read through a loader that inserts the links; Flower's own files
