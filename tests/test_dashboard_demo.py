@@ -3,6 +3,7 @@ leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,8 +60,16 @@ def test_demo_serves_pages_with_every_state_until_ctrl_c(tmp_path: Path) -> None
         # Not a timing assertion: a warm shutdown would wait minutes for the demo's long job.
         assert demo.wait(timeout=60) == 0, out.read_text()
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-    assert processes_in(tmp_path.resolve()) == []
+        if demo.poll() is None:  # the test failed early: let the demo stop what it started
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
+        left = processes_in(tmp_path.resolve())
+        for pid in left:  # never leave a worker behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert left == []
     assert "worker and beat stopped" in out.read_text()
