@@ -21,10 +21,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.quickstart
+	$(BIN)/python -m examples.quickstart --serve
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.pages $(BENCH_PAGES_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -38,6 +38,7 @@ from hfcelery.options import (
     queue,
     retention,
 )
+from hfcelery.progress import log, progress
 from hfcelery.records import (
     JobDetails,
     JobPage,
@@ -78,6 +79,8 @@ __all__ = [
     "retention",
     # Inside a running job
     "cancellation_requested",
+    "log",
+    "progress",
     # Reading jobs
     "JobDetails",
     "JobPage",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
@@ -48,3 +49,75 @@ def migrate(ctx: click.Context, print_sql: bool) -> None:
         click.echo(f"hfcelery store is up to date (schema {head})")
     else:
         click.echo(f"hfcelery store migrated from {before or 'empty'} to schema {head}")
+
+
+def _dashboard_options(
+    read_only: bool, basic_auth: tuple[str, ...], authorization: str | None
+) -> dict[str, Any]:
+    options: dict[str, Any] = {"read_only": read_only, "basic_auth": tuple(basic_auth)}
+    if authorization:
+        from kombu.utils.imports import symbol_by_name
+
+        options["authorization"] = symbol_by_name(authorization)  # type: ignore[no-untyped-call]
+    return options
+
+
+_READ_ONLY = click.option("--read-only", is_flag=True, help="Hide the buttons; refuse POST.")
+_BASIC_AUTH = click.option(
+    "--basic-auth", multiple=True, metavar="USER:PASSWORD", help="Require HTTP basic auth."
+)
+_AUTHORIZATION = click.option(
+    "--authorization",
+    metavar="MODULE:CALLABLE",
+    help="A callable (request) -> bool deciding access (then remote clients may be served).",
+)
+
+
+@hf.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5556, show_default=True, type=int)
+@_READ_ONLY
+@_BASIC_AUTH
+@_AUTHORIZATION
+@click.pass_context
+def dashboard(
+    ctx: click.Context,
+    address: str,
+    port: int,
+    read_only: bool,
+    basic_auth: tuple[str, ...],
+    authorization: str | None,
+) -> None:
+    """Serve the state-report pages (standalone, on Tornado)."""
+    import tornado.ioloop
+
+    from hfcelery.dashboard import Dashboard, DashboardOptions
+    from hfcelery.dashboard.tornado import make_app
+
+    options = DashboardOptions(**_dashboard_options(read_only, basic_auth, authorization))
+    server = make_app(Dashboard(ctx.obj.app, options)).listen(port, address=address)
+    bound = next(iter(server._sockets.values())).getsockname()[1]
+    click.echo(f"hfcelery pages at http://{address}:{bound}/", err=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        tornado.ioloop.IOLoop.current().start()
+
+
+@hf.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("flower_argv", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def flower(ctx: click.Context, flower_argv: tuple[str, ...]) -> None:
+    """Run Flower (any Flower option) with the pages under /hf/."""
+    import flower.command as flower_command
+    from flower.app import Flower
+
+    from hfcelery.dashboard.tornado import mount_in_flower
+
+    app = ctx.obj.app
+
+    class FlowerWithPages(Flower):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            mount_in_flower(self, app)
+
+    flower_command.Flower = FlowerWithPages
+    ctx.invoke(flower_command.flower, tornado_argv=flower_argv)

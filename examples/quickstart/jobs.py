@@ -30,3 +30,15 @@ def call_unreliable_api(counter_file: str) -> str:
     if attempt < 3:
         raise ConnectionError(f"attempt {attempt}: the API is down")
     return f"answered on attempt {attempt}"
+
+
+def long_report(seconds: int) -> str:
+    """Run for a while, reporting progress and log lines (shown on the job's page)."""
+    import time
+
+    for step in range(seconds):
+        hfcelery.progress(step / seconds)
+        hfcelery.log(f"step {step + 1} of {seconds}")
+        time.sleep(1)
+    hfcelery.progress(1.0)
+    return f"report of {seconds} steps"

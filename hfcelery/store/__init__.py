@@ -5,7 +5,8 @@ its state history, in one transaction. The worker path costs two statements per 
 PostgreSQL (claim and finish, each a data-modifying CTE in autocommit mode) and four on SQLite.
 One module per concern: ``base`` (engine, transactions), ``statements`` (the worker path's
 prebuilt statements), ``jobs``, ``continuations``, ``recurring``, ``servers``, ``reads``,
-``messages``.
+``messages`` (invalid messages), ``search`` (the pages' lists), ``stats`` (statistics, progress
+and log lines).
 
 On PostgreSQL, transactions commit asynchronously (``synchronous_commit=off``) unless they are
 marked durable: a crash of the database server may then forget the last fraction of a second of
@@ -23,12 +24,16 @@ from hfcelery.store.jobs import JobStore
 from hfcelery.store.messages import MessageStore
 from hfcelery.store.reads import ReadStore
 from hfcelery.store.recurring import RecurringStore
+from hfcelery.store.search import SearchStore
 from hfcelery.store.servers import ServerStore
+from hfcelery.store.stats import StatisticsStore
 
 __all__ = ["BROKER_UNAVAILABLE", "Store", "count_statements", "normalise_url", "utcnow"]
 
 
-class Store(JobStore, RecurringStore, ServerStore, ReadStore, MessageStore):
+class Store(
+    JobStore, RecurringStore, ServerStore, ReadStore, SearchStore, StatisticsStore, MessageStore
+):
     """The job store over one SQLAlchemy engine.
 
     The engine is created lazily and again after a fork, so a store made in a prefork worker's

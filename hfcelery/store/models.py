@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -117,6 +118,10 @@ class Job(Base):
             sqlite_where=text("recurring_id IS NOT NULL"),
         ),
         Index(None, "state", "state_changed_at", "id"),
+        # The pages' lists across states, per queue and per function (keyset paging).
+        Index(None, "state_changed_at", "id"),
+        Index(None, "queue", "state", "state_changed_at", "id"),
+        Index(None, "function", "state_changed_at", "id"),
         Index(
             None,
             "due_at",
@@ -241,3 +246,29 @@ class DroppedMessage(Base):
     reason: Mapped[str] = mapped_column(Text)
     server_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Statistic(Base):
+    """A counter: hourly ("succeeded" at an hour) or cumulative (at ``STATISTIC_TOTAL_HOUR``).
+
+    Rolled up from the state history by the maintenance loop, so the pages never count jobs
+    for history and the worker's path writes nothing more.
+    """
+
+    __tablename__ = TABLE_PREFIX + "statistics"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobProgress(Base):
+    """What a running job reported with ``hfcelery.progress`` and ``hfcelery.log``."""
+
+    __tablename__ = TABLE_PREFIX + "job_progress"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fraction: Mapped[float | None] = mapped_column(Float)
+    #: JSON list of the newest log lines (bounded).
+    log: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

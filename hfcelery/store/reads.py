@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import (
@@ -85,9 +86,12 @@ class ReadStore(StoreBase):
 
         return self._run(work)
 
-    def state_counts(self) -> dict[State, int]:
-        """The number of jobs in each state (every state present, zero or not)."""
+    def state_counts(self, states: Sequence[State] | None = None) -> dict[State, int]:
+        """The number of jobs in each state (every state present, zero or not); with
+        ``states``, only those are counted (the others read 0)."""
         stmt = select(Job.state, func.count()).group_by(Job.state)
+        if states is not None:
+            stmt = stmt.where(Job.state.in_(list(states)))
         counts = dict.fromkeys(State, 0)
         for state, n in self._run(lambda conn: conn.execute(stmt).all()):
             counts[State(state)] = n

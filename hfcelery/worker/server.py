@@ -149,6 +149,7 @@ class Server:
         if store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
             step(lambda: self.recover_dead_servers(timeout))
             step(self.publish_pending)
+            step(self.roll_up_statistics)
         if failures:
             raise failures[0]
 
@@ -167,6 +168,11 @@ class Server:
         if requeued:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
         return requeued
+
+    def roll_up_statistics(self) -> int:
+        """Add the newest state history to the hourly counters; return how many entries."""
+        store = self.extension.store
+        return self._in_batches(lambda size: store.roll_up_statistics(limit=size))
 
     def schedule(self) -> float:
         """One scheduler pass; return how long to wait for the next (until the next due job
@@ -209,6 +215,8 @@ class Server:
         ttl = timedelta(seconds=max(config.cleanup_interval_seconds * 3, 60))
         if not store.try_lock(CLEANUP_LOCK, self.id, ttl):
             return 0
+        # Count the history before any of it is deleted with its job.
+        self.roll_up_statistics()
         seconds = config.failed_retention_seconds
         older_than = None if seconds is None else timedelta(seconds=seconds)
         removed = self._in_batches(
@@ -217,6 +225,8 @@ class Server:
                 + store.trim_failed(older_than=older_than, keep=config.max_failed_jobs, limit=size)
             )
         )
+        store.delete_orphan_progress()
+        store.prune_statistics()
         if removed:
             logger.info("hfcelery removed %d expired job(s)", removed)
         store.trim_dropped_messages(timedelta(seconds=DROPPED_MESSAGES_KEPT_SECONDS))

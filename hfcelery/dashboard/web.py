@@ -1,0 +1,133 @@
+"""Adapters for web apps: ASGI (FastAPI, Starlette) and WSGI (Django, Flask).
+
+Mount the returned application under a path of your app; the pages find their root from
+ASGI's ``root_path`` or WSGI's ``SCRIPT_NAME``. The store is blocking, so the ASGI adapter runs
+each request in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+from celery import Celery
+
+from hfcelery.dashboard.core import Authorization, Dashboard, DashboardOptions, Request
+
+ASGIApp = Callable[
+    [
+        dict[str, Any],
+        Callable[[], Awaitable[dict[str, Any]]],
+        Callable[[dict[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+MAX_BODY_BYTES = 1 << 20
+
+
+def _dashboard(
+    app: Celery,
+    authorization: Authorization | None,
+    options: DashboardOptions | None,
+    read_only: bool,
+) -> Dashboard:
+    options = options or DashboardOptions(authorization=authorization, read_only=read_only)
+    return Dashboard(app, options)
+
+
+def asgi_app(
+    app: Celery,
+    *,
+    authorization: Authorization | None = None,
+    read_only: bool = False,
+    options: DashboardOptions | None = None,
+) -> ASGIApp:
+    """An ASGI application serving the pages (loopback clients only unless ``authorization``)."""
+    dashboard = _dashboard(app, authorization, options, read_only)
+
+    async def application(
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY_BYTES or not message.get("more_body"):
+                break
+        root = scope.get("root_path", "")
+        path = scope["path"]
+        if root and path.startswith(root):  # some servers keep the mount in ``path``
+            path = path[len(root) :]
+        request = Request(
+            method=scope["method"],
+            path=path or "/",
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            body=body,
+            client=(scope.get("client") or (None,))[0],
+            root=root,
+        )
+        response = await asyncio.to_thread(dashboard.handle, request)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(k.lower().encode(), v.encode()) for k, v in response.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    return application
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def wsgi_app(
+    app: Celery,
+    *,
+    authorization: Authorization | None = None,
+    read_only: bool = False,
+    options: DashboardOptions | None = None,
+) -> WSGIApp:
+    """A WSGI application serving the pages (loopback clients only unless ``authorization``)."""
+    dashboard = _dashboard(app, authorization, options, read_only)
+
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_BODY_BYTES)
+        except ValueError:
+            length = 0
+        body = environ["wsgi.input"].read(length) if length else b""
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        request = Request(
+            method=environ["REQUEST_METHOD"],
+            path=environ.get("PATH_INFO") or "/",
+            query_string=environ.get("QUERY_STRING", ""),
+            headers=headers,
+            body=body,
+            client=environ.get("REMOTE_ADDR"),
+            root=environ.get("SCRIPT_NAME", ""),
+        )
+        response = dashboard.handle(request)
+        start_response(f"{response.status} {HTTPStatus(response.status).phrase}", response.headers)
+        return [response.body]
+
+    return application
