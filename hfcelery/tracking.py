@@ -20,6 +20,7 @@ from hfcelery.jsonutil import to_json_or_repr
 from hfcelery.records import NewJob
 from hfcelery.states import State
 from hfcelery.validation import problem_with_function_path, problem_with_job_id
+from hfcelery.worker.execution import record_celery_retry
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,10 @@ def before_task_publish(
 ) -> None:
     headers = headers or {}
     job_id = headers.get("id")
-    if (
-        not job_id
-        or not sender
-        or headers.get(JOB_HEADER)
-        or headers.get("retries")  # a Celery retry of a job that exists already
-        or sender.startswith(_INTERNAL_PREFIXES)
-    ):
+    if headers.get("retries"):  # a Celery self.retry() of a job that exists already
+        record_celery_retry(job_id, headers.get("eta"), headers["retries"])
+        return
+    if not job_id or not sender or headers.get(JOB_HEADER) or sender.startswith(_INTERNAL_PREFIXES):
         return
     extension = publishing_extension(sender)
     if extension is None or not extension.config.track_celery_tasks:

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +466,73 @@ def test_a_function_missing_on_the_worker_is_retried_not_failed_for_good(
     assert failed.data["exception_type"] == "hfcelery.errors.FunctionNotFoundError"
     assert scheduled.reason is not None and scheduled.reason.startswith("Retry attempt 1 of")
     assert BackgroundJob.delete(job_id)
+
+
+# -- 7. forged messages cannot bend job states ---------------------------------------------------
+
+
+def test_forged_retry_message_does_not_start_a_second_run_of_a_running_job(
+    worker: WorkerProcess, api: Monitoring, forge: Forger, side_effects: redis.Redis
+) -> None:
+    tok = token()
+    job_id = BackgroundJob.enqueue(call(jobs.sleep_then_record, tok, 3))
+    wait_for(lambda: side_effects.lrange(f"hftests:{tok}", 0, -1) == ["started"], what="start")
+    forge.perform("tests.jobs:sleep_then_record", tok, 3, task_id=job_id, retries=5)
+    wait_for(lambda: forge.queued() == 0, what="the forged message to be taken")
+    time.sleep(1)
+    assert side_effects.lrange(f"hftests:{tok}", 0, -1) == ["started"]  # no second run
+    job = wait_state(api, job_id)
+    assert job.state is State.SUCCEEDED
+    assert [h.state for h in job.history].count(State.PROCESSING) == 1
+    assert side_effects.lrange(f"hftests:{tok}", 0, -1) == ["started", "finished"]
+
+
+@pytest.mark.parametrize("retries", [0, 1, 7])
+def test_forged_message_does_not_run_a_scheduled_job_before_it_is_due(
+    worker: WorkerProcess, api: Monitoring, forge: Forger, side_effects: redis.Redis, retries: int
+) -> None:
+    tok = token()
+    job_id = BackgroundJob.schedule(call(jobs.record, tok), timedelta(hours=1))
+    forge.perform("tests.jobs:record", tok, task_id=job_id, retries=retries)
+    wait_for(lambda: forge.queued() == 0, what="the forged message to be taken")
+    time.sleep(1.5)
+    assert side_effects.llen(f"hftests:{tok}") == 0
+    assert api.job(job_id).state is State.SCHEDULED
+    assert BackgroundJob.delete(job_id)
+
+
+def test_forged_recurring_fire_creates_jobs_only_for_real_past_occurrences(
+    worker: WorkerProcess, api: Monitoring, forge: Forger
+) -> None:
+    from hfcelery import Cron, RecurringJob
+    from hfcelery.recurring.fire import FIRE_TASK_NAME
+
+    recurring_id = f"security-{token()[:8]}"
+    RecurringJob.add_or_update(recurring_id, call(jobs.multiply, 2, 21), Cron.daily(3, 0))
+    try:
+        now = datetime.now(UTC)
+        today_0300 = now.replace(hour=3, minute=0, second=0, microsecond=0)
+        past = today_0300 if today_0300 < now else today_0300 - timedelta(days=1)
+        refused = [
+            [recurring_id, past.replace(minute=17).isoformat()],  # not an occurrence
+            [recurring_id, (past + timedelta(days=2)).isoformat()],  # a future occurrence
+            [recurring_id, "not a time"],
+            [recurring_id, past.replace(tzinfo=None).isoformat()],
+            [12345, past.isoformat()],
+            ["no-such-recurring-job", past.isoformat()],
+        ]
+        for args in refused:
+            forge.send(FIRE_TASK_NAME, args)
+        wait_for(lambda: forge.queued() == 0, what="the forged fires to be taken")
+        time.sleep(1.5)
+        assert api.recurring_job(recurring_id).last_job_id is None
+        forge.send(FIRE_TASK_NAME, [recurring_id, past.isoformat()])  # a real past occurrence
+
+        def created() -> str | None:
+            return api.recurring_job(recurring_id).last_job_id
+
+        job_id = wait_for(created, what="the real occurrence's job")
+        assert wait_state(api, job_id).state is State.SUCCEEDED
+        assert api.job(job_id).scheduled_for == past
+    finally:
+        RecurringJob.remove_if_exists(recurring_id)

@@ -162,12 +162,23 @@ def test_job_on_dead_server_can_be_claimed(store: Store) -> None:
     assert details is not None and details.server_id == "s2"
 
 
-def test_later_attempt_of_a_celery_retry_can_be_claimed(store: Store) -> None:
+def test_later_attempt_of_a_celery_retry_can_be_claimed_once_scheduled_and_due(
+    store: Store,
+) -> None:
     store.register_server(server("s1"))
     job = new_job()
     store.create_job(job)
-    claim(store, job.id, attempt=0)
+    first = claim(store, job.id, attempt=0)
+    assert first is not None
     assert claim(store, job.id, attempt=0) is None
+    # A message claiming a later attempt while the job runs on a live server: forged or stale.
+    assert claim(store, job.id, attempt=1) is None
+    due = datetime.now(UTC) + timedelta(minutes=5)
+    kw = {"server_id": "s1", "reason": "Celery retry", "data": {}, "claim": first.number}
+    assert store.finish(job.id, state=State.SCHEDULED, due_at=due, **kw)  # type: ignore[arg-type]
+    assert claim(store, job.id, attempt=1) is None  # not due yet
+    with store.engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == job.id).values(due_at=datetime.now(UTC)))
     assert claim(store, job.id, attempt=1) is not None
     details = store.job(job.id)
     assert details is not None and details.retry_count == 1

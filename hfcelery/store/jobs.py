@@ -61,6 +61,10 @@ from hfcelery.store.statements import (
 logger = logging.getLogger(__name__)
 
 
+#: How early a Scheduled job's retry message may claim it (the clocks of different machines).
+DUE_TOLERANCE = timedelta(seconds=2)
+
+
 class JobStore(ContinuationStore):
     """Writing jobs: creation, claims, outcomes, state changes, scheduling, retention."""
 
@@ -108,8 +112,8 @@ class JobStore(ContinuationStore):
         """Move a job to Processing if it may start; None means skip it.
 
         A job may start when it is Enqueued, or Processing on a server whose heartbeat stopped,
-        or Processing or Scheduled for an earlier ``attempt`` (the message of a Celery
-        ``self.retry()``).
+        or Scheduled for an earlier ``attempt`` and due (the message of a Celery
+        ``self.retry()``, give or take :data:`DUE_TOLERANCE`).
         ``untracked`` returns the description of a job that has a message but no row (its
         writer died between publishing and committing, or the store was down when a plain
         Celery task was sent): it is written now, already Processing.
@@ -122,6 +126,7 @@ class JobStore(ContinuationStore):
             "p_now": now,
             "p_alive_after": now - server_timeout,
             "p_attempt": attempt,
+            "p_due_by": now + DUE_TOLERANCE,
         }
         data = {"server_id": server_id, "worker_id": worker_id, "started_at": now.isoformat()}
 

@@ -87,10 +87,14 @@ _CLAIM = (
                     )
                 ),
             ),
-            # The message of a later attempt of a Celery self.retry().
+            # The message of a later attempt of a Celery self.retry(), once it is due. The job
+            # was recorded Scheduled before that message left (see tracking), so a message
+            # claiming a later attempt of a job still Processing, or one not due yet, is forged
+            # or stale and does not start it.
             and_(
-                or_(Job.state == State.PROCESSING, Job.state == State.SCHEDULED),
+                Job.state == State.SCHEDULED,
                 Job.retry_count < _ATTEMPT,
+                or_(Job.due_at.is_(None), Job.due_at <= _param("p_due_by", UTCDateTime())),
             ),
         ),
     )

@@ -396,10 +396,46 @@ def _retried_or_deleted(
     return False
 
 
+def record_celery_retry(job_id: object, eta: object, retries: object) -> None:
+    """A Celery ``self.retry()`` of the running job is publishing its next attempt's message:
+    record the job Scheduled now, before that message can reach any worker.
+
+    Only the job this worker process runs is changed, and only with its own claim, so a
+    message that merely carries a ``retries`` header changes nothing. A message claims a
+    Scheduled job only once it is due (see ``Store.claim``).
+    """
+    task = get_current_task()
+    if task is None or task.request.id != job_id or not isinstance(retries, int):
+        return
+    extension = _claimed(task)
+    if extension is None or extension.server_id is None:
+        return
+    request = task.request
+    due_at = _retry_due_at(eta)
+    exception = sys.exc_info()[1]  # self.retry() is usually called while handling one
+    cause = f": {safe_str(exception)}" if exception is not None else ""
+    _finish(
+        extension,
+        request.id,
+        State.SCHEDULED,
+        storable_text(
+            f"Celery retry attempt {retries}{cause}", extension.config.max_stored_text_chars
+        ),
+        {"attempt": retries, "due_at": due_at.isoformat()},
+        worker=worker_id(),
+        claim=request.hf_claim,
+        due_at=due_at,
+    )
+    request.hf_retry_recorded = True
+
+
 def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: Any) -> None:
-    """A Celery ``self.retry()``: the job is Scheduled until its next attempt's message comes."""
+    """A Celery ``self.retry()`` whose message went out without being recorded (it is recorded
+    as the message is published, see :func:`record_celery_retry`): Scheduled now."""
     extension = _claimed(sender)
     if extension is None or extension.server_id is None or request is None:
+        return
+    if getattr(sender.request, "hf_retry_recorded", False):
         return
     attempt = int(request.retries or 0) + 1
     due_at = _retry_due_at(getattr(reason, "when", None))
@@ -419,6 +455,11 @@ def _retry_due_at(when: Any) -> datetime:
     now = datetime.now(UTC)
     if isinstance(when, int | float):
         return now + timedelta(seconds=when)
+    if isinstance(when, str):  # the ``eta`` header
+        try:
+            when = datetime.fromisoformat(when)
+        except ValueError:
+            return now
     if isinstance(when, datetime):
         return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
     return now
