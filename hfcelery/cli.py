@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from hfcelery.cli_jobs import COMMANDS
 from hfcelery.errors import HfceleryError
 from hfcelery.extension import extension_of
 
@@ -121,3 +122,7 @@ def flower(ctx: click.Context, flower_argv: tuple[str, ...]) -> None:
 
     flower_command.Flower = FlowerWithPages
     ctx.invoke(flower_command.flower, tornado_argv=flower_argv)
+
+
+for _command in COMMANDS:
+    hf.add_command(_command)
