@@ -110,3 +110,97 @@ def test_existing_project_gives_the_same_results_with_hfcelery_and_is_tracked(
     assert history.count(State.SCHEDULED) == 2  # each self.retry() shows as Scheduled
     assert history[-1] is State.SUCCEEDED
     store.dispose()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """A web server subprocess on loopback; yields its base URL once it answers."""
+    import httpx
+
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")
+            try:
+                httpx.get(base + "/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _web_example_env(redis_url: str, tmp_path: Path, queue: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_url,
+        "HFCELERY_STORE_URL": f"sqlite:///{tmp_path / 'example.db'}",
+        "EXAMPLE_QUEUE": queue,
+        "OPS_TOKEN": "example-token",
+    }
+
+
+def _job_runs_and_its_page_shows(
+    base: str, order_url: str, page_headers: dict[str, str], env: dict[str, str]
+) -> None:
+    import httpx
+
+    ordered = httpx.post(base + order_url, timeout=10)
+    assert ordered.status_code == 200, ordered.text
+    job_id, page = ordered.json()["job_id"], ordered.json()["page"]
+    assert page.endswith(f"/job/{job_id}")
+    assert httpx.get(base + page, timeout=10).status_code == 403  # not an operator
+    api = Monitoring(Store(env["HFCELERY_STORE_URL"]))
+    deadline = time.monotonic() + 60
+    while api.job(job_id).state is not State.SUCCEEDED:
+        assert time.monotonic() < deadline, api.job(job_id)
+        time.sleep(0.2)
+    shown = httpx.get(base + page, headers=page_headers, timeout=10)
+    assert shown.status_code == 200
+    assert job_id in shown.text and "Succeeded" in shown.text
+    assert "report for eu" in shown.text
+
+
+def test_fastapi_example_enqueues_and_links_to_the_job_page(redis_url: str, tmp_path: Path) -> None:
+    queue = f"fastapi-{uuid.uuid4().hex[:8]}"
+    env = _web_example_env(redis_url, tmp_path, queue)
+    port = free_port()
+    server = [sys.executable, "-m", "uvicorn", "examples.fastapi_app.app:api", "--port", str(port)]
+    with (
+        celery_worker("examples.fastapi_app.app", env, queue, tmp_path / "worker.log"),
+        serving(server, env, port, tmp_path / "web.log") as base,
+    ):
+        _job_runs_and_its_page_shows(base, "/reports/eu", {"x-ops-token": "example-token"}, env)
+
+
+def test_django_example_enqueues_from_a_view_with_pages_at_jobs(
+    redis_url: str, tmp_path: Path
+) -> None:
+    queue = f"django-{uuid.uuid4().hex[:8]}"
+    env = _web_example_env(redis_url, tmp_path, queue)
+    port = free_port()
+    serve = (
+        "from wsgiref.simple_server import make_server;"
+        "from examples.django_project.proj.wsgi import application;"
+        f"make_server('127.0.0.1', {port}, application).serve_forever()"
+    )
+    app = "examples.django_project.proj.celery"
+    with (
+        celery_worker(app, env, queue, tmp_path / "worker.log"),
+        serving([sys.executable, "-c", serve], env, port, tmp_path / "web.log") as base,
+    ):
+        _job_runs_and_its_page_shows(base, "/reports/eu/", {"x-staff-user": "ops"}, env)
