@@ -331,7 +331,7 @@ def list_recurring(ctx: click.Context, as_json: bool) -> None:
     if not records:
         click.echo("no recurring jobs")
         return
-    widths = (18, 15, 13, 10, 10, 6)
+    widths = (16, 14, 13, 9, 9, 6)
     _table([("ID", "CRON", "TIME ZONE", "NEXT", "LAST", "PAUSED")], widths)
     _table(
         [

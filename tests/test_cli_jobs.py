@@ -131,6 +131,7 @@ def test_recurring_commands(seeded: tuple[Extension, str]) -> None:
     listed = hf(url, "recurring", "list")
     assert listed.returncode == 0, listed.stderr
     assert "nightly" in listed.stdout and "0 3 * * *" in listed.stdout
+    assert all(len(line) <= 80 for line in listed.stdout.splitlines())
     assert hf(url, "recurring", "pause", "nightly").returncode == 0
     assert json.loads(hf(url, "recurring", "list", "--json").stdout)[0]["paused"] is True
     assert hf(url, "recurring", "resume", "nightly").returncode == 0
