@@ -39,6 +39,10 @@ PERFORM_TASK_NAME = "hfcelery.perform"
 JOB_HEADER = "hfcelery_job"
 #: Message header marking a plain Celery task that hfcelery only tracks (sent again by it).
 TRACKED_HEADER = "hfcelery_tracked"
+#: Message header with a stamp fresh for every send of a plain Celery task: a message Celery
+#: sends again on purpose (``replace``, a re-used id) carries a new one, a broker's redelivery
+#: the same.
+STAMP_HEADER = "hfcelery_sent"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,15 +20,14 @@ DEFAULT_MAINTENANCE_BATCH_SIZE = 500
 DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_CLEANUP_INTERVAL_SECONDS = 30.0
 
-#: Celery settings hfcelery wants for reliable processing; applied only where the user set nothing.
+#: Celery settings hfcelery wants for reliable processing. They sit just above Celery's own
+#: defaults, so a setting the project made by any route (``conf.update``, ``Celery(...)``,
+#: ``config_from_object``, Django settings) wins; ``hfcelery_celery_defaults = False`` leaves
+#: them out. hfcelery's own tasks always run acks-late with rejection on a lost worker.
 RELIABLE_CELERY_DEFAULTS: Mapping[str, Any] = {
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
     "worker_prefetch_multiplier": 1,
-    "task_serializer": "json",
-    "result_serializer": "json",
-    "accept_content": ["json"],
-    "result_accept_content": ["json"],
     # Beat (hfcelery.beat:RecurringScheduler): a loop of at most 5 s, and a RedBeat lock that
     # a standby takes over within about 35 s of the active beat's death.
     "beat_max_loop_interval": 5,
@@ -64,6 +63,9 @@ class HfConfig:
     maintenance_batch_size: int = DEFAULT_MAINTENANCE_BATCH_SIZE
     #: Track tasks sent the plain Celery way (``delay``, ``apply_async``) as jobs.
     track_celery_tasks: bool = True
+    #: Make acks-late delivery, rejection on a lost worker and a prefetch of one the defaults
+    #: where the project set nothing; False leaves every Celery setting as the project has it.
+    celery_defaults: bool = True
     #: How often workers look for due Scheduled jobs (Hangfire polls every 15 s).
     schedule_poll_interval_seconds: float = DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS
     #: Automatic retries of jobs created through hfcelery without ``@automatic_retry``.

@@ -106,13 +106,37 @@ def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension
     HfConfig.from_app({}, options)  # reject unknown or invalid options now, not at first use
     extension = Extension(app, dict(options))
     setattr(app, _ATTRIBUTE, extension)
-    app.add_defaults(dict(RELIABLE_CELERY_DEFAULTS))
+    app.on_after_configure.connect(_add_reliable_defaults, weak=False)
+    if app.configured:
+        _add_reliable_defaults(app, app.conf)
     install(app)
     with _registry_lock:
         _initialised.append(app)
     if default:
         _set_default(app)
     return extension
+
+
+def _add_reliable_defaults(sender: Celery, source: Any = None, **_: Any) -> None:
+    """Put :data:`RELIABLE_CELERY_DEFAULTS` just above Celery's own defaults in the app's
+    settings, below every layer the project configured (``on_after_configure``: again each time
+    the configuration is loaded)."""
+    conf = source if source is not None else sender.conf
+    extension = find_extension(sender)
+    enabled = conf.get("hfcelery_celery_defaults", True)
+    if extension is not None and "celery_defaults" in extension.options:
+        enabled = extension.options["celery_defaults"]
+    if not enabled or any(getattr(d, "hfcelery_layer", False) for d in conf.defaults):
+        return
+    layer = _Layer(RELIABLE_CELERY_DEFAULTS)
+    conf.defaults.insert(len(conf.defaults) - 1, layer)
+    conf.maps.insert(len(conf.maps) - 1, layer)
+
+
+class _Layer(dict[str, Any]):
+    """hfcelery's layer of Celery settings, recognisable so it is added once."""
+
+    hfcelery_layer = True
 
 
 def _set_default(app: Celery) -> None:

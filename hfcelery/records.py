@@ -26,6 +26,8 @@ class NewJob:
     due_at: datetime | None = None
     #: A plain Celery task that hfcelery only tracks.
     tracked: bool = False
+    #: The stamp of the message that sends it (plain Celery tasks, see ``calls.STAMP_HEADER``).
+    sent_stamp: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any
 
-from celery._state import get_current_app
+from celery._state import get_current_app, get_current_task
 
-from hfcelery.calls import JOB_HEADER
+from hfcelery.calls import JOB_HEADER, STAMP_HEADER
 from hfcelery.errors import HfceleryError
 from hfcelery.extension import Extension, extension_for_task, find_extension
 from hfcelery.jsonutil import to_json_or_repr
@@ -41,7 +42,16 @@ def before_task_publish(
     if headers.get("retries"):  # a Celery self.retry() of a job that exists already
         record_celery_retry(job_id, headers.get("eta"), headers["retries"])
         return
-    if not job_id or not sender or headers.get(JOB_HEADER) or sender.startswith(_INTERNAL_PREFIXES):
+    # A task sending its own id again (``self.replace()``) is Celery re-sending on purpose,
+    # even when the message keeps the headers of a job hfcelery created.
+    current = get_current_task()
+    resending_itself = current is not None and current.request.id == job_id
+    if (
+        not job_id
+        or not sender
+        or (headers.get(JOB_HEADER) and not resending_itself)
+        or sender.startswith(_INTERNAL_PREFIXES)
+    ):
         return
     extension = publishing_extension(sender)
     if extension is None or not extension.config.track_celery_tasks:
@@ -51,6 +61,8 @@ def before_task_publish(
         # Celery carries such a task as it always has; the store cannot hold it as a job.
         logger.warning("hfcelery does not track task %r (%s): %s", job_id, sender, problem)
         return
+    stamp = uuid.uuid4().hex
+    headers[STAMP_HEADER] = stamp  # the message goes out with it (Celery sends these headers)
     args, kwargs = _body_arguments(body)
     queue = declare[0].name if declare else (routing_key or extension.app.conf.task_default_queue)
     data: dict[str, Any] = {"queue": queue}
@@ -67,9 +79,10 @@ def before_task_publish(
         reason="Sent as a Celery task",
         data=data,
         tracked=True,
+        sent_stamp=stamp,
     )
     try:
-        extension.store.create_job(job)
+        extension.store.record_celery_send(job)
     except HfceleryError as exc:
         logger.warning("hfcelery could not record task %s before sending it: %s", job_id, exc)
         return

@@ -72,3 +72,31 @@ def retry_once(self, token: str) -> int:  # type: ignore[no-untyped-def]
     if n == 1:
         raise self.retry(countdown=1)
     return n
+
+
+@app.task(name="tests.replacer", bind=True)
+def replacer(self, token: str, depth: int) -> None:  # type: ignore[no-untyped-def]
+    """Replace itself ``depth`` times, then with ``record``."""
+    _side_effects().rpush(f"hftests:{token}", f"replacer-{depth}")
+    if depth > 1:
+        raise self.replace(replacer.s(token, depth - 1))
+    raise self.replace(record.s(token, "replaced"))
+
+
+@app.task(name="tests.reject_once", bind=True)
+def reject_once(self, token: str) -> str:  # type: ignore[no-untyped-def]
+    """Reject with requeue the first time; run when the broker hands the message back."""
+    from celery.exceptions import Reject
+
+    if not (self.request.delivery_info or {}).get("redelivered"):
+        _side_effects().rpush(f"hftests:{token}", "rejected")
+        raise Reject("not yet", requeue=True)
+    _side_effects().rpush(f"hftests:{token}", "ran")
+    return "ran"
+
+
+@app.task(name="tests.ignore_me")
+def ignore_me() -> None:
+    from celery.exceptions import Ignore
+
+    raise Ignore()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,9 @@ def seeded(tmp_path: Path, redis_url: str) -> Iterator[tuple[Extension, str]]:
     """A SQLite store with jobs in it, and its URL for the command line."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     app = Celery("cli-test", broker=redis_url, set_as_current=False)
+    # A queue of its own: messages the commands send (requeue, trigger) must not reach the
+    # workers other tests start on the shared broker.
+    app.conf.task_default_queue = f"cli-test-{uuid.uuid4().hex[:8]}"
     extension = hfcelery.init_app(app, store_url=url)
     yield extension, url
     extension.store.dispose()

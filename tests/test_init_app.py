@@ -32,7 +32,7 @@ def test_init_app_registers_task_step_and_reliable_defaults(tmp_path: Path) -> N
     assert app.conf.task_acks_late is True
     assert app.conf.task_reject_on_worker_lost is True
     assert app.conf.worker_prefetch_multiplier == 1
-    assert app.conf.accept_content == ["json"]
+    assert list(app.conf.accept_content) == ["json"]  # Celery's own default, kept
     assert extension_of(app) is extension
 
 
@@ -151,3 +151,49 @@ def test_invalid_call_writes_nothing(tmp_path: Path) -> None:
         client.enqueue(call(jobs.record, object()))
     assert sum(extension.store.state_counts().values()) == 0
     extension.store.dispose()
+
+
+class _ProjectSettings:
+    """A project's celeryconfig: what it sets must win, whenever init_app is called."""
+
+    task_acks_late = False
+    worker_prefetch_multiplier = 4
+    task_serializer = "pickle"
+    accept_content = ["pickle", "json"]
+
+
+@pytest.mark.parametrize("init_first", [True, False])
+def test_settings_loaded_with_config_from_object_win(tmp_path: Path, init_first: bool) -> None:
+    app = make_app()
+    if init_first:
+        hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    app.config_from_object(_ProjectSettings)
+    if not init_first:
+        hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    assert app.conf.task_acks_late is False
+    assert app.conf.worker_prefetch_multiplier == 4
+    assert app.conf.task_serializer == "pickle"
+    assert app.conf.accept_content == ["pickle", "json"]
+    assert app.conf.task_reject_on_worker_lost is True  # the project set nothing here
+    perform = app.tasks[PERFORM_TASK_NAME]
+    assert perform.acks_late is True and perform.reject_on_worker_lost is True
+
+
+def test_django_style_namespaced_settings_win(tmp_path: Path) -> None:
+    class DjangoSettings:
+        CELERY_TASK_ACKS_LATE = False
+        CELERY_WORKER_PREFETCH_MULTIPLIER = 8
+
+    app = make_app()
+    hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    assert app.conf.task_acks_late is False
+    assert app.conf.worker_prefetch_multiplier == 8
+
+
+def test_celery_defaults_off_leaves_every_celery_setting_alone(tmp_path: Path) -> None:
+    app = make_app()
+    hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}", celery_defaults=False)
+    assert app.conf.task_acks_late is False  # Celery's own default
+    assert app.conf.worker_prefetch_multiplier == 4
+    assert app.conf.task_reject_on_worker_lost is None

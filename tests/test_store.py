@@ -606,3 +606,27 @@ def test_bad_page_cursor_is_a_typed_error(store: Store) -> None:
 
     with pytest.raises(InvalidArgumentError):
         store.jobs(State.ENQUEUED, after="not-a-cursor")
+
+
+def test_only_the_newest_send_of_a_celery_task_starts_it(store: Store) -> None:
+    """A re-send (same id, new stamp) runs; a redelivery of the older message does not."""
+    from dataclasses import replace
+
+    store.register_server(server("s1"))
+    first = replace(new_job(), tracked=True, sent_stamp="a" * 32)
+    assert store.record_celery_send(first)
+    assert claim(store, first.id, stamp="b" * 32) is None  # not this send's message
+    mine = claim(store, first.id, stamp="a" * 32)
+    assert mine is not None
+    kw = {"server_id": "s1", "reason": None, "data": {}, "claim": mine.number}
+    assert store.finish(first.id, state=State.SUCCEEDED, **kw)  # type: ignore[arg-type]
+    assert claim(store, first.id, stamp="a" * 32) is None  # the broker's redelivery: skipped
+    again = replace(first, sent_stamp="b" * 32, args_json='["again"]')
+    assert not store.record_celery_send(again)  # known id: sent again, not new
+    assert claim(store, first.id, stamp="a" * 32) is None  # the old message stays stale
+    assert claim(store, first.id, stamp="b" * 32) is not None
+    details = store.job(first.id)
+    assert details is not None and details.args == ["again"]
+    assert states_of(store, first.id) == [
+        State.ENQUEUED, State.PROCESSING, State.SUCCEEDED, State.ENQUEUED, State.PROCESSING
+    ]  # fmt: skip

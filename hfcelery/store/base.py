@@ -314,6 +314,7 @@ def _job_row(job: NewJob, now: datetime, *, published: bool) -> dict[str, Any]:
         "continuation_count": 0,
         "tracked": job.tracked,
         "terminate": False,
+        "sent_stamp": job.sent_stamp,
     }
 
 

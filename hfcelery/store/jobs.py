@@ -61,6 +61,8 @@ from hfcelery.store.statements import (
 logger = logging.getLogger(__name__)
 
 
+#: The history's reason when Celery sends a known job id again.
+RESENT_REASON = "Sent again by Celery with the same id (replaced, re-applied or re-used)"
 #: How early a Scheduled job's retry message may claim it (the clocks of different machines).
 DUE_TOLERANCE = timedelta(seconds=2)
 
@@ -99,6 +101,49 @@ class JobStore(ContinuationStore):
         # Without a message the store is the job's only record: commit it durably.
         return self._run(work, durable=publish is None)
 
+    def record_celery_send(self, job: NewJob) -> bool:
+        """Write the job of a plain Celery task about to be sent; True if it is new.
+
+        A job with the same id exists when Celery sends it again on purpose (``replace``, a
+        chord body dispatched again, a re-applied signature, a user re-using the id): then it
+        is Enqueued again, whatever its state, with the new call and send stamp, and its
+        history says so. Only a message with the new stamp can start it (see :meth:`claim`).
+        """
+        now = utcnow()
+        resend = (
+            update(Job)
+            .where(Job.id == job.id)
+            .values(
+                state=State.ENQUEUED,
+                function=job.function,
+                task_name=job.task_name,
+                args=job.args_json,
+                kwargs=job.kwargs_json,
+                queue=job.queue,
+                sent_stamp=job.sent_stamp,
+                state_changed_at=now,
+                published=False,
+                server_id=None,
+                worker_id=None,
+                due_at=None,
+                expire_at=None,
+                terminate=False,
+                retry_count=0,
+            )
+            .returning(Job.id)
+        )
+
+        def work(conn: Connection) -> bool:
+            if self._insert_ignoring_conflict(conn, _job_row(job, now, published=False)):
+                conn.execute(
+                    insert(JobState), [_state_row(job.id, job.state, job.reason, job.data, now)]
+                )
+                return True
+            self._change(conn, resend, State.ENQUEUED, RESENT_REASON, job.data, now)
+            return False
+
+        return self._run(work)
+
     def claim(
         self,
         job_id: str,
@@ -107,6 +152,7 @@ class JobStore(ContinuationStore):
         worker_id: str,
         server_timeout: timedelta,
         attempt: int = 0,
+        stamp: str | None = None,
         untracked: Callable[[], NewJob] | None = None,
     ) -> Claim | None:
         """Move a job to Processing if it may start; None means skip it.
@@ -114,6 +160,8 @@ class JobStore(ContinuationStore):
         A job may start when it is Enqueued, or Processing on a server whose heartbeat stopped,
         or Scheduled for an earlier ``attempt`` and due (the message of a Celery
         ``self.retry()``, give or take :data:`DUE_TOLERANCE`).
+        ``stamp`` is the message's send stamp (plain Celery tasks): a message from an older send
+        of the same id never starts the job.
         ``untracked`` returns the description of a job that has a message but no row (its
         writer died between publishing and committing, or the store was down when a plain
         Celery task was sent): it is written now, already Processing.
@@ -127,6 +175,7 @@ class JobStore(ContinuationStore):
             "p_alive_after": now - server_timeout,
             "p_attempt": attempt,
             "p_due_by": now + DUE_TOLERANCE,
+            "p_stamp": stamp,
         }
         data = {"server_id": server_id, "worker_id": worker_id, "started_at": now.isoformat()}
 

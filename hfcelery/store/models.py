@@ -98,6 +98,9 @@ class Job(Base):
     #: Number of times a worker has claimed the job. Each claim hands the new number to its
     #: worker, which finishes only that claim: never one a requeue or another worker made since.
     claims: Mapped[int] = mapped_column(Integer, default=0)
+    #: The stamp of the newest send of a plain Celery task (see ``calls.STAMP_HEADER``): only a
+    #: message carrying it may start the job.
+    sent_stamp: Mapped[str | None] = mapped_column(String(32))
     #: Awaiting: how many parents have not finished yet.
     awaiting_parents: Mapped[int] = mapped_column(Integer, default=0)
     #: How many continuations wait for this job (0 keeps its finish on the fast path).

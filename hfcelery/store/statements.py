@@ -58,7 +58,7 @@ def _with_history(job_update: ReturningDML) -> Select[Any]:
 _NEW_JOB_COLUMNS = (
     "id", "function", "task_name", "args", "kwargs", "queue", "state",
     "created_at", "state_changed_at", "published", "retry_count", "display_name", "due_at",
-    "awaiting_parents", "continuation_count", "tracked", "terminate",
+    "awaiting_parents", "continuation_count", "tracked", "terminate", "sent_stamp",
 )  # fmt: skip
 
 
@@ -76,6 +76,13 @@ _CLAIM = (
     update(Job)
     .where(
         Job.id == _param("p_id", Job.id.type),
+        # A plain Celery task's message carries the stamp of its send: one from an older send
+        # of the same id (replaced, or re-used since) is stale.
+        or_(
+            _param("p_stamp", Job.sent_stamp.type).is_(None),
+            Job.sent_stamp.is_(None),
+            Job.sent_stamp == _param("p_stamp", Job.sent_stamp.type),
+        ),
         or_(
             Job.state == State.ENQUEUED,
             and_(

@@ -11,6 +11,7 @@ from hfcelery.worker.execution import (
     JobRequest,
     before_start,
     on_task_failure,
+    on_task_postrun,
     on_task_retry,
     on_task_revoked,
     on_task_success,
@@ -25,6 +26,7 @@ _SIGNAL_HANDLERS = (
     (signals.task_failure, on_task_failure),
     (signals.task_retry, on_task_retry),
     (signals.task_revoked, on_task_revoked),
+    (signals.task_postrun, on_task_postrun),
     (signals.task_unknown, on_task_unknown),
     (signals.before_task_publish, before_task_publish),
     (signals.after_task_publish, after_task_publish),
@@ -33,7 +35,15 @@ _SIGNAL_HANDLERS = (
 
 def install(app: Celery) -> None:
     """Add hfcelery's worker parts to ``app`` (called once per app by ``init_app``)."""
-    app.task(name=PERFORM_TASK_NAME, bind=True, typing=False, shared=False)(perform)
+    # hfcelery's own jobs are delivered reliably whatever the project's defaults are.
+    app.task(
+        name=PERFORM_TASK_NAME,
+        bind=True,
+        typing=False,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )(perform)
     app.task(**FIRE_TASK_OPTIONS)(fire)
     # app.Task is the app's own generated base class: every task of this app inherits these.
     app.Task.before_start = before_start

@@ -23,13 +23,19 @@ from typing import Any, NoReturn
 
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
-from celery import Task
+from celery import Task, states
 from celery._state import get_current_task
 from celery.exceptions import Ignore, Reject
 from celery.utils.serialization import UnpickleableExceptionWrapper, get_pickled_exception
 from celery.worker.request import Request
 
-from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, load_function
+from hfcelery.calls import (
+    JOB_HEADER,
+    PERFORM_TASK_NAME,
+    STAMP_HEADER,
+    TRACKED_HEADER,
+    load_function,
+)
 from hfcelery.errors import (
     ForbiddenFunctionError,
     StoreDataError,
@@ -116,6 +122,7 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
             worker_id=worker_id(),
             server_timeout=timedelta(seconds=extension.config.server_timeout_seconds),
             attempt=int(request.retries or 0),
+            stamp=_stamp(request),
             untracked=functools.partial(_untracked_job, task, task_id, args, kwargs, request),
         )
     except StoreDataError as exc:
@@ -228,6 +235,12 @@ def _invalid_job(task: Task, request: Any, args: Any, kwargs: Any) -> NewJob:
     )
 
 
+def _stamp(request: Any) -> str | None:
+    """The send stamp a message carries (see ``calls.STAMP_HEADER``), if it is a usable one."""
+    stamp = getattr(request, STAMP_HEADER, None)
+    return stamp if isinstance(stamp, str) and 0 < len(stamp) <= 32 else None
+
+
 def _untracked_job(task: Task, task_id: str, args: Any, kwargs: Any, request: Any) -> NewJob:
     args = list(args or ())
     function = task.name
@@ -244,6 +257,7 @@ def _untracked_job(task: Task, task_id: str, args: Any, kwargs: Any, request: An
         state=State.ENQUEUED,
         reason="Recorded by the worker: the message arrived without a stored job",
         data={"queue": queue},
+        sent_stamp=_stamp(request),
     )
 
 
@@ -463,6 +477,43 @@ def _retry_due_at(when: Any) -> datetime:
     if isinstance(when, datetime):
         return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
     return now
+
+
+def on_task_postrun(
+    sender: Task, task_id: str = "", retval: Any = None, state: str = "", **_: Any
+) -> None:
+    """A task that ended by raising ``Reject`` or ``Ignore`` (no success or failure signal).
+
+    ``Reject(requeue=True)``: the broker hands the same message back, so the job goes back to
+    Enqueued for it. ``Reject`` without requeue: Failed. ``Ignore``: Deleted, unless the job
+    was taken away meanwhile (``self.replace()`` sends the job again before it ignores).
+    """
+    extension = _claimed(sender)
+    request = sender.request
+    if extension is None or extension.server_id is None or request.id != task_id:
+        return
+    if state == states.REJECTED:
+        requeue = bool(getattr(retval, "requeue", False))
+        text = storable_text(f"Rejected by the task: {safe_str(getattr(retval, 'reason', retval))}")
+        if requeue:
+            try:
+                extension.store.release_processing(
+                    task_id, server_id=extension.server_id, reason=f"{text}; message requeued"
+                )
+            except StoreError:
+                logger.exception("hfcelery could not requeue rejected job %s", task_id)
+            return
+        _finish(
+            extension, task_id, State.FAILED, text,
+            {"exception_type": "celery.exceptions.Reject"},
+            worker=worker_id(), claim=request.hf_claim,
+        )  # fmt: skip
+    elif state == states.IGNORED:
+        _finish(
+            extension, task_id, State.DELETED, "Ignored by the task (celery.exceptions.Ignore)", {},
+            worker=worker_id(), claim=request.hf_claim,
+            retention=_retention(sender, extension.config.deleted_retention_seconds),
+        )  # fmt: skip
 
 
 def on_task_revoked(sender: Task, request: Any = None, terminated: bool = False, **_: Any) -> None:
