@@ -6,9 +6,11 @@ Broker, store and queue come from the environment the tests set for each worker 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Task
+from celery.worker.request import Request
 
 import hfcelery
 
@@ -100,3 +102,26 @@ def ignore_me() -> None:
     from celery.exceptions import Ignore
 
     raise Ignore()
+
+
+class ProjectRequest(Request):  # type: ignore[misc]
+    """A project's own Request class: its hooks must keep running under hfcelery."""
+
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        _side_effects().set(f"hftests:request-accepted:{self.id}", 1)
+        super().on_accepted(pid, time_accepted)
+
+
+class ProjectTask(Task):  # type: ignore[misc]
+    """A base class derived from celery.Task (not app.Task), with its own hooks."""
+
+    Request = ProjectRequest
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        _side_effects().rpush(f"hftests:{args[0]}", "project-before-start")
+
+
+@app.task(name="tests.project_task", base=ProjectTask)
+def project_task(token: str) -> str:
+    _side_effects().rpush(f"hftests:{token}", "ran")
+    return "ran"

@@ -83,3 +83,22 @@ def test_ignore_ends_the_job_instead_of_leaving_it_processing(
     job = wait_state(api, ignore_me.delay().id)
     assert job.state is State.DELETED
     assert job.history[-1].reason == "Ignored by the task (celery.exceptions.Ignore)"
+
+
+def test_a_project_task_class_keeps_its_before_start_and_request(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    """A base class derived from celery.Task, with its own before_start and Request class."""
+    from tests.app import project_task
+
+    tok = token()
+    result = project_task.delay(tok)
+    expected = ["project-before-start", "ran"]
+    wait_for(lambda: traces(side_effects, tok) == expected, what="the project's before_start")
+    wait_for(
+        lambda: side_effects.exists(f"hftests:request-accepted:{result.id}"),
+        what="the project's Request class to see the task accepted",
+    )
+    job = wait_state(api, result.id)  # tracked to its final state
+    assert job.state is State.SUCCEEDED
+    assert history(job) == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]

@@ -8,8 +8,6 @@ from hfcelery.calls import PERFORM_TASK_NAME
 from hfcelery.recurring.fire import FIRE_TASK_OPTIONS, fire
 from hfcelery.tracking import after_task_publish, before_task_publish
 from hfcelery.worker.execution import (
-    JobRequest,
-    before_start,
     on_task_failure,
     on_task_postrun,
     on_task_retry,
@@ -45,9 +43,6 @@ def install(app: Celery) -> None:
         reject_on_worker_lost=True,
     )(perform)
     app.task(**FIRE_TASK_OPTIONS)(fire)
-    # app.Task is the app's own generated base class: every task of this app inherits these.
-    app.Task.before_start = before_start
-    app.Task.Request = JobRequest
     app.steps["worker"].add(ServerStep)
     app.steps["consumer"].add(MessageGuard)
     for signal, handler in _SIGNAL_HANDLERS:

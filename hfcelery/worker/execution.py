@@ -664,12 +664,16 @@ def exception_data(
     }
 
 
-class JobRequest(Request):  # type: ignore[misc]
-    """Celery's request, plus: a job whose worker process was lost goes back to Enqueued.
+class JobRequestMixin:
+    """Added to a task's Request class (Celery's or the project's own): a job whose worker
+    process was lost goes back to Enqueued.
 
     Celery requeues such a message (``task_reject_on_worker_lost``) without any signal; unless
     the job leaves Processing first, the redelivered message would be skipped as running.
     """
+
+    id: str
+    task: Task
 
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
@@ -694,4 +698,10 @@ class JobRequest(Request):  # type: ignore[misc]
                 )
             except StoreError:
                 logger.exception("hfcelery could not requeue job %s after a lost worker", self.id)
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        super().on_failure(  # type: ignore[misc]
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
+
+
+class JobRequest(JobRequestMixin, Request):  # type: ignore[misc]
+    """Celery's own Request class with :class:`JobRequestMixin`."""

@@ -28,6 +28,7 @@ from hfcelery.records import Dispatch, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import BROKER_UNAVAILABLE
 from hfcelery.validation import problem_with_job_id, storable_text
+from hfcelery.worker.compose import compose_task_classes
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ServerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.server: Server | None = None
         if self.extension is not None:
             self.extension.server_id = f"{worker.hostname}:{uuid4().hex[:12]}"
+            compose_task_classes(worker.app)
 
     def include_if(self, worker: Any) -> bool:
         return self.extension is not None
