@@ -19,6 +19,7 @@ DEFAULT_PUBLISH_GRACE_SECONDS = 5.0
 DEFAULT_MAINTENANCE_BATCH_SIZE = 500
 DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_CLEANUP_INTERVAL_SECONDS = 30.0
+DEFAULT_MAX_LOST_WORKER_PROCESSES = 5
 
 #: Celery settings hfcelery wants for reliable processing. They sit just above Celery's own
 #: defaults, so a setting the project made by any route (``conf.update``, ``Celery(...)``,
@@ -76,6 +77,9 @@ class HfConfig:
     failed_retention_seconds: float | None = None
     #: At most this many Failed jobs are kept, the newest (None: no limit).
     max_failed_jobs: int | None = None
+    #: A job whose worker process is lost this many times (a job that kills its own process)
+    #: ends Failed instead of being delivered again.
+    max_lost_worker_processes: int = DEFAULT_MAX_LOST_WORKER_PROCESSES
     #: Longest exception message, traceback or result text stored with a state; longer ones
     #: are cut, with a mark saying how much.
     max_stored_text_chars: int = DEFAULT_MAX_TEXT_CHARS
@@ -122,6 +126,11 @@ class HfConfig:
             )
         if self.failed_retention_seconds is not None and self.failed_retention_seconds < 0:
             raise ConfigurationError("hfcelery_failed_retention_seconds must be >= 0 or None")
+        if (
+            not isinstance(self.max_lost_worker_processes, int)
+            or self.max_lost_worker_processes < 1
+        ):
+            raise ConfigurationError("hfcelery_max_lost_worker_processes must be an integer >= 1")
         for name in ("max_failed_jobs", "default_retry_attempts"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):

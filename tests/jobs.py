@@ -165,3 +165,10 @@ def report_progress(text: str, fail_first: str = "") -> str:
         raise RuntimeError(text)
     hfcelery.progress(1.0)
     return text
+
+
+def die_always(token: str) -> str:
+    """Kill the worker process running it, every time."""
+    _side_effects().incr(f"hftests:{token}")
+    os.kill(os.getpid(), 9)
+    return "unreachable"

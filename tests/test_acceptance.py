@@ -323,3 +323,17 @@ def test_every_accepted_requeue_of_a_running_job_runs(
     time.sleep(1)
     assert runs(side_effects, tok).count("finished") == expected_runs
     assert sum(accepted) >= 1
+
+
+def test_a_job_that_kills_its_own_process_ends_failed_after_a_bounded_number_of_deliveries(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    from hfcelery.config import DEFAULT_MAX_LOST_WORKER_PROCESSES
+
+    tok = token()
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.die_always, tok)), timeout=90)
+    assert job.state is State.FAILED
+    assert "given up after" in (job.history[-1].reason or "")
+    assert job.history[-1].data["exception_type"] == "billiard.exceptions.WorkerLostError"
+    time.sleep(2)  # the last redelivery is acknowledged and skipped, not run
+    assert int(side_effects.get(f"hftests:{tok}") or 0) == DEFAULT_MAX_LOST_WORKER_PROCESSES

@@ -61,6 +61,8 @@ from hfcelery.store.statements import (
 logger = logging.getLogger(__name__)
 
 
+#: How the history's reason starts when a job's worker process was lost.
+LOST_WORKER_REASON = "Worker process was lost"
 #: The history's reason when Celery sends a known job id again.
 RESENT_REASON = "Sent again by Celery with the same id (replaced, re-applied or re-used)"
 #: How early a Scheduled job's retry message may claim it (the clocks of different machines).
@@ -350,15 +352,39 @@ class JobStore(ContinuationStore):
         self._send_released(released)
         return bool(rows)
 
-    def release_processing(self, job_id: str, *, server_id: str, reason: str) -> bool:
-        """Put a job back to Enqueued whose worker process was lost.
+    def release_processing(
+        self, job_id: str, *, server_id: str, reason: str, max_losses: int | None = None
+    ) -> State | None:
+        """Put a job back to Enqueued whose worker process was lost; return its new state.
 
         Celery usually redelivers its message, but not always (a success already stored, the
         retries for lost workers used up): it is left unpublished, so the maintenance loop sends
-        it again if it is still Enqueued after the grace period.
+        it again if it is still Enqueued after the grace period. A job whose process was lost
+        ``max_losses`` times (this one included) is Failed instead, so a job that kills its own
+        process does not run forever. None when the job was not Processing on this server.
         """
         conditions = [Job.id == job_id, Job.state == State.PROCESSING, Job.server_id == server_id]
-        return self._requeue_where(conditions, reason=reason, published=False) == 1
+        if max_losses is not None:
+            losses = select(func.count()).where(
+                JobState.job_id == job_id,
+                JobState.state == State.ENQUEUED,
+                JobState.reason.like(f"{LOST_WORKER_REASON}%"),
+            )
+            if self._run(lambda conn: conn.execute(losses).scalar_one()) + 1 >= max_losses:
+                moved = self.change_state(
+                    job_id,
+                    State.FAILED,
+                    reason=f"{reason}; given up after {max_losses} lost worker processes",
+                    data={
+                        "exception_type": "billiard.exceptions.WorkerLostError",
+                        "exception_message": reason,
+                        "server_id": server_id,
+                    },
+                    from_states=(State.PROCESSING,),
+                )
+                return State.FAILED if moved else None
+        moved_back = self._requeue_where(conditions, reason=reason, published=False) == 1
+        return State.ENQUEUED if moved_back else None
 
     def retry(
         self,

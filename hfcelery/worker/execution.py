@@ -46,6 +46,7 @@ from hfcelery.jsonutil import from_json, to_json, to_json_or_repr
 from hfcelery.options import AttemptsExceeded, JobOptions, RetryPolicy, options_of
 from hfcelery.records import NewJob
 from hfcelery.states import State
+from hfcelery.store.jobs import LOST_WORKER_REASON
 from hfcelery.validation import (
     DEFAULT_MAX_TEXT_CHARS,
     problem_with_count,
@@ -694,7 +695,8 @@ class JobRequestMixin:
                 extension.store.release_processing(
                     self.id,
                     server_id=extension.server_id,
-                    reason=f"Worker process was lost ({exc}); message requeued",
+                    reason=f"{LOST_WORKER_REASON} ({exc}); message requeued",
+                    max_losses=extension.config.max_lost_worker_processes,
                 )
             except StoreError:
                 logger.exception("hfcelery could not requeue job %s after a lost worker", self.id)
