@@ -269,46 +269,31 @@ def _act(
     click.echo(f"{name} {done} of {total} job(s)")
 
 
-@jobs.command("requeue")
-@click.argument("job_ids", nargs=-1)
-@job_filter_options
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_context
-def requeue_jobs(
-    ctx: click.Context,
-    job_ids: tuple[str, ...],
-    state: str | None,
-    queue: str | None,
-    function: str | None,
-    search: str | None,
-    since: str | None,
-    yes: bool,
+def _job_action(
+    name: str, verb: tuple[str, str], act: Callable[[BackgroundJobClient, str], bool]
 ) -> None:
-    """Requeue the given jobs, or every job matching the filter options."""
-    where = _where(state, queue, function, search, since)
-    verb = ("Requeue", "Requeued")
-    _act(ctx, verb, lambda client, job_id: client.requeue(job_id), job_ids, where, yes)
+    """Register ``jobs <name>``: act on the given job ids, or on every match of the filter."""
+
+    @jobs.command(name, help=f"{verb[0]} the given jobs, or every job matching the filter.")
+    @click.argument("job_ids", nargs=-1)
+    @job_filter_options
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        job_ids: tuple[str, ...],
+        state: str | None,
+        queue: str | None,
+        function: str | None,
+        search: str | None,
+        since: str | None,
+        yes: bool,
+    ) -> None:
+        _act(ctx, verb, act, job_ids, _where(state, queue, function, search, since), yes)
 
 
-@jobs.command("delete")
-@click.argument("job_ids", nargs=-1)
-@job_filter_options
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_context
-def delete_jobs(
-    ctx: click.Context,
-    job_ids: tuple[str, ...],
-    state: str | None,
-    queue: str | None,
-    function: str | None,
-    search: str | None,
-    since: str | None,
-    yes: bool,
-) -> None:
-    """Delete the given jobs, or every job matching the filter options."""
-    where = _where(state, queue, function, search, since)
-    verb = ("Delete", "Deleted")
-    _act(ctx, verb, lambda client, job_id: client.delete(job_id), job_ids, where, yes)
+_job_action("requeue", ("Requeue", "Requeued"), lambda client, job_id: client.requeue(job_id))
+_job_action("delete", ("Delete", "Deleted"), lambda client, job_id: client.delete(job_id))
 
 
 # -- recurring jobs ------------------------------------------------------------------------------
