@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +210,7 @@ def start_worker(
         concurrency: int = 2,
         queues: str | None = None,
         env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> WorkerProcess:
         hostname = f"hftest-{uuid.uuid4().hex[:8]}@localhost"
         log_path = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -217,7 +218,7 @@ def start_worker(
             sys.executable, "-m", "celery", "-A", "tests.app", "worker",
             "-P", pool, "-c", str(concurrency), "-n", hostname,
             "-Q", queues or test_env["HF_TEST_QUEUE"], "-l", "info",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", *args,
         ]  # fmt: skip
         with log_path.open("wb") as log:
             process = subprocess.Popen(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,81 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hfcelery import BackgroundJob, State, call
-from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME
+from hfcelery.calls import PERFORM_TASK_NAME
 from hfcelery.errors import InvalidCallError
 from hfcelery.monitoring import Monitoring
 from hfcelery.validation import MAX_ARGUMENT_DEPTH
 from tests import jobs
 from tests.conftest import FINAL, WorkerProcess, token, wait_for, wait_state
+from tests.forge import MISSING, Forger
 
 pytestmark = pytest.mark.acceptance
 
-#: Leaves a header out of a forged message.
-MISSING = object()
-_FRESH_ID = object()
 #: How often the same message may reach the worker before it counts as looping.
 MAX_DELIVERIES = 3
-
-
-@dataclass
-class Forger:
-    """Publishes hand-made task messages to the test queue on the real broker."""
-
-    app: Any
-    queue: str
-
-    def send(
-        self,
-        task: str,
-        args: Any = (),
-        kwargs: Any = None,
-        *,
-        task_id: Any = _FRESH_ID,
-        body: Any = MISSING,
-        **headers: Any,
-    ) -> Any:
-        """Publish one message; return its id (a fresh uuid unless ``task_id`` is given;
-        ``MISSING`` leaves it out)."""
-        if task_id is _FRESH_ID:
-            task_id = str(uuid.uuid4())
-        message_headers: dict[str, Any] = {
-            "lang": "py",
-            "task": task,
-            "id": task_id,
-            "root_id": None if task_id is MISSING else task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-            "origin": "forger@localhost",
-        }
-        message_headers.update(headers)
-        for key in [k for k, v in message_headers.items() if v is MISSING]:
-            del message_headers[key]
-        if body is MISSING:
-            embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-            body = [list(args), kwargs or {}, embed]
-        with self.app.connection_for_write() as conn:
-            conn.Producer().publish(
-                body,
-                exchange="",
-                routing_key=self.queue,
-                headers=message_headers,
-                serializer="json",
-                retry=True,
-            )
-        return task_id
-
-    def perform(self, function: Any, *args: Any, **headers: Any) -> Any:
-        """A ``hfcelery.perform`` message, as the client sends for a plain function."""
-        return self.send(PERFORM_TASK_NAME, [function, *args], **{JOB_HEADER: True, **headers})
-
-    def queued(self) -> int:
-        """Messages still waiting in the test queue."""
-        with self.app.connection_for_write() as conn:
-            return int(conn.default_channel.client.llen(self.queue))
 
 
 @pytest.fixture(scope="module")
