@@ -124,6 +124,39 @@ class FunctionNotFoundError(HfceleryError):
         return (self.function_path, self.reason)
 
 
+class JobFailedError(HfceleryError):
+    """A job ended Failed without a Celery task outcome of its own (an invalid message, a task
+    no worker knows): what Celery's result backend holds for its task, with the job's reason."""
+
+    def __init__(self, job_id: str, reason: str | None) -> None:
+        # The arguments are the exception's args, so that a result backend's JSON copy
+        # (type, module and args) turns back into this error for ``AsyncResult.get()``.
+        super().__init__(job_id, reason)
+        self.job_id = job_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} is Failed: {self.reason or 'no reason recorded'}"
+
+
+class LostWorkerLimitError(HfceleryError):
+    """A job's worker process was lost ``hfcelery_max_lost_worker_processes`` times (the job
+    keeps killing the process that runs it): the job is Failed and its message acknowledged,
+    instead of being redelivered forever under ``task_reject_on_worker_lost``."""
+
+    def __init__(self, job_id: str, losses: int, last: str) -> None:
+        super().__init__(job_id, losses, last)  # as JobFailedError: args survive JSON
+        self.job_id = job_id
+        self.losses = losses
+        self.last = last
+
+    def __str__(self) -> str:
+        return (
+            f"job {self.job_id} was given up after {self.losses} lost worker processes; "
+            f"the last: {self.last}"
+        )
+
+
 class StoreError(HfceleryError):
     """The job store failed (a database error, wrapped)."""
 

@@ -17,6 +17,8 @@ import hfcelery
 app = Celery("hftests", broker=os.environ.get("HF_TEST_BROKER_URL", "redis://127.0.0.1:6379/11"))
 app.conf.task_default_queue = os.environ.get("HF_TEST_QUEUE", "hftests")
 app.conf.broker_connection_retry_on_startup = True
+# Celery's result backend, for the tests of what a project sees through it (none by default).
+app.conf.result_backend = os.environ.get("HF_TEST_RESULT_BACKEND") or None
 # Beat: RedBeat keys of this test session only, a fast loop and a short lock for fail-over tests.
 app.conf.redbeat_redis_url = app.conf.broker_url
 app.conf.redbeat_key_prefix = os.environ.get("HF_TEST_REDBEAT_PREFIX", "hftests:")
@@ -125,3 +127,11 @@ class ProjectTask(Task):  # type: ignore[misc]
 def project_task(token: str) -> str:
     _side_effects().rpush(f"hftests:{token}", "ran")
     return "ran"
+
+
+@app.task(name="tests.replace_with_group", bind=True)
+def replace_with_group(self, token: str) -> None:  # type: ignore[no-untyped-def]
+    """Replace itself with a group (Celery finishes this id with ``celery.accumulate``)."""
+    from celery import group
+
+    raise self.replace(group(record.s(token, "a"), record.s(token, "b")))

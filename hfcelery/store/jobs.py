@@ -553,6 +553,18 @@ class JobStore(ContinuationStore):
 
         return self._run(work)
 
+    def job_outcome(self, job_id: str) -> tuple[State, str | None] | None:
+        """A job's state and the reason its latest state change gave (None: no such job)."""
+        stmt = (
+            select(Job.state, JobState.reason)
+            .join(JobState, JobState.job_id == Job.id)
+            .where(Job.id == job_id)
+            .order_by(JobState.id.desc())
+            .limit(1)
+        )
+        row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
+        return None if row is None else (State(row.state), row.reason)
+
     def processing_holder(self, job_id: str) -> tuple[State, str | None] | None:
         """A job's state and the server processing it (for cancellation checks)."""
         stmt = select(Job.state, Job.server_id).where(Job.id == job_id)

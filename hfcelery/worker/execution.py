@@ -26,6 +26,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Task, states
 from celery._state import get_current_task
 from celery.exceptions import Ignore, Reject
+from celery.utils.saferepr import saferepr
 from celery.utils.serialization import UnpickleableExceptionWrapper, get_pickled_exception
 from celery.worker.request import Request
 
@@ -38,6 +39,8 @@ from hfcelery.calls import (
 )
 from hfcelery.errors import (
     ForbiddenFunctionError,
+    JobFailedError,
+    LostWorkerLimitError,
     StoreDataError,
     StoreError,
 )
@@ -62,6 +65,11 @@ logger = logging.getLogger(__name__)
 STORE_DOWN_BACKOFF_SECONDS = 1.0
 #: hfcelery's own tasks that are not jobs.
 INTERNAL_TASK_NAMES = frozenset({"hfcelery.recurring.fire"})
+#: Celery's own tasks: run as Celery runs them, never claimed as jobs.
+CELERY_TASK_PREFIX = "celery."
+#: What ``Task.replace()`` raises (as ``Ignore``) once it sent a group or chord in its place.
+REPLACED_BY_GROUP = "Replaced by new task"
+REPLACED_REASON = "Replaced by a group (Celery Task.replace); its tasks are jobs of their own"
 #: Failures that no retry can mend. A function that is missing (FunctionNotFoundError) is
 #: retried, as Hangfire does: during a deploy, an older worker may receive a newer job.
 PERMANENT_ERRORS = (ForbiddenFunctionError,)
@@ -109,7 +117,10 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request = task.request
     if extension is None or extension.server_id is None or request.is_eager:
         return
-    if task.name in INTERNAL_TASK_NAMES:
+    if task.name in INTERNAL_TASK_NAMES or task.name.startswith(CELERY_TASK_PREFIX):
+        # Celery's own tasks (chord_unlock, accumulate, ...) are never jobs, even when Celery
+        # gives one a job's id: ``replace()`` with a group finishes with ``celery.accumulate``
+        # under the replaced task's id.
         return
     problem = message_problem(task, request, args)
     if problem is not None and _settle_invalid_message(
@@ -132,16 +143,45 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     except StoreError as exc:
         _hand_back(task_id, exc)
     if claimed is None:
-        logger.info(
-            "hfcelery skipped job %s: it is finished, deleted or running elsewhere", task_id
-        )
-        raise Ignore()
+        raise _skipped(extension, task_id)
     request.hf_claimed = True
     request.hf_created_at = claimed.created_at
     request.hf_retry_count = claimed.retry_count
     request.hf_claim = claimed.number
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
+
+
+class SkippedMessage(Ignore):  # type: ignore[misc]
+    """``before_start`` skipped a message: its job is finished, deleted, running elsewhere or
+    was sent again since. Acknowledged like Celery's :class:`Ignore`; it carries the job's state
+    to the worker's main process, where :class:`JobRequestMixin` announces the final state of a
+    finished job to Flower, ``celery events`` and the result backend."""
+
+    def __init__(self, job_id: str, state: str | None = None, reason: str | None = None) -> None:
+        super().__init__(job_id, state, reason)
+        self.job_id = job_id
+        self.state = state
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} skipped: it is {self.state or 'gone'}"
+
+
+def _skipped(extension: Extension, task_id: str) -> SkippedMessage:
+    try:
+        outcome = extension.store.job_outcome(task_id)
+    except StoreError:
+        outcome = None
+    state, reason = outcome if outcome is not None else (None, None)
+    if state is State.PROCESSING:
+        why = "it is running on a live worker"
+    elif state is not None and state.is_final:
+        why = f"it is {state.value}"
+    else:
+        why = "the message is older than the job's latest send"
+    logger.info("hfcelery skipped job %s: %s", task_id, why)
+    return SkippedMessage(task_id, state.value if state is not None else None, reason)
 
 
 def _hand_back(task_id: object, exc: BaseException) -> NoReturn:
@@ -487,7 +527,8 @@ def on_task_postrun(
 
     ``Reject(requeue=True)``: the broker hands the same message back, so the job goes back to
     Enqueued for it. ``Reject`` without requeue: Failed. ``Ignore``: Deleted, unless the job
-    was taken away meanwhile (``self.replace()`` sends the job again before it ignores).
+    was taken away meanwhile (``self.replace()`` sends the job again before it ignores), or
+    ``self.replace()`` put a group in its place: Succeeded, as Celery's result says.
     """
     extension = _claimed(sender)
     request = sender.request
@@ -509,9 +550,18 @@ def on_task_postrun(
             {"exception_type": "celery.exceptions.Reject"},
             worker=worker_id(), claim=request.hf_claim,
         )  # fmt: skip
-    elif state == states.IGNORED:
+    elif state == states.IGNORED and str(retval) == REPLACED_BY_GROUP:
+        # ``replace()`` with a group or chord: the group runs under other ids and Celery's
+        # ``celery.accumulate`` ends this id with SUCCESS, so the job has done its part.
         _finish(
-            extension, task_id, State.DELETED, "Ignored by the task (celery.exceptions.Ignore)", {},
+            extension, task_id, State.SUCCEEDED, REPLACED_REASON, {},
+            worker=worker_id(), claim=request.hf_claim,
+            retention=_retention(sender, extension.config.succeeded_retention_seconds),
+        )  # fmt: skip
+    elif state == states.IGNORED:
+        reason = "Ignored by the task (celery.exceptions.Ignore)"
+        _finish(
+            extension, task_id, State.DELETED, reason, {},
             worker=worker_id(), claim=request.hf_claim,
             retention=_retention(sender, extension.config.deleted_retention_seconds),
         )  # fmt: skip
@@ -690,19 +740,84 @@ class JobRequestMixin:
             and self.task.reject_on_worker_lost
         )
         extension = find_extension(self.task.app)
-        if requeued and extension is not None and extension.server_id is not None:
+        if isinstance(exc, SkippedMessage):
+            _announce_skipped(self, exc)
+        elif requeued and extension is not None and extension.server_id is not None:
+            max_losses = extension.config.max_lost_worker_processes
             try:
-                extension.store.release_processing(
+                state = extension.store.release_processing(
                     self.id,
                     server_id=extension.server_id,
                     reason=f"{LOST_WORKER_REASON} ({exc}); message requeued",
-                    max_losses=extension.config.max_lost_worker_processes,
+                    max_losses=max_losses,
                 )
             except StoreError:
                 logger.exception("hfcelery could not requeue job %s after a lost worker", self.id)
+            else:
+                if state is State.FAILED:
+                    # Not redelivered again: Celery acknowledges the message, stores FAILURE,
+                    # sends task_failure and task-failed, as for any task that failed.
+                    exc_info = _lost_worker_limit(self.id, max_losses, exc)
         super().on_failure(  # type: ignore[misc]
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )
+
+
+def _lost_worker_limit(job_id: str, losses: int, exc: BaseException) -> ExceptionInfo:
+    error = LostWorkerLimitError(job_id, losses, str(exc))
+    try:
+        raise error from exc
+    except LostWorkerLimitError:
+        info = ExceptionInfo()
+    # As the pool hands an exception over: the error itself, not billiard's wrapper (which
+    # Celery's task-failed event would show as "ExceptionWithTraceback()").
+    info.exception = error
+    return info
+
+
+def _announce_skipped(request: Request, skipped: SkippedMessage) -> None:
+    """Tell Flower, ``celery events`` and the result backend the final state of a finished job
+    whose message was skipped, as Celery would have had it run: the stored outcome when the
+    backend has one, else the job's own (Deleted is a revoke; Failed a :class:`JobFailedError`).
+    A job running elsewhere or sent again says nothing: its own run announces its end."""
+    if skipped.state not in _FINISHED:
+        return
+    task = request.task
+    try:
+        meta = task.backend.get_task_meta(request.id)
+    except Exception:  # the backend is down: the events still go out
+        logger.debug("hfcelery could not read the result of job %s", request.id, exc_info=True)
+        meta = {}
+    status = meta.get("status")
+    try:
+        if status == states.SUCCESS:
+            result = saferepr(meta.get("result"), task.resultrepr_maxsize)
+            request.send_event("task-succeeded", result=result, runtime=None)
+        elif status == states.FAILURE:
+            exception = safe_repr(meta.get("result"))
+            request.send_event("task-failed", exception=exception, traceback=meta.get("traceback"))
+        elif status == states.REVOKED or skipped.state == State.DELETED.value:
+            if status != states.REVOKED:
+                task.backend.mark_as_revoked(
+                    request.id,
+                    skipped.reason or "deleted",
+                    request=request._context,
+                    store_result=request.store_errors,
+                )
+            request.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        elif skipped.state == State.FAILED.value:
+            error = JobFailedError(request.id, skipped.reason)
+            task.backend.mark_as_failure(
+                request.id, error, request=request._context, store_result=request.store_errors
+            )
+            request.send_event("task-failed", exception=safe_repr(error), traceback=None)
+        else:  # Succeeded with no result kept (ignore_result)
+            request.send_event("task-succeeded", result=None, runtime=None)
+    except Exception:
+        logger.warning("hfcelery could not announce skipped job %s", request.id, exc_info=True)
+
+
+_FINISHED = frozenset({State.SUCCEEDED.value, State.FAILED.value, State.DELETED.value})
 
 
 class JobRequest(JobRequestMixin, Request):  # type: ignore[misc]
