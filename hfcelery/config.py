@@ -13,13 +13,14 @@ DEFAULT_STORE_URL = "sqlite:///hfcelery.db"
 DEFAULT_SUCCEEDED_RETENTION_SECONDS = 24 * 60 * 60
 DEFAULT_DELETED_RETENTION_SECONDS = 24 * 60 * 60
 DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 2.0
-DEFAULT_SERVER_TIMEOUT_SECONDS = 15.0
+DEFAULT_SERVER_TIMEOUT_SECONDS = 10.0
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_PUBLISH_GRACE_SECONDS = 5.0
 DEFAULT_MAINTENANCE_BATCH_SIZE = 500
 DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_CLEANUP_INTERVAL_SECONDS = 30.0
 DEFAULT_MAX_LOST_WORKER_PROCESSES = 5
+DEFAULT_OUTCOME_RETRY_SECONDS = 300.0
 
 #: Celery settings hfcelery wants for reliable processing. They sit just above Celery's own
 #: defaults, so a setting the project made by any route (``conf.update``, ``Celery(...)``,
@@ -80,6 +81,11 @@ class HfConfig:
     #: A job whose worker process is lost this many times (a job that kills its own process)
     #: ends Failed instead of being delivered again.
     max_lost_worker_processes: int = DEFAULT_MAX_LOST_WORKER_PROCESSES
+    #: How long a worker process keeps trying to record a job's outcome while the store is
+    #: unreachable (a database restart), with the job's message still unacknowledged. After
+    #: that it gives up: the job stays Processing, is requeued once the store is back (the
+    #: history says the outcome was lost) and runs again.
+    outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS
     #: Longest exception message, traceback or result text stored with a state; longer ones
     #: are cut, with a mark saying how much.
     max_stored_text_chars: int = DEFAULT_MAX_TEXT_CHARS
@@ -115,6 +121,7 @@ class HfConfig:
             "publish_grace_seconds",
             "schedule_poll_interval_seconds",
             "cleanup_interval_seconds",
+            "outcome_retry_seconds",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:

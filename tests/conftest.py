@@ -211,7 +211,9 @@ def start_worker(
         queues: str | None = None,
         env: dict[str, str] | None = None,
         args: Sequence[str] = (),
+        api: Monitoring | None = None,
     ) -> WorkerProcess:
+        """``api`` reads the store the worker registers in (the session's by default)."""
         hostname = f"hftest-{uuid.uuid4().hex[:8]}@localhost"
         log_path = tmp_path_factory.mktemp("worker") / "worker.log"
         command = [
@@ -232,7 +234,7 @@ def start_worker(
         worker = WorkerProcess(process, hostname, log_path)
         started.append(worker)
         deadline = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
-        api = monitoring(test_app)
+        api = api or monitoring(test_app)
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{worker.log()}")

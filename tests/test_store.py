@@ -295,11 +295,49 @@ def test_dead_servers_are_removed_and_their_jobs_requeued(store: Store) -> None:
             .where(Job.id == lost.id)
             .values(state_changed_at=datetime.now(UTC) - timedelta(minutes=5))
         )
-    assert store.recover_dead_servers(TIMEOUT) == 1
+    assert store.recover_dead_servers(TIMEOUT) == [lost.id]
     assert [s.id for s in store.servers()] == ["alive"]
     assert states_of(store, lost.id)[-1] is State.ENQUEUED
     assert states_of(store, kept.id)[-1] is State.PROCESSING
     assert [d.id for d in store.unpublished_jobs(timedelta(0), 10)] == [lost.id]
+    # The maintenance that requeued it publishes it at once, whatever the grace.
+    assert [d.id for d in store.unpublished_jobs(timedelta(hours=1), 10, ids=[lost.id])] == [
+        lost.id
+    ]
+    assert store.unpublished_jobs(timedelta(0), 10, ids=[kept.id]) == []
+
+
+def test_a_server_declared_dead_takes_back_the_jobs_it_still_runs(store: Store) -> None:
+    """A partition from the store longer than the server timeout: the server's jobs were
+    requeued; when it registers again, those it still runs and nobody claimed are its own again,
+    and its running copy's outcome is recorded."""
+    store.register_server(server("s1", heartbeat_age=timedelta(minutes=5)))
+    running, taken, done = new_job(), new_job(), new_job()
+    claims: dict[str, Claim] = {}
+    for job in (running, taken, done):
+        store.create_job(job)
+        claimed = claim(store, job.id, server_id="s1")
+        assert claimed is not None
+        claims[job.id] = claimed
+    with store.engine.begin() as conn:
+        conn.execute(update(Job).values(state_changed_at=datetime.now(UTC) - timedelta(minutes=5)))
+    assert sorted(store.recover_dead_servers(TIMEOUT)) == sorted([running.id, taken.id, done.id])
+    store.register_server(server("s2"))
+    claim(store, taken.id, server_id="s2")  # the requeued message ran elsewhere meanwhile
+    store.register_server(server("s1"))
+    assert store.reclaim_running("s1", [running.id, taken.id]) == [running.id]
+    assert states_of(store, running.id)[-2:] == [State.ENQUEUED, State.PROCESSING]
+    assert states_of(store, taken.id)[-1] is State.PROCESSING  # on s2, left alone
+    assert states_of(store, done.id)[-1] is State.ENQUEUED  # not running on s1 any more
+    # A job requeued for another reason (an operator's requeue) is not taken back.
+    claim(store, done.id, server_id="s2")
+    assert store.release_processing(done.id, server_id="s2", reason="requeued by hand")
+    assert store.reclaim_running("s1", [done.id]) == []
+    assert store.finish(
+        running.id, server_id="s1", worker_id="123.456", state=State.SUCCEEDED, reason=None,
+        data={}, claim=claims[running.id].number,
+    )  # fmt: skip
+    assert states_of(store, running.id)[-1] is State.SUCCEEDED
 
 
 def test_heartbeat_and_remove_server(store: Store) -> None:
@@ -309,7 +347,7 @@ def test_heartbeat_and_remove_server(store: Store) -> None:
     job = new_job()
     store.create_job(job)
     claim(store, job.id)
-    assert store.remove_server("s1", reason="stopped") == 1
+    assert store.remove_server("s1", reason="stopped") == [job.id]
     assert store.servers() == []
     assert not store.heartbeat("s1")
     assert states_of(store, job.id)[-1] is State.ENQUEUED
@@ -364,9 +402,9 @@ def test_orphans_of_a_live_server_are_requeued(store: Store) -> None:
     for job in (running, orphan):
         store.create_job(job)
         claim(store, job.id)
-    assert store.requeue_orphans("s1", [running.id, orphan.id], timedelta(0)) == 0
-    assert store.requeue_orphans("s1", [running.id], timedelta(minutes=1)) == 0  # too recent
-    assert store.requeue_orphans("s1", [running.id], timedelta(0)) == 1
+    assert store.requeue_orphans("s1", [running.id, orphan.id], timedelta(0)) == []
+    assert store.requeue_orphans("s1", [running.id], timedelta(minutes=1)) == []  # too recent
+    assert store.requeue_orphans("s1", [running.id], timedelta(0)) == [orphan.id]
     assert states_of(store, orphan.id)[-1] is State.ENQUEUED
     assert states_of(store, running.id)[-1] is State.PROCESSING
     assert [d.id for d in store.unpublished_jobs(timedelta(0), 10)] == [orphan.id]

@@ -177,9 +177,11 @@ class StoreBase:
                 raise StoreDataError(f"the store refused the data: {_summary(exc)}") from exc
             except DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
-                    logger.warning("hfcelery store connection lost, retrying: %s", exc.orig)
+                    # Every pooled connection meets this once after a database restart.
+                    logger.debug("hfcelery store connection lost, retrying: %s", _summary(exc))
                     continue
-                raise StoreUnavailableError(f"hfcelery store operation failed: {exc}") from exc
+                # One line (the driver's first); the statement and the rest stay on __cause__.
+                raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
         raise AssertionError("unreachable")
 
     def _change(
@@ -248,7 +250,8 @@ class StoreBase:
             self.mark_published(sent)
         return len(sent)
 
-    def _requeue_where(self, conditions: list[Any], *, reason: str, published: bool) -> int:
+    def _requeue_where(self, conditions: list[Any], *, reason: str, published: bool) -> list[str]:
+        """Move the jobs that meet ``conditions`` back to Enqueued; return their ids."""
         now = utcnow()
         stmt = (
             update(Job)
@@ -263,9 +266,8 @@ class StoreBase:
             .returning(Job.id)
         )
 
-        return len(
-            self._run(lambda conn: self._change(conn, stmt, State.ENQUEUED, reason, {}, now))
-        )
+        rows = self._run(lambda conn: self._change(conn, stmt, State.ENQUEUED, reason, {}, now))
+        return [row[0] for row in rows]
 
     def _job_exists(self, conn: Connection, job_id: str) -> bool:
         return conn.execute(select(Job.id).where(Job.id == job_id)).first() is not None

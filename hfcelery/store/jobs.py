@@ -383,7 +383,7 @@ class JobStore(ContinuationStore):
                     from_states=(State.PROCESSING,),
                 )
                 return State.FAILED if moved else None
-        moved_back = self._requeue_where(conditions, reason=reason, published=False) == 1
+        moved_back = len(self._requeue_where(conditions, reason=reason, published=False)) == 1
         return State.ENQUEUED if moved_back else None
 
     def retry(
@@ -499,16 +499,22 @@ class JobStore(ContinuationStore):
         )
         return self._run(lambda conn: conn.execute(stmt).scalar(), single=True)
 
-    def unpublished_jobs(self, older_than: timedelta, limit: int) -> list[Dispatch]:
-        """Enqueued jobs whose message may never have reached the broker."""
-        cutoff = utcnow() - older_than
+    def unpublished_jobs(
+        self, older_than: timedelta, limit: int, ids: Sequence[str] | None = None
+    ) -> list[Dispatch]:
+        """Enqueued jobs whose message may never have reached the broker: older than
+        ``older_than`` (their writer may still be publishing), or, given ``ids`` (jobs that
+        maintenance requeued itself), those at once."""
+        if ids is not None and not ids:
+            return []
+        conditions = [Job.state == State.ENQUEUED, Job.published.is_(False)]
+        if ids is None:
+            conditions.append(Job.state_changed_at < utcnow() - older_than)
+        else:
+            conditions.append(Job.id.in_(list(ids)))
         stmt = (
             select(*_DISPATCH_COLUMNS)
-            .where(
-                Job.state == State.ENQUEUED,
-                Job.published.is_(False),
-                Job.state_changed_at < cutoff,
-            )
+            .where(*conditions)
             .order_by(Job.state_changed_at)
             .limit(limit)
         )

@@ -27,11 +27,18 @@ from hfcelery.store.base import (
 )
 from hfcelery.store.models import (
     Job,
+    JobState,
     Lock,
     Server,
 )
 
 logger = logging.getLogger(__name__)
+
+DEAD_SERVER_REASON = "Server that processed the job stopped responding"
+RECLAIMED_REASON = (
+    "The server was declared dead while it still ran the job (it could not reach the store); "
+    "it registered again and keeps the job"
+)
 
 
 class ServerStore(StoreBase):
@@ -60,8 +67,9 @@ class ServerStore(StoreBase):
         stmt = update(Server).where(Server.id == server_id).values(heartbeat_at=utcnow())
         return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
 
-    def remove_server(self, server_id: str, *, reason: str) -> int:
-        """Remove a stopping server; requeue (unpublished) any job it still held."""
+    def remove_server(self, server_id: str, *, reason: str) -> list[str]:
+        """Remove a stopping server; requeue (unpublished) any job it still held; return their
+        ids."""
         requeued = self._requeue_where(
             [Job.state == State.PROCESSING, Job.server_id == server_id],
             reason=reason,
@@ -70,10 +78,11 @@ class ServerStore(StoreBase):
         self._run(lambda conn: conn.execute(delete(Server).where(Server.id == server_id)))
         return requeued
 
-    def recover_dead_servers(self, server_timeout: timedelta) -> int:
-        """Forget servers whose heartbeat stopped; requeue the jobs they held. Returns the count.
+    def recover_dead_servers(self, server_timeout: timedelta) -> list[str]:
+        """Forget servers whose heartbeat stopped; requeue the jobs they held; return their ids.
 
-        The requeued jobs are left unpublished for :meth:`unpublished_jobs` to send.
+        The requeued jobs are left unpublished, for the caller to publish at once
+        (:meth:`unpublished_jobs` with their ids) or for a later pass to find.
         """
         cutoff = utcnow() - server_timeout
         dead = self._run(
@@ -90,9 +99,41 @@ class ServerStore(StoreBase):
         orphaned = ~exists(select(Server.id).where(Server.id == Job.server_id))
         return self._requeue_where(
             [Job.state == State.PROCESSING, orphaned, Job.state_changed_at < cutoff],
-            reason="Server that processed the job stopped responding",
+            reason=DEAD_SERVER_REASON,
             published=False,
         )
+
+    def reclaim_running(self, server_id: str, running: Sequence[str]) -> list[str]:
+        """Take back the jobs a server still runs after it was declared dead (a network
+        partition from the store longer than the server timeout): those requeued for its
+        death and not claimed by anyone since. Their runs' claims stay valid, so their outcome
+        is recorded as usual; the requeued message is skipped when it arrives."""
+        if not running:
+            return []
+        now = utcnow()
+        latest_reason = (
+            select(JobState.reason)
+            .where(JobState.job_id == Job.id)
+            .order_by(JobState.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(Job)
+            .where(
+                Job.id.in_(list(running)),
+                Job.state == State.ENQUEUED,
+                Job.server_id.is_(None),
+                latest_reason == DEAD_SERVER_REASON,
+            )
+            .values(state=State.PROCESSING, server_id=server_id, state_changed_at=now)
+            .returning(Job.id)
+        )
+        data = {"server_id": server_id}
+        rows = self._run(
+            lambda conn: self._change(conn, stmt, State.PROCESSING, RECLAIMED_REASON, data, now)
+        )
+        return [row[0] for row in rows]
 
     def terminations(self, running: Sequence[str]) -> list[str]:
         """Of the jobs ``running`` here, those deleted with their process to be terminated."""
@@ -103,7 +144,9 @@ class ServerStore(StoreBase):
         )
         return list(self._run(lambda conn: conn.execute(stmt).scalars().all(), single=True))
 
-    def requeue_orphans(self, server_id: str, running: Sequence[str], older_than: timedelta) -> int:
+    def requeue_orphans(
+        self, server_id: str, running: Sequence[str], older_than: timedelta
+    ) -> list[str]:
         """Requeue jobs Processing on this server that it is not running (their outcome was
         lost, or could not be written); they are published again by :meth:`unpublished_jobs`.
         """

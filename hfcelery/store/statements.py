@@ -143,6 +143,7 @@ _FINISH = (
         or_(
             _param("p_worker", Job.worker_id.type).is_(None),
             Job.worker_id == _param("p_worker", Job.worker_id.type),
+            Job.worker_id.is_(None),  # taken back by its server (Store.reclaim_running)
         ),
         or_(_CLAIM_NUMBER.is_(None), Job.claims == _CLAIM_NUMBER),
     )

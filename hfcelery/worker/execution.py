@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import logging
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
@@ -43,6 +44,7 @@ from hfcelery.errors import (
     LostWorkerLimitError,
     StoreDataError,
     StoreError,
+    StoreUnavailableError,
 )
 from hfcelery.extension import Extension, extension_of, find_extension
 from hfcelery.jsonutil import from_json, to_json, to_json_or_repr
@@ -608,18 +610,23 @@ def _finish(
     due_at: datetime | None = None,
 ) -> None:
     assert extension.server_id is not None
-    data.setdefault("server_id", extension.server_id)
+    server_id = extension.server_id
+    data.setdefault("server_id", server_id)
     try:
-        applied = extension.store.finish(
-            job_id,
-            server_id=extension.server_id,
-            worker_id=worker,
-            state=state,
-            reason=reason,
-            data=data,
-            retention=retention,
-            claim=claim,
-            due_at=due_at,
+        applied = _until_stored(
+            extension,
+            f"the outcome of job {job_id} ({state.value})",
+            lambda: extension.store.finish(
+                job_id,
+                server_id=server_id,
+                worker_id=worker,
+                state=state,
+                reason=reason,
+                data=data,
+                retention=retention,
+                claim=claim,
+                due_at=due_at,
+            ),
         )
     except StoreDataError as exc:
         # The outcome itself cannot be stored; retrying it would fail forever, and leaving the
@@ -637,17 +644,55 @@ def _finish(
             claim=claim,
         )
         return
-    except StoreError:
-        # The job stays Processing; this server's maintenance loop requeues it once the task
-        # is no longer running. Celery must not see the error: it would turn a success into a
-        # failure.
-        logger.exception("hfcelery could not record job %s as %s", job_id, state)
+    except StoreError as exc:
+        # Given up: the job stays Processing; this server's maintenance loop requeues it once
+        # the task is no longer running, and it runs again. Celery must not see the error: it
+        # would turn a success into a failure.
+        logger.error("hfcelery gave up recording job %s as %s: %s", job_id, state.value, exc)
         return
     if not applied:
         logger.info("hfcelery: job %s changed state while running; %s not recorded", job_id, state)
 
 
 _UNSTORABLE = "hfcelery.errors.StoreDataError"
+#: Pauses between attempts to record an outcome while the store is unreachable.
+OUTCOME_RETRY_BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+T = TypeVar("T")
+
+
+def _until_stored(extension: Extension, what: str, write: Callable[[], T]) -> T:
+    """Run ``write`` until the store takes it, for at most ``hfcelery_outcome_retry_seconds``.
+
+    A job's outcome is worth waiting for: the task's message stays unacknowledged meanwhile (the
+    worker acknowledges it when this returns), so an outcome is never lost to a database
+    restart, and the job never runs again for it. Logged once when it starts waiting and once
+    when it is stored.
+    """
+    deadline = time.monotonic() + extension.config.outcome_retry_seconds
+    started = time.monotonic()
+    for attempt in itertools.count():
+        try:
+            result = write()
+        except StoreUnavailableError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if attempt == 0:
+                logger.warning(
+                    "hfcelery cannot record %s yet (%s); retrying for up to %.0f s",
+                    what,
+                    exc,
+                    extension.config.outcome_retry_seconds,
+                )
+            pause = OUTCOME_RETRY_BACKOFF_SECONDS[
+                min(attempt, len(OUTCOME_RETRY_BACKOFF_SECONDS) - 1)
+            ]
+            time.sleep(max(min(pause, deadline - time.monotonic()), 0))
+            continue
+        if attempt:
+            logger.warning("hfcelery recorded %s after %.1f s", what, time.monotonic() - started)
+        return result
+    raise AssertionError("unreachable")
 
 
 def result_data(result: Any, max_chars: int) -> dict[str, Any]:

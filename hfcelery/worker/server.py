@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -22,13 +23,14 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from hfcelery.client import publish
-from hfcelery.errors import HfceleryError
+from hfcelery.errors import HfceleryError, StoreUnavailableError
 from hfcelery.extension import Extension, find_extension
 from hfcelery.records import Dispatch, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import BROKER_UNAVAILABLE
 from hfcelery.validation import problem_with_job_id, storable_text
 from hfcelery.worker.compose import compose_task_classes
+from hfcelery.worker.health import ServiceHealth
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,10 @@ MAINTENANCE_LOCK = "maintenance"
 CLEANUP_LOCK = "cleanup"
 #: How long notes of dropped messages are kept for the monitoring API.
 DROPPED_MESSAGES_KEPT_SECONDS = 7 * 24 * 60 * 60
-#: The maintenance lease outlives a few missed loops before another worker may take it.
-MAINTENANCE_LOCK_TTL_LOOPS = 10
+#: The maintenance lease outlives a few missed passes before another worker may take it, but
+#: never the server timeout: the jobs of a killed worker that held it are recovered as soon as
+#: the worker counts as dead.
+MAINTENANCE_LOCK_TTL_LOOPS = 3
 
 
 class ServerStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -97,6 +101,8 @@ class Server:
         )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.store_health = ServiceHealth("store")
+        self.broker_health = ServiceHealth("broker")
 
     def start(self) -> None:
         config = self.extension.config
@@ -120,13 +126,26 @@ class Server:
             logger.exception("hfcelery server %s could not sign off", self.id)
             return
         if requeued:
-            logger.warning("hfcelery server %s stopped with %d job(s) requeued", self.id, requeued)
+            logger.warning(
+                "hfcelery server %s stopped with %d job(s) requeued", self.id, len(requeued)
+            )
+            self._publish_now(requeued)
         logger.info("hfcelery server %s stopped", self.id)
 
     def heartbeat(self) -> None:
-        if not self.extension.store.heartbeat(self.id):
-            logger.warning("hfcelery server %s was declared dead; registering again", self.id)
-            self.extension.store.register_server(self.record)
+        store = self.extension.store
+        if store.heartbeat(self.id):
+            return
+        # Declared dead while alive: the store was out of reach for longer than the server
+        # timeout from here, but not from the others. Register again with a fresh heartbeat
+        # (the one from the start would be judged dead again at once), and take back the jobs
+        # that still run here and that nobody else claimed.
+        logger.warning("hfcelery server %s was declared dead; registering again", self.id)
+        self.record = replace(self.record, heartbeat_at=datetime.now(UTC))
+        store.register_server(self.record)
+        kept = store.reclaim_running(self.id, _running_job_ids())
+        if kept:
+            logger.warning("hfcelery server %s keeps %d running job(s)", self.id, len(kept))
 
     def maintain(self) -> None:
         """One maintenance pass: this server's own orphans, then (with the lease) the rest.
@@ -147,7 +166,12 @@ class Server:
 
         step(lambda: self.requeue_orphans(timeout))
         step(self.terminate_deleted)
-        ttl = timedelta(seconds=max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 30))
+        ttl = timedelta(
+            seconds=min(
+                max(config.poll_interval_seconds * MAINTENANCE_LOCK_TTL_LOOPS, 5),
+                config.server_timeout_seconds,
+            )
+        )
         if store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
             step(lambda: self.recover_dead_servers(timeout))
             step(self.publish_pending)
@@ -161,15 +185,24 @@ class Server:
         # taken for an orphan (its outcome is written before the pool reports it done).
         orphans = self.extension.store.requeue_orphans(self.id, _running_job_ids(), timeout)
         if orphans:
-            logger.warning("hfcelery requeued %d job(s) whose outcome was lost", orphans)
-        return orphans
+            logger.warning("hfcelery requeued %d job(s) whose outcome was lost", len(orphans))
+            self._publish_now(orphans)
+        return len(orphans)
 
     def recover_dead_servers(self, timeout: timedelta) -> int:
-        """Requeue the jobs of servers whose heartbeat stopped."""
+        """Requeue the jobs of servers whose heartbeat stopped, and send them at once.
+
+        A server counts as dead only when it missed heartbeats while the store was reachable:
+        after an outage, everybody's heartbeats are old, so nothing is judged until the store
+        has been reachable from here for a whole server timeout.
+        """
+        if self.store_health.reachable_for() < timeout.total_seconds():
+            return 0
         requeued = self.extension.store.recover_dead_servers(timeout)
         if requeued:
-            logger.warning("hfcelery requeued %d job(s) of servers that stopped", requeued)
-        return requeued
+            logger.warning("hfcelery requeued %d job(s) of servers that stopped", len(requeued))
+            self._publish_now(requeued)
+        return len(requeued)
 
     def roll_up_statistics(self) -> int:
         """Add the newest state history to the hourly counters; return how many entries."""
@@ -248,20 +281,40 @@ class Server:
     def _publish(self, dispatch: Dispatch) -> None:
         publish(self.extension.app, dispatch)
 
-    def publish_pending(self) -> int:
-        """Publish Enqueued jobs whose message may not have left; return how many were sent."""
+    def _publish_now(self, job_ids: list[str]) -> None:
+        """Send the jobs maintenance requeued itself, without the grace a client's publish gets;
+        those not sent now are found by :meth:`publish_pending` later."""
+        try:
+            self.publish_pending(job_ids)
+        except HfceleryError as exc:
+            logger.warning("hfcelery could not publish requeued jobs now: %s", exc)
+
+    def publish_pending(self, job_ids: list[str] | None = None) -> int:
+        """Publish Enqueued jobs whose message may not have left (or the given ones); return how
+        many were sent."""
         config = self.extension.config
         store = self.extension.store
-        pending = store.unpublished_jobs(
-            timedelta(seconds=config.publish_grace_seconds), config.maintenance_batch_size
-        )
+        size = config.maintenance_batch_size
         sent: list[str] = []
+        for start in range(0, len(job_ids), size) if job_ids is not None else (0,):
+            ids = job_ids[start : start + size] if job_ids is not None else None
+            grace = timedelta(seconds=config.publish_grace_seconds)
+            if not self._publish_batch(store.unpublished_jobs(grace, size, ids), sent):
+                break
+        store.mark_published(sent)
+        if sent:
+            logger.info("hfcelery published %d pending job(s)", len(sent))
+        return len(sent)
+
+    def _publish_batch(self, pending: list[Dispatch], sent: list[str]) -> bool:
+        """Publish ``pending``, adding what was sent to ``sent``; False if the broker is away."""
+        store = self.extension.store
         for dispatch in pending:
             try:
                 self._publish(dispatch)
             except BROKER_UNAVAILABLE as exc:  # try again on the next pass
-                logger.warning("hfcelery could not publish pending jobs: %s", exc)
-                break
+                self.broker_health.failed(exc, "publish")
+                return False
             except Exception as exc:  # this message cannot be sent at all: fail its job
                 logger.error("hfcelery cannot publish job %s: %r", dispatch.id, exc)
                 try:
@@ -274,11 +327,9 @@ class Server:
                 except HfceleryError:
                     logger.exception("hfcelery could not fail unsendable job %s", dispatch.id)
                 continue
+            self.broker_health.answered()
             sent.append(dispatch.id)
-        store.mark_published(sent)
-        if sent:
-            logger.info("hfcelery published %d pending job(s)", len(sent))
-        return len(sent)
+        return True
 
     def _spawn(self, name: str, step: Callable[[], object], interval: float) -> None:
         """Run ``step`` every ``interval`` seconds, or after as long as it returns (a float)."""
@@ -288,9 +339,17 @@ class Server:
             while not self._stopping.wait(wait):
                 try:
                     result = step()
+                except StoreUnavailableError as exc:  # an outage: one line, not a traceback
+                    self.store_health.failed(exc, name)
+                    result = None
+                except BROKER_UNAVAILABLE as exc:
+                    self.broker_health.failed(exc, name)
+                    result = None
                 except Exception:
                     logger.exception("hfcelery %s step failed; retrying", name)
                     result = None
+                else:
+                    self.store_health.answered()
                 wait = result if isinstance(result, float) else interval
 
         thread = threading.Thread(target=loop, name=f"hfcelery-{name}", daemon=True)

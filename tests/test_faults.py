@@ -1,0 +1,212 @@
+"""Faults of the services a worker depends on, with real processes: a PostgreSQL of the tests'
+own (initdb into a temporary directory) is stopped, crashed and restarted under running jobs,
+and a worker is killed mid-job. Nothing is lost, nothing runs twice, and the log stays short.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+import hfcelery
+from hfcelery import BackgroundJobClient, State, call
+from hfcelery.errors import StoreError
+from hfcelery.extension import extension_of
+from hfcelery.monitoring import Monitoring, monitoring
+from hfcelery.records import JobDetails
+from hfcelery.store import Store
+from hfcelery.store.servers import DEAD_SERVER_REASON
+from tests import jobs
+from tests.conftest import StartWorker, WorkerProcess, service_missing, token, wait_for
+from tests.services import PrivatePostgres, postgres_available
+
+pytestmark = pytest.mark.acceptance
+
+SERVER_TIMEOUT = 3.0
+#: The worker settings of this module: a short server timeout, so that an outage outlasts it.
+WORKER_ENV = {"HF_TEST_SERVER_TIMEOUT": str(SERVER_TIMEOUT), "HF_TEST_HEARTBEAT": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    problem = postgres_available()
+    if problem is not None:
+        service_missing("a private PostgreSQL server (initdb, pg_ctl)", problem)
+    with PrivatePostgres() as pg:
+        migrator = Store(pg.url)
+        migrator.migrate()
+        migrator.dispose()
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def queue() -> str:
+    return f"hffaults-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def fault_app(private_pg: PrivatePostgres, redis_url: str, queue: str) -> Iterator[Celery]:
+    """A client app on the private store (the test process's view of it)."""
+    app = Celery("hffaults", broker=redis_url, set_as_current=False)
+    app.conf.task_default_queue = queue
+    hfcelery.init_app(app, store_url=private_pg.url, allowed_modules=["tests.jobs"])
+    yield app
+    extension_of(app).store.dispose()
+
+
+@pytest.fixture(scope="module")
+def client(fault_app: Celery) -> BackgroundJobClient:
+    return BackgroundJobClient(fault_app)
+
+
+@pytest.fixture(scope="module")
+def fault_api(fault_app: Celery) -> Monitoring:
+    return monitoring(fault_app)
+
+
+@pytest.fixture(scope="module")
+def start_fault_worker(
+    start_worker: StartWorker, private_pg: PrivatePostgres, queue: str, fault_api: Monitoring
+) -> Any:
+    def start(**env: str) -> WorkerProcess:
+        return start_worker(
+            queues=queue,
+            env={**WORKER_ENV, "HF_TEST_STORE_URL": private_pg.url, **env},
+            api=fault_api,
+        )
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def fault_worker(start_fault_worker: Any) -> WorkerProcess:
+    worker: WorkerProcess = start_fault_worker()
+    return worker
+
+
+def traces(side_effects: redis.Redis, tok: str) -> list[str]:
+    return list(side_effects.lrange(f"hftests:{tok}", 0, -1))
+
+
+def job_in(api: Monitoring, job_id: str, states: tuple[State, ...], timeout: float) -> JobDetails:
+    """Wait for the job to reach ``states``, reading through outages of the store."""
+
+    def reached() -> JobDetails | None:
+        try:
+            job = api.find_job(job_id)
+        except StoreError:
+            return None
+        return job if job is not None and job.state in states else None
+
+    found: JobDetails = wait_for(reached, timeout=timeout, what=f"{job_id} in {states}")
+    return found
+
+
+def log_since(worker: WorkerProcess, mark: int) -> str:
+    return worker.log()[mark:]
+
+
+def test_an_outage_longer_than_the_server_timeout_runs_nothing_again(
+    fault_worker: WorkerProcess,
+    private_pg: PrivatePostgres,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """Every heartbeat is old when the store comes back: no server is declared dead for it, no
+    job is requeued, and the outage is a few lines in the log, not a traceback per pass."""
+    tok = token()
+    job_id = client.enqueue(call(jobs.sleep_then_record, tok, 10))
+    wait_for(lambda: traces(side_effects, tok) == ["started"], what="the job to start")
+    mark = len(fault_worker.log())
+    private_pg.stop("fast")
+    time.sleep(SERVER_TIMEOUT * 2.5)  # well beyond the server timeout
+    private_pg.start()
+    job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+    assert [h.state for h in job.history] == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    time.sleep(SERVER_TIMEOUT * 2)  # a late recovery pass would requeue it now
+    assert traces(side_effects, tok) == ["started", "finished"]
+    assert fault_api.find_job(job_id).state is State.SUCCEEDED  # type: ignore[union-attr]
+    log = log_since(fault_worker, mark)
+    assert "declared dead" not in log
+    assert "Traceback" not in log
+    assert log.count("the store is unreachable") == 1, log
+    assert log.count("the store is reachable again") == 1, log
+    assert len(log.splitlines()) < 30, log
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_an_outcome_is_kept_until_the_store_is_back(
+    fault_worker: WorkerProcess,
+    private_pg: PrivatePostgres,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+    mode: str,
+) -> None:
+    """A job that finishes while PostgreSQL restarts (``fast``) or after it crashed
+    (``immediate``) is recorded Succeeded when it is back, and never runs again."""
+    tok = token()
+    job_id = client.enqueue(call(jobs.sleep_then_record, tok, 1))
+    wait_for(lambda: traces(side_effects, tok) == ["started"], what="the job to start")
+    mark = len(fault_worker.log())
+    private_pg.stop(mode)
+    wait_for(
+        lambda: traces(side_effects, tok) == ["started", "finished"],
+        what="the job to finish while the store is down",
+    )
+    time.sleep(2)
+    private_pg.start()
+    job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+    assert [h.state for h in job.history] == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    time.sleep(SERVER_TIMEOUT * 2)
+    assert traces(side_effects, tok) == ["started", "finished"]  # ran once
+    log = log_since(fault_worker, mark)
+    assert f"cannot record the outcome of job {job_id}" in log
+    assert f"recorded the outcome of job {job_id}" in log
+    assert "Traceback" not in log
+
+
+def test_a_killed_worker_s_job_runs_again_on_another_worker(
+    start_fault_worker: Any,
+    fault_worker: WorkerProcess,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """The whole worker (main process and children) is killed mid-job, as a machine would
+    be: once its heartbeat is older than the server timeout, the job is requeued and sent at
+    once, and another worker runs it."""
+    doomed = start_fault_worker()
+    tok = token()
+    job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 4)) for _ in range(4)]
+    running = wait_for(
+        lambda: [
+            j
+            for j in (fault_api.find_job(i) for i in job_ids)
+            if j is not None
+            and j.state is State.PROCESSING
+            and (j.server_id or "").startswith(doomed.hostname)
+        ],
+        what="a job on the worker to be killed",
+    )
+    victim = running[0].id
+    os.killpg(doomed.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    doomed.process.wait()
+    job = job_in(fault_api, victim, (State.SUCCEEDED,), timeout=60)
+    reasons = [h.reason for h in job.history]
+    assert DEAD_SERVER_REASON in reasons
+    assert str(job.history[-1].data["server_id"]).startswith(fault_worker.hostname)
+    print(f"killed worker's job succeeded elsewhere {time.monotonic() - killed_at:.1f} s later")
+    for other in job_ids:
+        assert job_in(fault_api, other, (State.SUCCEEDED,), timeout=60)
+    assert traces(side_effects, tok).count("finished") == len(job_ids)
