@@ -21,6 +21,7 @@ DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_CLEANUP_INTERVAL_SECONDS = 30.0
 DEFAULT_MAX_LOST_WORKER_PROCESSES = 5
 DEFAULT_OUTCOME_RETRY_SECONDS = 300.0
+DEFAULT_REPUBLISH_AFTER_SECONDS = 60.0
 
 #: Celery settings hfcelery wants for reliable processing. They sit just above Celery's own
 #: defaults, so a setting the project made by any route (``conf.update``, ``Celery(...)``,
@@ -61,6 +62,11 @@ class HfConfig:
     poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_SECONDS
     #: An Enqueued job not published after this long is published by the maintenance loop.
     publish_grace_seconds: float = DEFAULT_PUBLISH_GRACE_SECONDS
+    #: An Enqueued job whose message was sent this long ago and that no worker has claimed is
+    #: sent again when its queue is empty at the broker: the broker lost the message (a Redis
+    #: restart without persistence, a RabbitMQ restart with non-durable queues). A duplicate
+    #: is harmless: the claim decides which copy runs. None turns it off.
+    republish_after_seconds: float | None = DEFAULT_REPUBLISH_AFTER_SECONDS
     #: Rows handled per maintenance step.
     maintenance_batch_size: int = DEFAULT_MAINTENANCE_BATCH_SIZE
     #: Track tasks sent the plain Celery way (``delay``, ``apply_async``) as jobs.
@@ -131,6 +137,11 @@ class HfConfig:
                 "hfcelery_server_timeout_seconds must be longer than "
                 "hfcelery_heartbeat_interval_seconds"
             )
+        if self.republish_after_seconds is not None and (
+            not isinstance(self.republish_after_seconds, int | float)
+            or self.republish_after_seconds <= 0
+        ):
+            raise ConfigurationError("hfcelery_republish_after_seconds must be > 0 or None")
         if self.failed_retention_seconds is not None and self.failed_retention_seconds < 0:
             raise ConfigurationError("hfcelery_failed_retention_seconds must be >= 0 or None")
         if (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from celery._state import get_current_app, get_current_task
@@ -66,7 +67,8 @@ def before_task_publish(
     args, kwargs = _body_arguments(body)
     queue = declare[0].name if declare else (routing_key or extension.app.conf.task_default_queue)
     data: dict[str, Any] = {"queue": queue}
-    if headers.get("eta"):
+    eta = _eta(headers.get("eta"))
+    if eta is not None:
         data["eta"] = headers["eta"]
     job = NewJob(
         id=job_id,
@@ -80,6 +82,9 @@ def before_task_publish(
         data=data,
         tracked=True,
         sent_stamp=stamp,
+        # An Enqueued job with a due time waits in a worker's memory until then (Celery's
+        # ETA): its message is not taken for lost before it is due.
+        due_at=eta,
     )
     try:
         extension.store.record_celery_send(job)
@@ -113,6 +118,17 @@ def publishing_extension(task_name: str | None) -> Extension | None:
     if extension is None and isinstance(task_name, str):
         extension = extension_for_task(task_name)
     return extension
+
+
+def _eta(value: Any) -> datetime | None:
+    """The ``eta`` header as an aware datetime (Celery sends ISO 8601), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _body_arguments(body: Any) -> tuple[Any, Any]:

@@ -32,6 +32,7 @@ hfcelery.init_app(
     heartbeat_interval_seconds=float(os.environ.get("HF_TEST_HEARTBEAT", "1")),
     server_timeout_seconds=float(os.environ.get("HF_TEST_SERVER_TIMEOUT", "5")),
     publish_grace_seconds=float(os.environ.get("HF_TEST_PUBLISH_GRACE", "2")),
+    republish_after_seconds=float(os.environ.get("HF_TEST_REPUBLISH_AFTER", "60")),
     succeeded_retention_seconds=float(os.environ.get("HF_TEST_RETENTION", "86400")),
     deleted_retention_seconds=float(os.environ.get("HF_TEST_RETENTION", "86400")),
     cleanup_interval_seconds=float(os.environ.get("HF_TEST_CLEANUP_INTERVAL", "30")),

@@ -210,3 +210,77 @@ def test_a_killed_worker_s_job_runs_again_on_another_worker(
     for other in job_ids:
         assert job_in(fault_api, other, (State.SUCCEEDED,), timeout=60)
     assert traces(side_effects, tok).count("finished") == len(job_ids)
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[Any]:
+    """A redis-server of this module's own, without persistence, to restart."""
+    from hfcelery.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def broker_store_url(private_pg: PrivatePostgres) -> str:
+    """A store of its own (a second database on the private server), so that no worker of the
+    other tests, on another broker, takes part in the broker test's maintenance."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(private_pg.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE DATABASE brokertest"))
+    admin.dispose()
+    url = make_url(private_pg.url).set(database="brokertest").render_as_string(False)
+    migrator = Store(url)
+    migrator.migrate()
+    migrator.dispose()
+    return url
+
+
+def test_jobs_whose_messages_a_redis_restart_lost_are_sent_again(
+    start_worker: StartWorker,
+    private_redis: Any,
+    broker_store_url: str,
+    queue: str,
+    side_effects: redis.Redis,
+) -> None:
+    """Redis restarts without persistence while messages wait in the queue: the store knows
+    their jobs, and once they have waited hfcelery_republish_after_seconds unclaimed with
+    their queue empty, they are sent again and each runs once."""
+    from hfcelery.worker.server import queue_length
+
+    app = Celery("hfbroker", broker=private_redis.url, set_as_current=False)
+    app.conf.task_default_queue = queue
+    hfcelery.init_app(app, store_url=broker_store_url, allowed_modules=["tests.jobs"])
+    api = monitoring(app)
+    try:
+        worker = start_worker(
+            queues=queue,
+            env={
+                **WORKER_ENV,
+                "HF_TEST_STORE_URL": broker_store_url,
+                "HF_TEST_BROKER_URL": private_redis.url,
+                "HF_TEST_REPUBLISH_AFTER": "3",
+            },
+            api=api,
+        )
+        client = BackgroundJobClient(app)
+        tok = token()
+        job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 1)) for _ in range(12)]
+        wait_for(lambda: "started" in traces(side_effects, tok), what="the first job to start")
+        assert queue_length(app, queue) >= 6  # messages wait in the queue
+        private_redis.stop()
+        private_redis.start()  # empty: the waiting messages are gone
+        assert queue_length(app, queue) == 0
+        for job_id in job_ids:
+            job = job_in(api, job_id, (State.SUCCEEDED,), timeout=90)
+        time.sleep(4)  # nothing runs a second time
+        assert traces(side_effects, tok).count("finished") == len(job_ids)
+        assert "sent" in worker.log() and "job(s) again" in worker.log()
+        assert "Unrecoverable error" not in worker.log()
+        assert job.history[0].state is State.ENQUEUED
+    finally:
+        extension_of(app).store.dispose()

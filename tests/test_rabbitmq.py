@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -14,6 +15,9 @@ from tests import jobs
 from tests.conftest import RABBITMQ_URL, StartWorker, port_open, service_missing, wait_for
 
 pytestmark = pytest.mark.acceptance
+
+#: Any worker of this module may hold the maintenance lease, so all send lost jobs again soon.
+WORKER_ENV = {"HF_TEST_BROKER_URL": RABBITMQ_URL, "HF_TEST_REPUBLISH_AFTER": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def test_jobs_run_through_rabbitmq(
     rabbit_app: Celery, start_worker: StartWorker, side_effects: object
 ) -> None:
     queue = rabbit_app.conf.task_default_queue
-    worker = start_worker(queues=queue, env={"HF_TEST_BROKER_URL": RABBITMQ_URL})
+    worker = start_worker(queues=queue, env=WORKER_ENV)
     api = hfcelery.monitoring(rabbit_app)
     token = uuid.uuid4().hex
     job_id = BackgroundJobClient(rabbit_app).enqueue(call(jobs.record, token))
@@ -46,3 +50,26 @@ def test_jobs_run_through_rabbitmq(
         ]  # fmt: skip
         assert job.history[1].data["server_id"].startswith(worker.hostname)
     assert api.job(plain_id).history[-1].data["result"] == 5
+
+
+def test_jobs_whose_queue_rabbitmq_forgot_are_sent_again(
+    rabbit_app: Celery, start_worker: StartWorker, side_effects: Any
+) -> None:
+    """A RabbitMQ restart forgets a non-durable queue with its messages. The shared broker is
+    not restarted here: the queue is deleted, as the restart would. The store still has the
+    jobs Enqueued, and they are sent again and run once each."""
+    queue = rabbit_app.conf.task_default_queue + "-lost"
+    client = BackgroundJobClient(rabbit_app)
+    token = uuid.uuid4().hex
+    job_ids = [client.enqueue(call(jobs.record, token), queue=queue) for _ in range(3)]
+    with rabbit_app.connection_for_write() as conn:
+        assert conn.default_channel.queue_delete(queue) == 3  # the messages go with it
+    start_worker(queues=queue, env=WORKER_ENV)
+    api = hfcelery.monitoring(rabbit_app)
+    for job_id in job_ids:
+        wait_for(
+            lambda job_id=job_id: (j := api.find_job(job_id)) and j.state is State.SUCCEEDED,
+            timeout=60,
+            what=f"lost job {job_id} to be sent again and succeed",
+        )
+    assert side_effects.llen(f"hftests:{token}") == len(job_ids)

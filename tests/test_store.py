@@ -340,6 +340,26 @@ def test_a_server_declared_dead_takes_back_the_jobs_it_still_runs(store: Store) 
     assert states_of(store, running.id)[-1] is State.SUCCEEDED
 
 
+def test_enqueued_jobs_whose_message_may_be_lost(store: Store) -> None:
+    """Sent long ago and never claimed; not a job whose message is still on its way, one that
+    runs, or a Celery task waiting in a worker for its ETA."""
+    lost, unsent, running, waiting_for_eta, recent = (new_job() for _ in range(5))
+    for job in (lost, unsent, running, recent):
+        store.create_job(job)
+    store.create_job(new_job(id=waiting_for_eta.id, due_at=datetime.now(UTC) + timedelta(hours=1)))
+    store.mark_published([lost.id, running.id, waiting_for_eta.id, recent.id])
+    claim(store, running.id)
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(Job)
+            .where(Job.id != recent.id)
+            .values(state_changed_at=datetime.now(UTC) - timedelta(minutes=10))
+        )
+    stale = store.stale_enqueued(timedelta(minutes=5), 10)
+    assert [d.id for d in stale] == [lost.id]
+    assert stale[0].function == lost.function
+
+
 def test_heartbeat_and_remove_server(store: Store) -> None:
     store.register_server(server("s1", heartbeat_age=timedelta(minutes=1)))
     assert store.heartbeat("s1")

@@ -127,7 +127,7 @@ class JobStore(ContinuationStore):
                 published=False,
                 server_id=None,
                 worker_id=None,
-                due_at=None,
+                due_at=job.due_at,
                 expire_at=None,
                 terminate=False,
                 retry_count=0,
@@ -515,6 +515,25 @@ class JobStore(ContinuationStore):
         stmt = (
             select(*_DISPATCH_COLUMNS)
             .where(*conditions)
+            .order_by(Job.state_changed_at)
+            .limit(limit)
+        )
+        return self._run(lambda conn: [_dispatch_from_row(row) for row in conn.execute(stmt)])
+
+    def stale_enqueued(self, older_than: timedelta, limit: int) -> list[Dispatch]:
+        """Enqueued jobs whose message was sent more than ``older_than`` ago (and, for a
+        Celery task with an ETA, that fell due that long ago), yet no worker claimed them: the
+        broker may have lost their message (a Redis restart without persistence, a RabbitMQ
+        restart with non-durable queues). Oldest first."""
+        cutoff = utcnow() - older_than
+        stmt = (
+            select(*_DISPATCH_COLUMNS)
+            .where(
+                Job.state == State.ENQUEUED,
+                Job.published.is_(True),
+                Job.state_changed_at < cutoff,
+                or_(Job.due_at.is_(None), Job.due_at < cutoff),
+            )
             .order_by(Job.state_changed_at)
             .limit(limit)
         )

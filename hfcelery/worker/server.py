@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -103,6 +104,8 @@ class Server:
         self._threads: list[threading.Thread] = []
         self.store_health = ServiceHealth("store")
         self.broker_health = ServiceHealth("broker")
+        #: Jobs this server sent again as lost, and when (each once per republish period).
+        self._republished: dict[str, float] = {}
 
     def start(self) -> None:
         config = self.extension.config
@@ -175,6 +178,7 @@ class Server:
         if store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
             step(lambda: self.recover_dead_servers(timeout))
             step(self.publish_pending)
+            step(self.republish_lost)
             step(self.roll_up_statistics)
         if failures:
             raise failures[0]
@@ -281,6 +285,53 @@ class Server:
     def _publish(self, dispatch: Dispatch) -> None:
         publish(self.extension.app, dispatch)
 
+    def republish_lost(self) -> int:
+        """Send again the Enqueued jobs whose message the broker lost; return how many.
+
+        A job counts as lost when its message left ``hfcelery_republish_after_seconds`` ago,
+        no worker has claimed it since, and its queue is empty at the broker: with messages
+        still waiting there, its own may be among them (a backlog), so it waits. Each job is
+        sent again at most once per period by this server; should the old message turn up
+        after all, the claim runs one copy and skips the other.
+        """
+        after = self.extension.config.republish_after_seconds
+        if after is None:
+            return 0
+        now = time.monotonic()
+        self._republished = {k: t for k, t in self._republished.items() if now - t < after}
+        stale = self.extension.store.stale_enqueued(
+            timedelta(seconds=after), self.extension.config.maintenance_batch_size
+        )
+        by_queue: dict[str, list[Dispatch]] = {}
+        for dispatch in stale:
+            if dispatch.id not in self._republished:
+                by_queue.setdefault(dispatch.queue, []).append(dispatch)
+        sent = 0
+        for queue, dispatches in by_queue.items():
+            try:
+                waiting = queue_length(self.extension.app, queue)
+            except BROKER_UNAVAILABLE as exc:
+                self.broker_health.failed(exc, "republish")
+                break
+            if waiting:
+                continue
+            for dispatch in dispatches:
+                try:
+                    self._publish(dispatch)
+                except BROKER_UNAVAILABLE as exc:
+                    self.broker_health.failed(exc, "republish")
+                    return sent
+                self._republished[dispatch.id] = now
+                sent += 1
+        if sent:
+            logger.warning(
+                "hfcelery sent %d job(s) again: Enqueued for over %.0f s, unclaimed, and their "
+                "queue empty at the broker (the broker lost their messages)",
+                sent,
+                after,
+            )
+        return sent
+
     def _publish_now(self, job_ids: list[str]) -> None:
         """Send the jobs maintenance requeued itself, without the grace a client's publish gets;
         those not sent now are found by :meth:`publish_pending` later."""
@@ -355,6 +406,23 @@ class Server:
         thread = threading.Thread(target=loop, name=f"hfcelery-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+
+def queue_length(app: Any, queue: str) -> int:
+    """Messages ready in ``queue`` at the broker (0 for a queue the broker does not know:
+    Redis drops an empty one, RabbitMQ forgets a non-durable one when it restarts)."""
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        try:
+            declared = channel.queue_declare(queue=queue, passive=True)
+        except conn.channel_errors:
+            return 0
+        finally:
+            try:
+                channel.close()
+            except Exception:  # a channel the broker closed after a failed passive declare
+                logger.debug("hfcelery: closing a probe channel failed", exc_info=True)
+        return int(declared.message_count)
 
 
 def _running_job_ids() -> list[str]:
