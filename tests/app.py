@@ -24,6 +24,16 @@ app.conf.redbeat_redis_url = app.conf.broker_url
 app.conf.redbeat_key_prefix = os.environ.get("HF_TEST_REDBEAT_PREFIX", "hftests:")
 app.conf.beat_max_loop_interval = 1
 app.conf.redbeat_lock_timeout = int(os.environ.get("HF_TEST_LOCK_TIMEOUT", "4"))
+# Fault tests: a short Redis visibility timeout, Celery's soft shutdown.
+if os.environ.get("HF_TEST_VISIBILITY_TIMEOUT"):
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["HF_TEST_VISIBILITY_TIMEOUT"]),
+        # Look for overdue messages every second (kombu's default: every 100 s).
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
+if os.environ.get("HF_TEST_SOFT_SHUTDOWN"):
+    app.conf.worker_soft_shutdown_timeout = float(os.environ["HF_TEST_SOFT_SHUTDOWN"])
 hfcelery.init_app(
     app,
     default=True,  # the facades use this app even when a test has initialised others

@@ -212,6 +212,58 @@ def test_a_killed_worker_s_job_runs_again_on_another_worker(
     assert traces(side_effects, tok).count("finished") == len(job_ids)
 
 
+def test_a_job_longer_than_the_visibility_timeout_runs_once(
+    start_fault_worker: Any,
+    fault_worker: WorkerProcess,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """Redis hands a message that stays unacknowledged past the visibility timeout out again,
+    while its job still runs on a live worker: the copy is skipped, the job runs once."""
+    short = start_fault_worker(HF_TEST_VISIBILITY_TIMEOUT="2")
+    tok = token()
+    job_id = client.enqueue(call(jobs.sleep_then_record, tok, 15))
+    job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=90)
+    assert traces(side_effects, tok) == ["started", "finished"]
+    assert [h.state for h in job.history] == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    skipped = f"skipped job {job_id}: it is running on a live worker"
+    assert skipped in short.log() + fault_worker.log()  # the copy came, and was skipped
+
+
+def test_sigterm_requeues_a_job_that_outlives_the_soft_shutdown_at_once(
+    start_fault_worker: Any,
+    fault_worker: WorkerProcess,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """SIGTERM: Celery's soft shutdown lets running jobs go on for its window; a job that
+    outlives it is cut off, requeued at once with the reason, and runs on another worker."""
+    stopping = start_fault_worker(HF_TEST_SOFT_SHUTDOWN="2", REMAP_SIGTERM="SIGQUIT")
+    tok = token()
+    job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 8)) for _ in range(4)]
+    running = wait_for(
+        lambda: [
+            j
+            for j in (fault_api.find_job(i) for i in job_ids)
+            if j is not None
+            and j.state is State.PROCESSING
+            and (j.server_id or "").startswith(stopping.hostname)
+        ],
+        what="a job on the worker to be stopped",
+    )
+    stopping.process.send_signal(signal.SIGTERM)
+    assert stopping.process.wait(timeout=30) is not None
+    for job_id in job_ids:
+        job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=90)
+    cut_off = fault_api.find_job(running[0].id)
+    assert cut_off is not None
+    assert "Server stopped before the job ended" in [h.reason for h in cut_off.history]
+    assert str(cut_off.history[-1].data["server_id"]).startswith(fault_worker.hostname)
+    assert traces(side_effects, tok).count("finished") == len(job_ids)
+
+
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[Any]:
     """A redis-server of this module's own, without persistence, to restart."""
