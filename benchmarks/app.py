@@ -66,3 +66,15 @@ def _write_count(**_: Any) -> None:
     directory = os.environ.get("BENCH_SQL_COUNT_DIR")
     if directory:
         (Path(directory) / f"{os.getpid()}.count").write_text(str(_statements))
+
+
+def mark_start(key: str, seconds: float) -> None:
+    """Note the time each run starts (in the broker's Redis), then work for ``seconds``."""
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13"))
+    client.rpush(key, time.time())
+    client.close()
+    time.sleep(seconds)
