@@ -175,6 +175,35 @@ def test_an_outcome_is_kept_until_the_store_is_back(
     assert "Traceback" not in log
 
 
+def test_a_job_the_store_lost_while_it_ran_is_written_when_it_ends(
+    fault_worker: WorkerProcess,
+    private_pg: PrivatePostgres,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """A database crash can forget a job's row and its claim (asynchronous commits) while the
+    job runs. The row is removed here as the crash would; the worker writes the job, finished,
+    from its message."""
+    from sqlalchemy import create_engine, delete
+
+    from hfcelery.store.jobs import LOST_ROW_REASON
+    from hfcelery.store.models import Job, JobState
+
+    tok = token()
+    job_id = client.enqueue(call(jobs.sleep_then_record, tok, 2))
+    wait_for(lambda: traces(side_effects, tok) == ["started"], what="the job to start")
+    engine = create_engine(private_pg.url)
+    with engine.begin() as conn:
+        conn.execute(delete(JobState).where(JobState.job_id == job_id))
+        assert conn.execute(delete(Job).where(Job.id == job_id)).rowcount == 1
+    engine.dispose()
+    job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=30)
+    assert [h.reason for h in job.history][0] == LOST_ROW_REASON
+    assert job.history[-1].data["result"] == "finished"
+    assert traces(side_effects, tok) == ["started", "finished"]
+
+
 def test_a_killed_worker_s_job_runs_again_on_another_worker(
     start_fault_worker: Any,
     fault_worker: WorkerProcess,

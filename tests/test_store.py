@@ -360,6 +360,26 @@ def test_enqueued_jobs_whose_message_may_be_lost(store: Store) -> None:
     assert stale[0].function == lost.function
 
 
+def test_a_finished_job_the_store_lost_is_written_from_its_message(store: Store) -> None:
+    from hfcelery.store.jobs import LOST_ROW_REASON
+
+    job = new_job()
+    assert store.record_lost_outcome(
+        job, state=State.SUCCEEDED, reason=None, data={"result": 6},
+        retention=timedelta(hours=1),
+    )  # fmt: skip
+    details = store.job(job.id)
+    assert details is not None and details.state is State.SUCCEEDED
+    assert [(h.state, h.reason) for h in details.history] == [
+        (State.ENQUEUED, LOST_ROW_REASON),
+        (State.SUCCEEDED, None),
+    ]
+    assert details.history[-1].data["result"] == 6
+    # A job that exists was taken away, not lost: nothing is written.
+    assert not store.record_lost_outcome(job, state=State.FAILED, reason="x", data={})
+    assert states_of(store, job.id) == [State.ENQUEUED, State.SUCCEEDED]
+
+
 def test_heartbeat_and_remove_server(store: Store) -> None:
     store.register_server(server("s1", heartbeat_age=timedelta(minutes=1)))
     assert store.heartbeat("s1")

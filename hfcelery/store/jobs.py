@@ -65,6 +65,10 @@ logger = logging.getLogger(__name__)
 LOST_WORKER_REASON = "Worker process was lost"
 #: The history's reason when Celery sends a known job id again.
 RESENT_REASON = "Sent again by Celery with the same id (replaced, re-applied or re-used)"
+LOST_ROW_REASON = (
+    "Rewritten by the worker that ran it: the store lost the job while it ran (a database "
+    "crash)"
+)
 #: How early a Scheduled job's retry message may claim it (the clocks of different machines).
 DUE_TOLERANCE = timedelta(seconds=2)
 
@@ -272,6 +276,39 @@ class JobStore(ContinuationStore):
             return False
         logger.warning("hfcelery job %s: its claim was lost; recorded %s", job_id, state)
         return True
+
+    def record_lost_outcome(
+        self,
+        job: NewJob,
+        *,
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        retention: timedelta | None = None,
+    ) -> bool:
+        """Write a finished job whose row the store lost while it ran (a database crash took
+        the asynchronously committed row and its claim), from its message, already in its final
+        ``state``; False if the job exists (it was only taken away: nothing is written)."""
+        now = utcnow()
+        row = {
+            **_job_row(job, now, published=True),
+            "state": state,
+            "expire_at": None if retention is None else now + retention,
+        }
+
+        def work(conn: Connection) -> bool:
+            if not self._insert_ignoring_conflict(conn, row):
+                return False
+            conn.execute(
+                insert(JobState),
+                [
+                    _state_row(job.id, State.ENQUEUED, LOST_ROW_REASON, job.data, now),
+                    _state_row(job.id, state, reason, data, now),
+                ],
+            )
+            return True
+
+        return self._run(work, durable=True)
 
     def _finish_with_continuations(
         self,

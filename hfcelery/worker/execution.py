@@ -650,8 +650,35 @@ def _finish(
         # would turn a success into a failure.
         logger.error("hfcelery gave up recording job %s as %s: %s", job_id, state.value, exc)
         return
-    if not applied:
+    if not applied and not _rewrite_lost_job(extension, job_id, state, reason, data, retention):
         logger.info("hfcelery: job %s changed state while running; %s not recorded", job_id, state)
+
+
+def _rewrite_lost_job(
+    extension: Extension,
+    job_id: str,
+    state: State,
+    reason: str | None,
+    data: dict[str, Any],
+    retention: timedelta | None,
+) -> bool:
+    """A finish that found no job at all: the store lost its row while it ran (an asynchronous
+    commit a database crash forgot). Write it from the running task's message, finished."""
+    task = get_current_task()
+    if task is None or task.request.id != job_id or not state.is_final:
+        return False
+    request = task.request
+    job = _untracked_job(task, job_id, request.args, request.kwargs, request)
+    try:
+        written = extension.store.record_lost_outcome(
+            job, state=state, reason=reason, data=data, retention=retention
+        )
+    except StoreError as exc:
+        logger.error("hfcelery could not rewrite lost job %s: %s", job_id, exc)
+        return False
+    if written:
+        logger.warning("hfcelery: the store lost job %s while it ran; rewritten %s", job_id, state)
+    return written
 
 
 _UNSTORABLE = "hfcelery.errors.StoreDataError"
