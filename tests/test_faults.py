@@ -199,7 +199,7 @@ def test_a_job_the_store_lost_while_it_ran_is_written_when_it_ends(
         assert conn.execute(delete(Job).where(Job.id == job_id)).rowcount == 1
     engine.dispose()
     job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=30)
-    assert [h.reason for h in job.history][0] == LOST_ROW_REASON
+    assert job.history[0].reason == LOST_ROW_REASON
     assert job.history[-1].data["result"] == "finished"
     assert traces(side_effects, tok) == ["started", "finished"]
 

@@ -66,8 +66,7 @@ LOST_WORKER_REASON = "Worker process was lost"
 #: The history's reason when Celery sends a known job id again.
 RESENT_REASON = "Sent again by Celery with the same id (replaced, re-applied or re-used)"
 LOST_ROW_REASON = (
-    "Rewritten by the worker that ran it: the store lost the job while it ran (a database "
-    "crash)"
+    "Rewritten by the worker that ran it: the store lost the job while it ran (a database crash)"
 )
 #: How early a Scheduled job's retry message may claim it (the clocks of different machines).
 DUE_TOLERANCE = timedelta(seconds=2)
