@@ -1,0 +1,1 @@
+"""Celery's own integration suite against hfcelery (``make compat``); see ``suite.py``."""

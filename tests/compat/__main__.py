@@ -1,0 +1,5 @@
+import sys
+
+from tests.compat.suite import main
+
+sys.exit(main())
