@@ -1,0 +1,1 @@
+"""``make chaos``: jobs under faults, on services of the suite's own."""

@@ -1,0 +1,537 @@
+"""The chaos suite: jobs created while workers, Redis and PostgreSQL fail, then an account of
+every job.
+
+It runs services of its own, never the machine's: PostgreSQL initialised into a temporary
+directory, a redis-server as the broker (restarted without persistence, so queued messages are
+lost), and a second redis-server, which no fault touches, where jobs note each run. Three
+workers (prefork, 2 processes each) run the jobs; while jobs are being created (enqueued,
+scheduled and continuations), the faults come: SIGKILL of workers and of their children,
+SIGTERM, a Redis restart, PostgreSQL fast restarts, an outage longer than the server timeout
+and a crash.
+
+The account: **lost** (a job that never completed), **stuck** (not finished when the suite
+gives up waiting), **completed twice** (split into inside a crash window, where at-least-once
+is the documented promise, and outside), **continuation anomalies** (a continuation that
+started before its parent completed, or ran for a parent that did not succeed), and
+**recovery times** (from a worker's kill to the re-run of the job it cut off). Any loss, stuck
+job or double outside a crash window fails the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+#: A job that completed within this long before a crash (a SIGKILL, a PostgreSQL crash) may
+#: run again: its outcome may not have been stored or its message acknowledged.
+CRASH_WINDOW_SECONDS = 1.0
+
+
+@dataclass
+class Settings:
+    jobs: int
+    duration: float
+    server_timeout: float
+    heartbeat: float
+    republish_after: float
+    seed: int
+    worker_kills: int
+    child_kills: int
+    sigterms: int
+    pg_fast_restarts: int
+    settle_timeout: float
+
+    @classmethod
+    def full(cls, seed: int) -> Settings:
+        return cls(
+            jobs=2000, duration=120, server_timeout=10, heartbeat=2, republish_after=20,
+            seed=seed, worker_kills=4, child_kills=6, sigterms=2, pg_fast_restarts=2,
+            settle_timeout=300,
+        )  # fmt: skip
+
+    @classmethod
+    def short(cls, seed: int) -> Settings:
+        return cls(
+            jobs=240, duration=40, server_timeout=4, heartbeat=1, republish_after=6,
+            seed=seed, worker_kills=1, child_kills=2, sigterms=1, pg_fast_restarts=1,
+            settle_timeout=150,
+        )  # fmt: skip
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float  # time.time() when it struck
+    detail: str = ""
+    back_at: float | None = None  # when the service was back (restarts, outages)
+
+
+@dataclass
+class Created:
+    job_id: str
+    key: str
+    kind: str  # enqueued, scheduled, continuation
+    parent_key: str | None = None
+
+
+@dataclass
+class Account:
+    created: list[Created]
+    refused: int
+    faults: list[Fault]
+    states: dict[str, str]
+    starts: dict[str, list[float]]
+    dones: dict[str, list[float]]
+    lost: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    doubles_in_window: list[str] = field(default_factory=list)
+    doubles_outside: list[str] = field(default_factory=list)
+    continuation_anomalies: list[str] = field(default_factory=list)
+    #: (the fault's kind, seconds from it to the re-run of a job it cut off)
+    recoveries: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.stuck or self.doubles_outside or self.continuation_anomalies)
+
+
+# -- services ----------------------------------------------------------------------------------
+
+
+class Redis:
+    """A private redis-server on a fixed port, restartable (nothing persisted)."""
+
+    def __init__(self) -> None:
+        from hfcelery.embedded import EmbeddedRedis
+
+        self.server = EmbeddedRedis()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class Workers:
+    """The suite's ``celery worker`` processes, each in a session of its own."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._count = 0
+        self.lock = threading.Lock()
+
+    def start(self) -> str:
+        with self.lock:
+            self._count += 1
+            name = f"chaos{self._count}"
+        command = [
+            sys.executable, "-m", "celery", "-A", "tests.chaos.app", "worker", "-P", "prefork",
+            "-c", "2", "-n", f"{name}@chaos", "-l", "info",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        with (self.logs / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        with self.lock:
+            self.processes[name] = process
+        return name
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart every worker that exits, a second after (systemd's ``Restart=always``)."""
+        replaced: set[str] = set()
+        while not stop.wait(1):
+            with self.lock:
+                exited = [
+                    n
+                    for n, p in self.processes.items()
+                    if p.poll() is not None and n not in replaced
+                ]
+            for name in exited:
+                replaced.add(name)
+                self.start()
+
+    def alive(self) -> list[str]:
+        with self.lock:
+            return [n for n, p in self.processes.items() if p.poll() is None]
+
+    def kill(self, name: str, sig: int) -> None:
+        process = self.processes[name]
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+
+    def children(self, name: str) -> list[int]:
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.processes[name].pid)], capture_output=True, text=True
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.kill(name, signal.SIGKILL)
+                process.wait()
+
+    def unrecoverable(self) -> list[str]:
+        """Workers whose log shows Celery's "Unrecoverable error"."""
+        return [
+            log.stem
+            for log in sorted(self.logs.glob("*.log"))
+            if "Unrecoverable error" in log.read_text(errors="replace")
+        ]
+
+
+# -- load and faults -----------------------------------------------------------------------
+
+
+def create_load(
+    settings: Settings, client: Any, created: list[Created], stop: threading.Event
+) -> int:
+    """Create the jobs over the run's duration; return how many the client refused (the store
+    was away: the caller gets a StoreError and nothing is written)."""
+    from hfcelery import call
+    from hfcelery.errors import StoreError
+    from tests.chaos.app import work
+
+    rng = random.Random(settings.seed)
+    refused = 0
+    interval = settings.duration / settings.jobs
+    started = time.monotonic()
+    for number in range(settings.jobs):
+        if stop.is_set():
+            break
+        delay = started + number * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        key = uuid.uuid4().hex
+        seconds = rng.choice((0.05, 0.1, 0.2, 0.5, 1.0, 3.0))
+        roll = rng.random()
+        try:
+            if roll < 0.15:
+                job_id = client.schedule(
+                    call(work, key, seconds), timedelta(seconds=rng.uniform(1, 8))
+                )
+                created.append(Created(job_id, key, "scheduled"))
+            elif roll < 0.30 and created:
+                parent = rng.choice(created[-50:])
+                job_id = client.continue_job_with(parent.job_id, call(work, key, seconds))
+                created.append(Created(job_id, key, "continuation", parent.key))
+            else:
+                job_id = client.enqueue(call(work, key, seconds))
+                created.append(Created(job_id, key, "enqueued"))
+        except StoreError:
+            refused += 1
+    return refused
+
+
+def run_faults(
+    settings: Settings,
+    workers: Workers,
+    broker: Redis,
+    postgres: Any,
+    faults: list[Fault],
+) -> None:
+    """The faults, spread over the run's duration in a random order."""
+    rng = random.Random(settings.seed + 1)
+    plan = (
+        ["worker_kill"] * settings.worker_kills
+        + ["child_kill"] * settings.child_kills
+        + ["sigterm"] * settings.sigterms
+        + ["pg_fast_restart"] * settings.pg_fast_restarts
+        + ["redis_restart", "pg_outage", "pg_crash"]
+    )
+    rng.shuffle(plan)
+    gap = settings.duration / (len(plan) + 1)
+    for kind in plan:
+        time.sleep(gap * rng.uniform(0.6, 1.0))
+        fault = Fault(kind, time.time())
+        if kind in ("worker_kill", "sigterm", "child_kill"):
+            alive = workers.alive()
+            if not alive:
+                continue
+            name = rng.choice(alive)
+            fault.detail = name
+            if kind == "child_kill":
+                children = workers.children(name)
+                if not children:
+                    continue
+                pid = rng.choice(children)
+                fault.detail = f"{name} child {pid}"
+                os.kill(pid, signal.SIGKILL)
+            else:  # the supervisor restarts it
+                workers.kill(name, signal.SIGKILL if kind == "worker_kill" else signal.SIGTERM)
+                workers.processes[name].wait()
+        elif kind == "redis_restart":
+            broker.stop()
+            time.sleep(1)
+            broker.start()
+        elif kind == "pg_fast_restart":
+            postgres.stop("fast")
+            postgres.start()
+        elif kind == "pg_outage":
+            postgres.stop("fast")
+            time.sleep(settings.server_timeout * 1.5)
+            postgres.start()
+        elif kind == "pg_crash":
+            postgres.stop("immediate")
+            time.sleep(1)
+            postgres.start()
+        fault.back_at = time.time()
+        faults.append(fault)
+        print(f"  fault: {kind} {fault.detail}".rstrip(), flush=True)
+
+
+# -- the account -------------------------------------------------------------------------------
+
+
+def settle(settings: Settings, store: Any, created: list[Created]) -> dict[str, str]:
+    """Wait until every created job is finished (or the time is up); return the states."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError
+
+    from hfcelery.store.models import Job
+
+    final = {"Succeeded", "Failed", "Deleted"}
+    deadline = time.monotonic() + settings.settle_timeout
+    ids = [c.job_id for c in created]
+    states: dict[str, str] = {}
+    while True:
+        states = {}
+        try:
+            with store.engine.connect() as conn:
+                for start in range(0, len(ids), 500):
+                    rows = conn.execute(
+                        select(Job.id, Job.state).where(Job.id.in_(ids[start : start + 500]))
+                    )
+                    states.update({row.id: row.state for row in rows})
+        except OperationalError:  # a pooled connection from before a restart
+            store.engine.dispose()
+            time.sleep(1)
+            continue
+        waiting = [i for i in ids if states.get(i) not in final]
+        if not waiting or time.monotonic() > deadline:
+            return states
+        time.sleep(2)
+
+
+def account(
+    created: list[Created],
+    refused: int,
+    faults: list[Fault],
+    states: dict[str, str],
+    effects: redis.Redis,
+) -> Account:
+    starts: dict[str, list[float]] = {}
+    dones: dict[str, list[float]] = {}
+    for item in created:
+        starts[item.key] = [float(t) for t in effects.lrange(f"chaos:start:{item.key}", 0, -1)]
+        dones[item.key] = [float(t) for t in effects.lrange(f"chaos:done:{item.key}", 0, -1)]
+    result = Account(created, refused, faults, states, starts, dones)
+    crashes = [f for f in faults if f.kind in ("worker_kill", "child_kill", "pg_crash")]
+    by_key = {c.key: c for c in created}
+    for item in created:
+        state = states.get(item.job_id, "missing")
+        done = dones[item.key]
+        if state not in ("Succeeded", "Failed", "Deleted"):
+            result.stuck.append(f"{item.job_id} ({item.kind}) is {state}")
+            continue
+        if state == "Succeeded" and not done:
+            result.lost.append(f"{item.job_id} ({item.kind}) Succeeded without a completed run")
+        if state == "Deleted" and item.kind != "continuation":
+            result.lost.append(f"{item.job_id} ({item.kind}) was Deleted")
+        if len(done) > 1:
+            first = done[0]
+            in_window = any(first <= fault.at <= first + CRASH_WINDOW_SECONDS for fault in crashes)
+            (result.doubles_in_window if in_window else result.doubles_outside).append(
+                f"{item.job_id} ({item.kind}) completed {len(done)} times"
+            )
+        if item.kind == "continuation" and item.parent_key is not None:
+            parent = by_key[item.parent_key]
+            parent_done = dones[parent.key]
+            parent_state = states.get(parent.job_id)
+            if starts[item.key] and not parent_done:
+                result.continuation_anomalies.append(
+                    f"{item.job_id} ran though its parent {parent.job_id} never completed"
+                )
+            elif starts[item.key] and starts[item.key][0] < parent_done[0]:
+                result.continuation_anomalies.append(
+                    f"{item.job_id} started before its parent {parent.job_id} completed"
+                )
+            if parent_state == "Succeeded" and state != "Succeeded":
+                result.continuation_anomalies.append(
+                    f"{item.job_id} is {state} though its parent {parent.job_id} succeeded"
+                )
+    for fault in faults:
+        if fault.kind not in ("worker_kill", "child_kill"):
+            continue
+        for item in created:
+            runs = starts[item.key]
+            cut_off = [t for t in runs if t < fault.at]
+            later = [t for t in runs if t > fault.at]
+            completed_before = [t for t in dones[item.key] if t <= fault.at]
+            running = cut_off and cut_off[-1] > fault.at - 10  # it ran when the kill came
+            if running and later and len(completed_before) < len(cut_off):
+                result.recoveries.append((fault.kind, later[0] - fault.at))
+    return result
+
+
+def report(result: Account, workers: Workers) -> str:
+    kinds = {k: sum(1 for c in result.created if c.kind == k) for k in ("enqueued", "scheduled")}
+    kinds["continuation"] = sum(1 for c in result.created if c.kind == "continuation")
+    lines = [
+        f"jobs created: {len(result.created)} ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
+        f"; refused while the store was away: {result.refused}",
+        f"faults: {', '.join(f.kind for f in result.faults)}",
+        "final states: "
+        + ", ".join(
+            f"{sum(1 for s in result.states.values() if s == name)} {name}"
+            for name in ("Succeeded", "Failed", "Deleted")
+        ),
+        f"lost: {len(result.lost)}",
+        f"stuck: {len(result.stuck)}",
+        f"completed twice: {len(result.doubles_in_window)} inside a crash window, "
+        f"{len(result.doubles_outside)} outside",
+        f"continuation anomalies: {len(result.continuation_anomalies)}",
+    ]
+    for kind, what in (("worker_kill", "a worker's SIGKILL"), ("child_kill", "a child's SIGKILL")):
+        times = [seconds for k, seconds in result.recoveries if k == kind]
+        if times:
+            lines.append(
+                f"from {what} to the re-run of the job it cut off, s: median "
+                f"{statistics.median(times):.1f}, max {max(times):.1f} ({len(times)} jobs)"
+            )
+    broken = workers.unrecoverable()
+    if broken:
+        lines.append(
+            f"workers that exited with Celery's unrecoverable error (restarted by the "
+            f"supervisor; see docs/operations.md): {', '.join(broken)}"
+        )
+    for title, items in (
+        ("LOST", result.lost),
+        ("STUCK", result.stuck),
+        ("COMPLETED TWICE outside a crash window", result.doubles_outside),
+        ("CONTINUATION ANOMALY", result.continuation_anomalies),
+    ):
+        for item in items[:20]:
+            lines.append(f"{title}: {item}")
+    lines.append("PASSED" if result.ok else "FAILED")
+    return "\n".join(lines)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def services() -> Iterator[tuple[Any, Redis, Redis]]:
+    from hfcelery.store import Store
+    from tests.services import PrivatePostgres
+
+    with ExitStack() as stack:
+        postgres = stack.enter_context(PrivatePostgres())
+        migrator = Store(postgres.url)
+        migrator.migrate()
+        migrator.dispose()
+        broker, effects = Redis(), Redis()
+        for server in (broker, effects):
+            server.start()
+            stack.callback(server.stop)
+        yield postgres, broker, effects
+
+
+def run(settings: Settings, logs: Path) -> Account:
+    with services() as (postgres, broker, effects_server):
+        env = {
+            "CHAOS_BROKER_URL": broker.url,
+            "CHAOS_STORE_URL": postgres.url,
+            "CHAOS_EFFECTS_URL": effects_server.url,
+            "CHAOS_HEARTBEAT": str(settings.heartbeat),
+            "CHAOS_SERVER_TIMEOUT": str(settings.server_timeout),
+            "CHAOS_REPUBLISH_AFTER": str(settings.republish_after),
+        }
+        os.environ.update(env)
+        from hfcelery import BackgroundJobClient
+        from hfcelery.extension import extension_of
+        from tests.chaos.app import app
+
+        client = BackgroundJobClient(app)
+        store = extension_of(app).store
+        workers = Workers(env, logs)
+        try:
+            for _ in range(3):
+                workers.start()
+            time.sleep(5)
+            created: list[Created] = []
+            faults: list[Fault] = []
+            refused: list[int] = []
+            stop = threading.Event()
+            supervisor = threading.Thread(target=workers.supervise, args=(stop,), daemon=True)
+            supervisor.start()
+            loader = threading.Thread(
+                target=lambda: refused.append(create_load(settings, client, created, stop))
+            )
+            loader.start()
+            try:
+                run_faults(settings, workers, broker, postgres, faults)
+            finally:
+                loader.join()
+            print(f"  {len(created)} jobs created; waiting for them to finish", flush=True)
+            states = settle(settings, store, created)
+            stop.set()
+            supervisor.join()
+            effects = redis.Redis.from_url(effects_server.url)
+            result = account(created, refused[0] if refused else 0, faults, states, effects)
+            effects.close()
+            print(report(result, workers))
+            return result
+        finally:
+            workers.stop_all()
+            store.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make chaos", description=__doc__)
+    parser.add_argument("--short", action="store_true", help="the short version make test runs")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    settings = Settings.short(seed) if args.short else Settings.full(seed)
+    logs = Path(os.environ.get("CHAOS_LOGS") or (ROOT / ".chaos"))
+    logs.mkdir(exist_ok=True)
+    for old in logs.glob("*.log"):
+        old.unlink()
+    print(f"chaos suite: seed {seed}, worker logs in {logs}", flush=True)
+    return 0 if run(settings, logs).ok else 1
