@@ -155,8 +155,11 @@ def test_an_outcome_is_kept_until_the_store_is_back(
     """A job that finishes while PostgreSQL restarts (``fast``) or after it crashed
     (``immediate``) is recorded Succeeded when it is back, and never runs again."""
     tok = token()
-    job_id = client.enqueue(call(jobs.sleep_then_record, tok, 1))
+    job_id = client.enqueue(call(jobs.sleep_then_record, tok, 1.5))
     wait_for(lambda: traces(side_effects, tok) == ["started"], what="the job to start")
+    # The claim's asynchronous commit reaches the WAL within 200 ms; a crash before that is
+    # the documented window (the claim is lost and recognised at the finish).
+    time.sleep(0.5)
     mark = len(fault_worker.log())
     private_pg.stop(mode)
     wait_for(
@@ -269,6 +272,8 @@ def test_sigterm_requeues_a_job_that_outlives_the_soft_shutdown_at_once(
 ) -> None:
     """SIGTERM: Celery's soft shutdown lets running jobs go on for its window; a job that
     outlives it is cut off, requeued at once with the reason, and runs on another worker."""
+    from hfcelery.worker.execution import CANCELLED_REASON
+
     stopping = start_fault_worker(HF_TEST_SOFT_SHUTDOWN="2", REMAP_SIGTERM="SIGQUIT")
     tok = token()
     job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 8)) for _ in range(4)]
@@ -288,8 +293,8 @@ def test_sigterm_requeues_a_job_that_outlives_the_soft_shutdown_at_once(
         job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=90)
     cut_off = fault_api.find_job(running[0].id)
     assert cut_off is not None
-    assert "Server stopped before the job ended" in [h.reason for h in cut_off.history]
-    assert str(cut_off.history[-1].data["server_id"]).startswith(fault_worker.hostname)
+    assert CANCELLED_REASON in [h.reason for h in cut_off.history]
+    assert not str(cut_off.history[-1].data["server_id"]).startswith(stopping.hostname)
     assert traces(side_effects, tok).count("finished") == len(job_ids)
 
 

@@ -60,6 +60,7 @@ from hfcelery.validation import (
     storable_text,
     storable_value,
 )
+from hfcelery.worker.health import ServiceHealth
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ logger = logging.getLogger(__name__)
 STORE_DOWN_BACKOFF_SECONDS = 1.0
 #: hfcelery's own tasks that are not jobs.
 INTERNAL_TASK_NAMES = frozenset({"hfcelery.recurring.fire"})
+#: Why a job that Celery cut off (``Request.cancel``) is Enqueued again.
+CANCELLED_REASON = (
+    "Server stopped before the job ended (Celery cancelled the running task: a cold or soft "
+    "shutdown, or a lost broker connection)"
+)
 #: Celery's own tasks: run as Celery runs them, never claimed as jobs.
 CELERY_TASK_PREFIX = "celery."
 #: What ``Task.replace()`` raises (as ``Ignore``) once it sent a group or chord in its place.
@@ -144,6 +150,7 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
         raise AssertionError("unreachable") from exc  # the settle raised Ignore
     except StoreError as exc:
         _hand_back(task_id, exc)
+    _CLAIM_STORE.answered()
     if claimed is None:
         raise _skipped(extension, task_id)
     request.hf_claimed = True
@@ -186,9 +193,15 @@ def _skipped(extension: Extension, task_id: str) -> SkippedMessage:
     return SkippedMessage(task_id, state.value if state is not None else None, reason)
 
 
+#: The store as this worker process's claims see it: an outage is logged once per process,
+#: not once per message handed back.
+_CLAIM_STORE = ServiceHealth("store (claims)")
+
+
 def _hand_back(task_id: object, exc: BaseException) -> NoReturn:
     """The store is unreachable: give the message back to the broker after a pause."""
-    logger.error("hfcelery cannot claim job %r, message handed back: %s", task_id, exc)
+    _CLAIM_STORE.failed(exc, "claim")
+    logger.debug("hfcelery cannot claim job %r, message handed back: %s", task_id, exc)
     time.sleep(STORE_DOWN_BACKOFF_SECONDS)
     raise Reject(exc, requeue=True) from exc
 
@@ -797,6 +810,22 @@ class JobRequestMixin:
 
     id: str
     task: Task
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> Any:
+        """Celery cuts a running task off (a cold or soft shutdown, or a lost broker connection
+        with ``worker_cancel_long_running_tasks_on_connection_loss``): its job goes back to
+        Enqueued at once, with the reason, for another worker."""
+        running = bool(getattr(self, "time_start", None))
+        result = super().cancel(pool, signal, emit_retry=emit_retry)  # type: ignore[misc]
+        extension = find_extension(self.task.app)
+        if running and extension is not None and extension.server_id is not None:
+            try:
+                extension.store.release_processing(
+                    self.id, server_id=extension.server_id, reason=CANCELLED_REASON
+                )
+            except StoreError as exc:  # the server's sign-off or recovery requeues it
+                logger.warning("hfcelery could not requeue cancelled job %s: %s", self.id, exc)
+        return result
 
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False

@@ -132,16 +132,24 @@ _ENTRY = re.compile(r"^- `(?P<test>t/integration/[^`]+)`(?P<rest>.*)$")
 
 def known_differences(path: Path = KNOWN_DIFFERENCES) -> dict[str, str]:
     """Test id -> reason, from the list items of ``docs/celery-compat.md`` that start with a
-    test id in backticks. An entry without a reason is an error."""
+    test id in backticks (the reason goes on over the item's indented lines). An entry without
+    a reason is an error."""
     entries: dict[str, str] = {}
+    current: str | None = None
+    starts: dict[str, int] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         match = _ENTRY.match(line)
-        if not match:
-            continue
-        reason = match["rest"].strip(" :-\u2013\u2014")
+        if match:
+            current = match["test"]
+            entries[current] = match["rest"].strip(" :-\u2013\u2014")
+            starts[current] = number
+        elif current is not None and line.startswith("  ") and line.strip():
+            entries[current] = f"{entries[current]} {line.strip()}".strip()
+        else:
+            current = None
+    for test, reason in entries.items():
         if not reason:
-            raise ValueError(f"{path.name}:{number}: {match['test']} is listed without a reason")
-        entries[match["test"]] = reason
+            raise ValueError(f"{path.name}:{starts[test]}: {test} is listed without a reason")
     return entries
 
 
