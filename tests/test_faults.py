@@ -110,6 +110,23 @@ def job_in(api: Monitoring, job_id: str, states: tuple[State, ...], timeout: flo
     return found
 
 
+def running_on(api: Monitoring, job_ids: list[str], worker: WorkerProcess) -> list[JobDetails]:
+    """Wait until some of the jobs run on ``worker``; return those."""
+
+    def running() -> list[JobDetails]:
+        found = (api.find_job(job_id) for job_id in job_ids)
+        return [
+            job
+            for job in found
+            if job is not None
+            and job.state is State.PROCESSING
+            and (job.server_id or "").startswith(worker.hostname)
+        ]
+
+    jobs_there: list[JobDetails] = wait_for(running, what=f"a job on {worker.hostname}")
+    return jobs_there
+
+
 def log_since(worker: WorkerProcess, mark: int) -> str:
     return worker.log()[mark:]
 
@@ -220,16 +237,7 @@ def test_a_killed_worker_s_job_runs_again_on_another_worker(
     doomed = start_fault_worker()
     tok = token()
     job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 4)) for _ in range(4)]
-    running = wait_for(
-        lambda: [
-            j
-            for j in (fault_api.find_job(i) for i in job_ids)
-            if j is not None
-            and j.state is State.PROCESSING
-            and (j.server_id or "").startswith(doomed.hostname)
-        ],
-        what="a job on the worker to be killed",
-    )
+    running = running_on(fault_api, job_ids, doomed)
     victim = running[0].id
     os.killpg(doomed.process.pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -277,16 +285,7 @@ def test_sigterm_requeues_a_job_that_outlives_the_soft_shutdown_at_once(
     stopping = start_fault_worker(HF_TEST_SOFT_SHUTDOWN="2", REMAP_SIGTERM="SIGQUIT")
     tok = token()
     job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 8)) for _ in range(4)]
-    running = wait_for(
-        lambda: [
-            j
-            for j in (fault_api.find_job(i) for i in job_ids)
-            if j is not None
-            and j.state is State.PROCESSING
-            and (j.server_id or "").startswith(stopping.hostname)
-        ],
-        what="a job on the worker to be stopped",
-    )
+    running = running_on(fault_api, job_ids, stopping)
     stopping.process.send_signal(signal.SIGTERM)
     assert stopping.process.wait(timeout=30) is not None
     for job_id in job_ids:
