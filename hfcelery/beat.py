@@ -27,10 +27,11 @@ from celery.schedules import BaseSchedule, schedstate
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redis
 
-from hfcelery.errors import HfceleryError
+from hfcelery.errors import HfceleryError, StoreUnavailableError
 from hfcelery.extension import extension_of
 from hfcelery.recurring.cron import CronExpression, MisfireHandling, plan
 from hfcelery.recurring.fire import FIRE_TASK_NAME
+from hfcelery.worker.health import ServiceHealth
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class RecurringScheduler(RedBeatScheduler):  # type: ignore[misc]
         self._synced: dict[str, int] = {}
         #: When this beat first ticked holding the lock: occurrences before were missed.
         self.active_since: datetime | None = None
+        #: Store outages: one line when it goes, a reminder a minute, one when it is back.
+        self._store_health = ServiceHealth("store (beat)")
 
     def tick(self, min: Any = min, **kwargs: Any) -> float:
         if self.lock_key:
@@ -171,8 +174,12 @@ class RecurringScheduler(RedBeatScheduler):  # type: ignore[misc]
             self.active_since = datetime.now(UTC)
         try:
             self.sync()
-        except Exception:  # the store is down: the entries already in Redis keep firing
+        except StoreUnavailableError as exc:  # the entries already in Redis keep firing
+            self._store_health.failed(exc, "beat")
+        except Exception:
             logger.exception("hfcelery beat could not sync recurring jobs from the store")
+        else:
+            self._store_health.answered()
         wait: float = super().tick(min=min, **kwargs)
         return wait
 

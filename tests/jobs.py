@@ -172,3 +172,14 @@ def die_always(token: str) -> str:
     _side_effects().incr(f"hftests:{token}")
     os.kill(os.getpid(), 9)
     return "unreachable"
+
+
+@hfcelery.automatic_retry(attempts=2, delays=[1])
+def sleep_then_fail_once(token: str, seconds: float) -> str:
+    """Work ``seconds``, then fail the first time; succeed the second time."""
+    n = int(_side_effects().incr(f"hftests:{token}:runs"))
+    time.sleep(seconds)
+    _side_effects().rpush(f"hftests:{token}", f"run-{n}")
+    if n == 1:
+        raise RuntimeError("first run fails")
+    return "second run"

@@ -195,6 +195,32 @@ def test_an_outcome_is_kept_until_the_store_is_back(
     assert "Traceback" not in log
 
 
+def test_a_retry_decided_while_the_store_is_away_is_kept_until_it_is_back(
+    fault_worker: WorkerProcess,
+    private_pg: PrivatePostgres,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """Automatic retry of a job that fails while PostgreSQL restarts: the retry is written when
+    the store is back, and the job runs exactly twice."""
+    tok = token()
+    job_id = client.enqueue(call(jobs.sleep_then_fail_once, tok, 1.5))
+    wait_for(lambda: side_effects.get(f"hftests:{tok}:runs"), what="the job to start")
+    time.sleep(0.5)  # the claim's asynchronous commit is on disk
+    private_pg.stop("fast")
+    wait_for(lambda: traces(side_effects, tok) == ["run-1"], what="the first run to fail")
+    time.sleep(2)
+    private_pg.start()
+    job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+    assert traces(side_effects, tok) == ["run-1", "run-2"]
+    states = [h.state for h in job.history]
+    assert states == [
+        State.ENQUEUED, State.PROCESSING, State.FAILED, State.SCHEDULED,
+        State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
+    ]  # fmt: skip
+
+
 def test_a_job_the_store_lost_while_it_ran_is_written_when_it_ends(
     fault_worker: WorkerProcess,
     private_pg: PrivatePostgres,

@@ -433,20 +433,25 @@ def _retried_or_deleted(
     assert extension.server_id is not None
     if attempt <= policy.attempts:
         due_at = datetime.now(UTC) + timedelta(seconds=policy.delay_seconds(attempt))
+        server_id = extension.server_id
         try:
-            applied = extension.store.retry(
-                request.id,
-                server_id=extension.server_id,
-                worker_id=worker_id(),
-                due_at=due_at,
-                failed_reason=reason,
-                failed_data=data,
-                reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
-                claim=request.hf_claim,
+            applied = _until_stored(
+                extension,
+                f"the retry of job {request.id}",
+                lambda: extension.store.retry(
+                    request.id,
+                    server_id=server_id,
+                    worker_id=worker_id(),
+                    due_at=due_at,
+                    failed_reason=reason,
+                    failed_data=data,
+                    reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
+                    claim=request.hf_claim,
+                ),
             )
-        except StoreError:
-            logger.exception("hfcelery could not schedule the retry of job %s", request.id)
-            return True  # the job stays Processing; the maintenance loop requeues it
+        except StoreError as exc:  # the job stays Processing; the maintenance loop requeues it
+            logger.error("hfcelery gave up scheduling the retry of job %s: %s", request.id, exc)
+            return True
         if not applied:
             logger.info("hfcelery: job %s changed state while running; no retry", request.id)
         return True
