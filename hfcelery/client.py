@@ -20,7 +20,7 @@ from hfcelery.extension import default_app, extension_of
 from hfcelery.jsonutil import from_json
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
-from hfcelery.validation import check_job_id, check_queue, problem_with_job_id
+from hfcelery.validation import check_job_id, check_job_queue, check_queue, problem_with_job_id
 
 _ALL_BUT = {s: tuple(x for x in State if x is not s) for s in State}
 
@@ -231,15 +231,17 @@ class BackgroundJobClient:
     ) -> NewJob:
         """Validate the call and describe the job it makes (nothing is written)."""
         if queue is not None:
-            check_queue(queue)
+            check_job_queue(queue)
         # The function must be one a worker may call (defined where its name says, see
         # calls.resolve_function); whether its module is allowed is the worker's setting.
         invocation = to_invocation(the_call, extra_argument=pass_result)
+        # A name given to hfcelery (queue=, @queue) follows Hangfire's rule; one that comes
+        # from the project's Celery routing (a signature's queue, the default) is the project's.
+        decorated = invocation.queue()
+        if queue is None and decorated is not None:
+            queue = check_job_queue(decorated)
         queue = check_queue(
-            queue
-            or invocation.queue()
-            or invocation.options.get("queue")
-            or self._default_queue(invocation)
+            queue or invocation.options.get("queue") or self._default_queue(invocation)
         )
         data: dict[str, object] = {"queue": queue}
         if due_at is not None:

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from hfcelery.errors import ConfigurationError
+from hfcelery.validation import problem_with_job_queue
 
 F = TypeVar("F")
 
@@ -99,6 +100,10 @@ def queue(name: str) -> Callable[[F], F]:
     """
     if not isinstance(name, str) or not name:
         raise ConfigurationError("hfcelery.queue needs a queue name")
+    if "{" not in name:  # a template is checked once filled, at enqueue
+        problem = problem_with_job_queue(name)
+        if problem is not None:
+            raise ConfigurationError(f"hfcelery.queue: {problem}")
     return lambda target: _update(target, queue=name)
 
 

@@ -72,6 +72,23 @@ def problem_with_queue(value: object) -> str | None:
     return problem
 
 
+_HANGFIRE_QUEUE = re.compile(r"[a-z0-9_-]+")
+
+
+def problem_with_job_queue(value: object) -> str | None:
+    """Why ``value`` cannot be the queue of a job created through hfcelery (the ``queue=``
+    argument, ``@hfcelery.queue``), or None: as in Hangfire, lower-case letters, digits, ``_``
+    and ``-`` only. Queues that come from Celery's own routing are the project's and are only
+    checked by :func:`problem_with_queue`."""
+    problem = problem_with_queue(value)
+    if problem is None and not _HANGFIRE_QUEUE.fullmatch(str(value)):
+        return (
+            f"queue name {str(value)[:80]!r} must consist of lower-case letters, digits, "
+            "'_' and '-' only (as Hangfire's queue names)"
+        )
+    return problem
+
+
 def problem_with_count(value: object, what: str) -> str | None:
     """Why ``value`` is not a whole number the store can hold (0 to 2**31-1), or None."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -96,6 +113,12 @@ def check_job_id(value: object) -> str:
 def check_queue(value: object) -> str:
     """``value`` if it can be a queue name; raises InvalidArgumentError."""
     check(problem_with_queue(value))
+    return str(value)
+
+
+def check_job_queue(value: object) -> str:
+    """``value`` if it can be the queue a caller gives a job; raises InvalidArgumentError."""
+    check(problem_with_job_queue(value))
     return str(value)
 
 

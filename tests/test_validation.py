@@ -20,6 +20,7 @@ import hfcelery
 from hfcelery import BackgroundJobClient, Cron, RecurringJobManager, call
 from hfcelery.calls import resolve_function
 from hfcelery.errors import (
+    ConfigurationError,
     ForbiddenFunctionError,
     FunctionNotFoundError,
     HfceleryError,
@@ -83,6 +84,9 @@ BAD_CLIENT_CALLS = {
     "queue-long": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="q" * 256),
     "queue-nul": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="q\x00"),
     "queue-space": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="two words"),
+    "queue-upper": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="Reports"),
+    "queue-dot": lambda c: c.schedule(call(jobs.multiply, 1, 2), timedelta(1), queue="a.b"),
+    "queue-formatted": lambda c: c.enqueue(call(jobs.regional_report, "EU West")),
     "parent-long": lambda c: c.continue_job_with("p" * 65, call(jobs.multiply, 1, 2)),
     "parent-nul": lambda c: c.continue_job_with("p\x00", call(jobs.multiply, 1, 2)),
     "parent-int": lambda c: c.continue_when_all([1, 2], call(jobs.multiply, 1, 2)),
@@ -143,6 +147,21 @@ def test_specific_error_types(extension: Extension) -> None:
         BAD_CLIENT_CALLS["queue-int"](client)
     with pytest.raises(InvalidCronError, match="longer than 100"):
         BAD_RECURRING["cron-long"](RecurringJobManager(extension.app))
+
+
+def test_queue_names_given_to_hfcelery_follow_hangfire_s_rule(extension: Extension) -> None:
+    """Lower-case letters, digits, '_' and '-', as Hangfire's; the project's own Celery routing
+    (its default queue, a signature's queue) is left as the project has it."""
+    client = BackgroundJobClient(extension.app)
+    with pytest.raises(InvalidArgumentError, match="lower-case letters, digits"):
+        client.enqueue(call(jobs.multiply, 1, 2), queue="Critical")
+    assert extension.store.job(client.enqueue(call(jobs.multiply, 1, 2), queue="a_b-9"))
+    with pytest.raises(ConfigurationError, match="lower-case letters, digits"):
+        hfcelery.queue("Reports.EU")
+    extension.app.conf.task_default_queue = "Project.Default"
+    job_id = client.enqueue(call(jobs.multiply, 1, 2))
+    details = extension.store.job(job_id)
+    assert details is not None and details.queue == "Project.Default"
 
 
 def test_continue_when_all_takes_a_generator(extension: Extension) -> None:
