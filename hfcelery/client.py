@@ -87,6 +87,59 @@ class BackgroundJobClient:
         self._extension.store.create_job(job)
         return job.id
 
+    def create(
+        self,
+        the_call: object,
+        state: State | str = State.ENQUEUED,
+        *,
+        delay: timedelta | datetime | None = None,
+        queue: str | None = None,
+    ) -> str:
+        """Create a job in ``state``, as Hangfire's ``Create(job, state)``: Enqueued (as
+        :meth:`enqueue`) or Scheduled (as :meth:`schedule`, due after ``delay``). Awaiting jobs
+        come from :meth:`continue_job_with`; other states are refused with InvalidArgumentError.
+        """
+        target = parse_state(state)
+        if target is State.ENQUEUED:
+            if delay is not None:
+                raise InvalidArgumentError("an Enqueued job takes no delay; create it Scheduled")
+            return self.enqueue(the_call, queue=queue)
+        if target is State.SCHEDULED:
+            if delay is None:
+                raise InvalidArgumentError("a Scheduled job needs a delay or an aware datetime")
+            return self.schedule(the_call, delay, queue=queue)
+        raise InvalidArgumentError(
+            f"create() makes Enqueued or Scheduled jobs, not {target.value}: "
+            "use continue_job_with for Awaiting ones"
+        )
+
+    def change_state(
+        self,
+        job_id: str,
+        state: State | str,
+        *,
+        expected_state: State | str | None = None,
+        delay: timedelta | datetime | None = None,
+    ) -> bool:
+        """Move a job to ``state`` if it is in ``expected_state`` (any state when None), as
+        Hangfire's ``ChangeState``; True if applied. Enqueued requeues it (:meth:`requeue`),
+        Scheduled reschedules it after ``delay`` (:meth:`reschedule`), Deleted deletes it
+        (:meth:`delete`). Other states are a worker's to record: InvalidArgumentError."""
+        target = parse_state(state)
+        if target is not State.SCHEDULED and delay is not None:
+            raise InvalidArgumentError(f"a delay goes with Scheduled, not {target.value}")
+        if target is State.ENQUEUED:
+            return self.requeue(job_id, expected_state=expected_state)
+        if target is State.DELETED:
+            return self.delete(job_id, expected_state=expected_state)
+        if target is State.SCHEDULED:
+            if delay is None:
+                raise InvalidArgumentError("a move to Scheduled needs a delay or a datetime")
+            return self.reschedule(job_id, delay, expected_state=expected_state)
+        raise InvalidArgumentError(
+            f"change_state moves a job to Enqueued, Scheduled or Deleted, not {target.value}"
+        )
+
     def continue_job_with(
         self,
         parent_id: str,
@@ -328,6 +381,26 @@ class _BackgroundJobFacade:
         self, the_call: object, delay: timedelta | datetime, *, queue: str | None = None
     ) -> str:
         return self.client().schedule(the_call, delay, queue=queue)
+
+    def create(
+        self,
+        the_call: object,
+        state: State | str = State.ENQUEUED,
+        *,
+        delay: timedelta | datetime | None = None,
+        queue: str | None = None,
+    ) -> str:
+        return self.client().create(the_call, state, delay=delay, queue=queue)
+
+    def change_state(
+        self,
+        job_id: str,
+        state: State | str,
+        *,
+        expected_state: State | str | None = None,
+        delay: timedelta | datetime | None = None,
+    ) -> bool:
+        return self.client().change_state(job_id, state, expected_state=expected_state, delay=delay)
 
     def delete(
         self, job_id: str, *, expected_state: State | str | None = None, terminate: bool = False

@@ -164,6 +164,42 @@ def test_queue_names_given_to_hfcelery_follow_hangfire_s_rule(extension: Extensi
     assert details is not None and details.queue == "Project.Default"
 
 
+def test_create_and_change_state_as_hangfire_s_client(extension: Extension) -> None:
+    from hfcelery import State
+
+    client = BackgroundJobClient(extension.app)
+    scheduled = client.create(call(jobs.multiply, 1, 2), "Scheduled", delay=timedelta(hours=1))
+    enqueued = client.create(call(jobs.multiply, 1, 2), queue="other")
+    for job_id, state in ((scheduled, State.SCHEDULED), (enqueued, State.ENQUEUED)):
+        details = extension.store.job(job_id)
+        assert details is not None and details.state is state
+    for bad in (
+        lambda: client.create(call(jobs.multiply, 1, 2), "processing"),
+        lambda: client.create(call(jobs.multiply, 1, 2), State.SCHEDULED),  # no delay
+        lambda: client.create(call(jobs.multiply, 1, 2), "enqueued", delay=timedelta(1)),
+        lambda: client.create(call(jobs.multiply, 1, 2), "nonsense"),
+    ):
+        with pytest.raises(InvalidArgumentError):
+            bad()
+    assert sum(extension.store.state_counts().values()) == 2  # nothing half-written
+
+    assert not client.change_state(scheduled, "deleted", expected_state="ENQUEUED")
+    assert client.change_state(scheduled, "enqueued", expected_state="SCHEDULED")
+    assert client.change_state(scheduled, "scheduled", delay=timedelta(minutes=5))
+    assert client.change_state(scheduled, State.DELETED, expected_state="scheduled")
+    details = extension.store.job(scheduled)
+    assert details is not None
+    assert [h.state for h in details.history] == [
+        State.SCHEDULED, State.ENQUEUED, State.SCHEDULED, State.DELETED,
+    ]  # fmt: skip
+    with pytest.raises(InvalidArgumentError):
+        client.change_state(enqueued, "succeeded")
+    with pytest.raises(InvalidArgumentError):
+        client.change_state(enqueued, "scheduled")  # no delay
+    with pytest.raises(InvalidArgumentError):
+        client.change_state(enqueued, "deleted", delay=timedelta(1))
+
+
 def test_continue_when_all_takes_a_generator(extension: Extension) -> None:
     client = BackgroundJobClient(extension.app)
     parents = [client.schedule(call(jobs.multiply, i, 2), timedelta(hours=1)) for i in range(3)]
