@@ -157,6 +157,23 @@ class LostWorkerLimitError(HfceleryError):
         )
 
 
+class ConcurrentExecutionTimeoutError(HfceleryError):
+    """A job of a function under ``@disable_concurrent_execution`` waited its timeout for the
+    run before it to end (Hangfire's ``DistributedLockTimeoutException``); automatic retry
+    retries it."""
+
+    def __init__(self, resource: str, timeout_seconds: float) -> None:
+        super().__init__(resource, timeout_seconds)  # args survive a result backend's JSON
+        self.resource = resource
+        self.timeout_seconds = timeout_seconds
+
+    def __str__(self) -> str:
+        return (
+            f"another run of {self.resource} still held it after {self.timeout_seconds:g} s "
+            "(disable_concurrent_execution)"
+        )
+
+
 class StoreError(HfceleryError):
     """The job store failed (a database error, wrapped)."""
 

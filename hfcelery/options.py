@@ -75,6 +75,18 @@ class JobOptions:
     retry: RetryPolicy | None = None
     display_name: str | None = None
     retention: timedelta | None = None
+    concurrency: ConcurrencyLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyLimit:
+    """``@disable_concurrent_execution``: at most one run at a time per resource."""
+
+    #: How long a run waits for the one before it to end, in seconds.
+    timeout_seconds: float
+    #: The resource: a ``str.format`` template filled with the job's arguments, or None for
+    #: the function itself.
+    key: str | None = None
 
 
 def options_of(target: object) -> JobOptions | None:
@@ -115,6 +127,29 @@ def display_name(template: str) -> Callable[[F], F]:
     if not isinstance(template, str) or not template:
         raise ConfigurationError("hfcelery.display_name needs a template string")
     return lambda target: _update(target, display_name=template)
+
+
+def disable_concurrent_execution(
+    timeout_seconds: float = 600, *, key: str | None = None
+) -> Callable[[F], F]:
+    """At most one run of the decorated function at a time, across every worker, as
+    Hangfire's ``[DisableConcurrentExecution(timeoutInSeconds)]``.
+
+    ``key`` narrows the resource to a ``str.format`` template filled with the job's arguments
+    (``key="customer-{0}"``: one run at a time per customer). A run that finds the resource
+    taken waits up to ``timeout_seconds`` for it, then fails with
+    :class:`~hfcelery.errors.ConcurrentExecutionTimeoutError`, which automatic retry retries.
+    The lock lives in the store and belongs to the running job: it is free as soon as that job
+    ends, is requeued, or its worker stops heartbeating, so a killed worker never holds it.
+    """
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float):
+        raise ConfigurationError("disable_concurrent_execution needs a timeout in seconds")
+    if timeout_seconds < 0:
+        raise ConfigurationError("disable_concurrent_execution needs a timeout >= 0")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ConfigurationError("disable_concurrent_execution's key must be a template string")
+    limit = ConcurrencyLimit(float(timeout_seconds), key)
+    return lambda target: _update(target, concurrency=limit)
 
 
 def retention(period: timedelta | float) -> Callable[[F], F]:

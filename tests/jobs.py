@@ -183,3 +183,31 @@ def sleep_then_fail_once(token: str, seconds: float) -> str:
     if n == 1:
         raise RuntimeError("first run fails")
     return "second run"
+
+
+def _note_run(token: str, seconds: float) -> str:
+    """Note the run's start and end times, for tests of overlapping runs."""
+    client = _side_effects()
+    start = time.time()
+    time.sleep(seconds)
+    client.rpush(f"hftests:{token}", f"{start} {time.time()}")
+    return "done"
+
+
+@hfcelery.disable_concurrent_execution(timeout_seconds=60)
+def exclusive(token: str, seconds: float) -> str:
+    """One run at a time, across workers."""
+    return _note_run(token, seconds)
+
+
+@hfcelery.disable_concurrent_execution(timeout_seconds=60, key="customer-{0}")
+def exclusive_per_customer(customer: str, token: str, seconds: float) -> str:
+    """One run at a time per customer."""
+    return _note_run(f"{token}:{customer}", seconds)
+
+
+@hfcelery.automatic_retry(attempts=1, delays=[3600])
+@hfcelery.disable_concurrent_execution(timeout_seconds=0.5)
+def exclusive_impatient(token: str, seconds: float) -> str:
+    """Waits half a second for the lock, then fails (and is retried an hour later)."""
+    return _note_run(token, seconds)

@@ -380,6 +380,30 @@ def test_a_finished_job_the_store_lost_is_written_from_its_message(store: Store)
     assert states_of(store, job.id) == [State.ENQUEUED, State.SUCCEEDED]
 
 
+def test_a_job_lock_belongs_to_a_running_job_on_a_live_server(store: Store) -> None:
+    """@disable_concurrent_execution's lock: free once its job leaves Processing or its server
+    stops heartbeating, without anyone releasing it."""
+    store.register_server(server("s1"))
+    store.register_server(server("s2"))
+    first, second, third = new_job(), new_job(), new_job()
+    for job in (first, second, third):
+        store.create_job(job)
+    claim(store, first.id, server_id="s1")
+    claim(store, second.id, server_id="s2")
+    assert store.try_job_lock("concurrency:f", first.id, TIMEOUT)
+    assert store.try_job_lock("concurrency:f", first.id, TIMEOUT)  # its own: again
+    assert not store.try_job_lock("concurrency:f", second.id, TIMEOUT)
+    assert store.try_job_lock("concurrency:g", second.id, TIMEOUT)  # another resource
+    store.finish(first.id, server_id="s1", state=State.SUCCEEDED, reason=None, data={})
+    assert store.try_job_lock("concurrency:f", second.id, TIMEOUT)  # the holder ended
+    claim(store, third.id, server_id="s1")
+    assert not store.try_job_lock("concurrency:f", third.id, TIMEOUT)
+    store.register_server(server("s2", heartbeat_age=TIMEOUT * 2))  # s2 stopped heartbeating
+    assert store.try_job_lock("concurrency:f", third.id, TIMEOUT)
+    store.release_lock("concurrency:f", third.id)
+    assert store.try_job_lock("concurrency:f", second.id, TIMEOUT)
+
+
 def test_heartbeat_and_remove_server(store: Store) -> None:
     store.register_server(server("s1", heartbeat_age=timedelta(minutes=1)))
     assert store.heartbeat("s1")

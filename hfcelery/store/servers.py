@@ -198,6 +198,41 @@ class ServerStore(StoreBase):
 
         return self._run(work)
 
+    def try_job_lock(self, name: str, job_id: str, server_timeout: timedelta) -> bool:
+        """Take the lock ``name`` for a running job; False while another job holds it.
+
+        A lock belongs to the job that holds it for as long as that job is Processing on a
+        server that still heartbeats: when the job ends, is requeued, or its server dies, the
+        lock is free without anyone releasing it.
+        """
+
+        def work(conn: Connection) -> bool:
+            now = utcnow()
+            row = {"name": name, "owner": job_id, "expires_at": now}
+            if self._insert_ignoring_conflict(conn, row, table=Lock):
+                return True
+            # Lock the row first, then look at its owner in a statement of its own: on
+            # PostgreSQL that statement sees every claim committed before the row was ours.
+            owner = conn.execute(
+                select(Lock.owner).where(Lock.name == name).with_for_update()
+            ).scalar_one_or_none()
+            if owner is not None and owner != job_id:
+                holder = conn.execute(
+                    select(Job.id)
+                    .join(Server, Server.id == Job.server_id)
+                    .where(
+                        Job.id == owner,
+                        Job.state == State.PROCESSING,
+                        Server.heartbeat_at >= now - server_timeout,
+                    )
+                ).first()
+                if holder is not None:
+                    return False
+            conn.execute(update(Lock).where(Lock.name == name).values(owner=job_id, expires_at=now))
+            return True
+
+        return self._run(work)
+
     def release_lock(self, name: str, owner: str) -> None:
         """Give up the lease ``name`` if ``owner`` holds it."""
         stmt = delete(Lock).where(Lock.name == name, Lock.owner == owner)

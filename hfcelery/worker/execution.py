@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import inspect
 import itertools
 import logging
@@ -39,7 +40,9 @@ from hfcelery.calls import (
     load_function,
 )
 from hfcelery.errors import (
+    ConcurrentExecutionTimeoutError,
     ForbiddenFunctionError,
+    InvalidCallError,
     JobFailedError,
     LostWorkerLimitError,
     StoreDataError,
@@ -92,6 +95,7 @@ def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any
     extension = extension_of(task.app)
     func = load_function(function_path, extension.module_allowed)
     task.request.hf_options = options_of(func)
+    _take_concurrency_lock(task, task.request.hf_options, function_path, args, kwargs)
     result = func(*args, **kwargs)
     if inspect.isawaitable(result):
         return _event_loop().run_until_complete(_awaited(result))
@@ -159,6 +163,55 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request.hf_claim = claimed.number
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
+    if task.name != PERFORM_TASK_NAME:  # a Celery task's own decorators (perform: in perform)
+        _take_concurrency_lock(task, options_of(task), task.name, args, kwargs)
+
+
+#: How often a run under ``@disable_concurrent_execution`` looks whether the lock is free.
+CONCURRENCY_POLL_SECONDS = 0.25
+
+
+def _take_concurrency_lock(
+    task: Task, options: JobOptions | None, function: str, args: Any, kwargs: Any
+) -> None:
+    """Hold the store lock of ``@disable_concurrent_execution`` for this run, waiting up to
+    its timeout; raise ConcurrentExecutionTimeoutError (retried by automatic retry) after."""
+    limit = options.concurrency if options is not None else None
+    extension = _claimed(task)
+    if limit is None or extension is None:
+        return
+    resource = function
+    if limit.key is not None:
+        try:
+            resource = f"{function}:{limit.key.format(*(args or ()), **(kwargs or {}))}"
+        except (IndexError, KeyError, ValueError, AttributeError) as exc:
+            raise InvalidCallError(
+                f"the disable_concurrent_execution key {limit.key!r} of {function} does not "
+                f"fit its arguments: {exc!r}"
+            ) from exc
+    name = f"concurrency:{resource}"
+    if len(name) > LOCK_NAME_LENGTH:
+        name = "concurrency:" + hashlib.sha256(resource.encode()).hexdigest()
+    server_timeout = timedelta(seconds=extension.config.server_timeout_seconds)
+    deadline = time.monotonic() + limit.timeout_seconds
+    logged = False
+    while not _until_stored(
+        extension,
+        f"the lock of job {task.request.id}",
+        lambda: extension.store.try_job_lock(name, task.request.id, server_timeout),
+    ):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ConcurrentExecutionTimeoutError(resource, limit.timeout_seconds)
+        if not logged:
+            logger.info("hfcelery job %s waits for another run of %s", task.request.id, resource)
+            logged = True
+        time.sleep(min(CONCURRENCY_POLL_SECONDS, remaining))
+    task.request.hf_lock = name
+
+
+#: The store's limit on lock names (longer resources are hashed).
+LOCK_NAME_LENGTH = 100
 
 
 class SkippedMessage(Ignore):  # type: ignore[misc]
@@ -554,6 +607,12 @@ def on_task_postrun(
     request = sender.request
     if extension is None or extension.server_id is None or request.id != task_id:
         return
+    lock = getattr(request, "hf_lock", None)
+    if lock is not None:  # free anyway once the job leaves Processing; this tidies the row
+        try:
+            extension.store.release_lock(lock, task_id)
+        except StoreError:
+            logger.debug("hfcelery could not release lock %s", lock, exc_info=True)
     if state == states.REJECTED:
         requeue = bool(getattr(retval, "requeue", False))
         text = storable_text(f"Rejected by the task: {safe_str(getattr(retval, 'reason', retval))}")
