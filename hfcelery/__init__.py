@@ -36,6 +36,7 @@ from hfcelery.options import (
     automatic_retry,
     disable_concurrent_execution,
     display_name,
+    latency_timeout,
     queue,
     retention,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "automatic_retry",
     "disable_concurrent_execution",
     "display_name",
+    "latency_timeout",
     "queue",
     "retention",
     # Inside a running job

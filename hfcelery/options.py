@@ -76,6 +76,7 @@ class JobOptions:
     display_name: str | None = None
     retention: timedelta | None = None
     concurrency: ConcurrencyLimit | None = None
+    latency_timeout: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,15 @@ def disable_concurrent_execution(
         raise ConfigurationError("disable_concurrent_execution's key must be a template string")
     limit = ConcurrencyLimit(float(timeout_seconds), key)
     return lambda target: _update(target, concurrency=limit)
+
+
+def latency_timeout(seconds: float) -> Callable[[F], F]:
+    """A job of the decorated function that has not started ``seconds`` after it was created
+    is deleted instead of run, as Hangfire's ``[LatencyTimeout(timeoutInSeconds)]``: for work
+    that is worthless late (a notification, a cache refresh)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ConfigurationError("hfcelery.latency_timeout needs a number of seconds >= 0")
+    return lambda target: _update(target, latency_timeout=timedelta(seconds=seconds))
 
 
 def retention(period: timedelta | float) -> Callable[[F], F]:

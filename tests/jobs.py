@@ -211,3 +211,10 @@ def exclusive_per_customer(customer: str, token: str, seconds: float) -> str:
 def exclusive_impatient(token: str, seconds: float) -> str:
     """Waits half a second for the lock, then fails (and is retried an hour later)."""
     return _note_run(token, seconds)
+
+
+@hfcelery.latency_timeout(5)
+def late_is_useless(token: str) -> str:
+    """Worthless when it starts more than 5 s after it was created."""
+    _side_effects().rpush(f"hftests:{token}", "ran")
+    return "ran"

@@ -111,3 +111,19 @@ def test_a_killed_worker_does_not_hold_the_lock(
     assert BackgroundJob.delete(holder, terminate=True)
     intervals: list[Any] = runs(side_effects, tok)
     assert len(intervals) == 1  # the waiter's; the killed run never finished
+
+
+def test_a_job_that_starts_later_than_its_latency_timeout_is_deleted(
+    workers: list[WorkerProcess], api: Monitoring, side_effects: redis.Redis
+) -> None:
+    """``@latency_timeout(5)``: measured from the job's creation, as Hangfire's attribute."""
+    from datetime import timedelta
+
+    tok = token()
+    on_time = BackgroundJob.enqueue(call(jobs.late_is_useless, tok))
+    late = BackgroundJob.schedule(call(jobs.late_is_useless, tok), timedelta(seconds=6))
+    assert wait_state(api, on_time).state is State.SUCCEEDED
+    job = wait_state(api, late, timeout=30)
+    assert job.state is State.DELETED
+    assert job.history[-1].reason == "Background job has exceeded latency timeout of 5 second(s)"
+    assert side_effects.lrange(f"hftests:{tok}", 0, -1) == ["ran"]  # the late one did not run

@@ -95,6 +95,7 @@ def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any
     extension = extension_of(task.app)
     func = load_function(function_path, extension.module_allowed)
     task.request.hf_options = options_of(func)
+    _check_latency(task, task.request.hf_options)
     _take_concurrency_lock(task, task.request.hf_options, function_path, args, kwargs)
     result = func(*args, **kwargs)
     if inspect.isawaitable(result):
@@ -164,7 +165,32 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
     if task.name != PERFORM_TASK_NAME:  # a Celery task's own decorators (perform: in perform)
+        _check_latency(task, options_of(task))
         _take_concurrency_lock(task, options_of(task), task.name, args, kwargs)
+
+
+def _check_latency(task: Task, options: JobOptions | None) -> None:
+    """``@latency_timeout``: a job that started too long after it was created is Deleted
+    instead of run (Hangfire's wording in the reason)."""
+    limit = options.latency_timeout if options is not None else None
+    extension = _claimed(task)
+    request = task.request
+    if limit is None or extension is None:
+        return
+    waited = datetime.now(UTC) - request.hf_created_at
+    if waited <= limit:
+        return
+    seconds = f"{limit.total_seconds():g}"
+    reason = f"Background job has exceeded latency timeout of {seconds} second(s)"
+    logger.warning("hfcelery job %s waited %s; deleted: %s", request.id, waited, reason)
+    latency = {"latency_ms": round(waited / timedelta(milliseconds=1), 3)}
+    _finish(
+        extension, request.id, State.DELETED, reason, latency,
+        worker=worker_id(), claim=request.hf_claim,
+        retention=_retention(task, extension.config.deleted_retention_seconds),
+    )  # fmt: skip
+    request.hf_claimed = False  # ended here: the task's end records nothing more
+    raise SkippedMessage(request.id, State.DELETED.value, reason)
 
 
 #: How often a run under ``@disable_concurrent_execution`` looks whether the lock is free.
