@@ -51,6 +51,7 @@ from hfcelery.records import (
 )
 from hfcelery.recurring import Cron, MisfireHandling, RecurringJob, RecurringJobManager
 from hfcelery.states import State
+from hfcelery.worker.context import CancellationToken, JobContext, current_job
 from hfcelery.worker.execution import cancellation_requested
 
 __version__ = "0.1.0"
@@ -83,6 +84,9 @@ __all__ = [
     "retention",
     # Inside a running job
     "cancellation_requested",
+    "current_job",
+    "JobContext",
+    "CancellationToken",
     "log",
     "progress",
     # Reading jobs

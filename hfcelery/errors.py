@@ -174,6 +174,19 @@ class ConcurrentExecutionTimeoutError(HfceleryError):
         )
 
 
+class JobAbortedError(HfceleryError):
+    """Raised by ``current_job().cancellation_token.throw_if_cancellation_requested()``: the
+    running job was deleted, requeued or taken over, and should stop (Hangfire's
+    ``JobAbortedException``)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} was aborted: it was deleted, requeued or taken over"
+
+
 class StoreError(HfceleryError):
     """The job store failed (a database error, wrapped)."""
 

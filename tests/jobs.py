@@ -218,3 +218,25 @@ def late_is_useless(token: str) -> str:
     """Worthless when it starts more than 5 s after it was created."""
     _side_effects().rpush(f"hftests:{token}", "ran")
     return "ran"
+
+
+def stop_when_cancelled(token: str, seconds: float) -> str:
+    """Work in small steps, asking the job's cancellation token before each."""
+    from hfcelery.errors import JobAbortedError
+
+    job = hfcelery.current_job()
+    assert job is not None
+    client = _side_effects()
+    client.rpush(f"hftests:{token}", f"started {job.id} attempt={job.attempt}")
+    deadline = time.monotonic() + seconds
+    steps = 0
+    try:
+        while time.monotonic() < deadline:
+            job.cancellation_token.throw_if_cancellation_requested()
+            steps += 1
+            time.sleep(0.001)
+    except JobAbortedError:
+        client.rpush(f"hftests:{token}", f"aborted after {steps} steps")
+        raise
+    client.rpush(f"hftests:{token}", "finished")
+    return "finished"
