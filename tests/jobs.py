@@ -240,3 +240,12 @@ def stop_when_cancelled(token: str, seconds: float) -> str:
         raise
     client.rpush(f"hftests:{token}", "finished")
     return "finished"
+
+
+@hfcelery.automatic_retry(attempts=2, delays=[0])
+def flaky_at_once(token: str, failures: int) -> int:
+    """As ``flaky``, retried without a delay."""
+    n = int(_side_effects().incr(f"hftests:{token}"))
+    if n <= failures:
+        raise RuntimeError(f"failure {n}")
+    return n

@@ -92,10 +92,9 @@ def test_exhausted_retries_can_end_deleted(
     tok = token()
     job_id = BackgroundJob.enqueue(call(jobs.always_fails_then_deleted, tok))
     job = wait_state(api, job_id, (State.DELETED,))
-    assert (job.history[-1].reason or "").startswith(
-        "Exceeded the maximum number of retry attempts (1)"
-    )
+    assert job.history[-1].reason == "Exceeded the maximum number of retry attempts."  # Hangfire's
     assert job.history[-1].data["exception_type"] == "builtins.RuntimeError"
+    assert "always" in job.history[-1].data["reason"]
     assert job.expire_at is not None
     assert side_effects.get(f"hftests:{tok}") == "2"
 
@@ -235,3 +234,18 @@ def test_scheduled_jobs_survive_a_worker_restart(
     for job_id in ids:
         assert wait_state(api, job_id).state is State.SUCCEEDED
     assert all(side_effects.lrange(f"hftests:{t}", 0, -1) == ["ran"] for t in tokens)
+
+
+def test_a_zero_retry_delay_enqueues_the_next_attempt_directly(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    """As Hangfire's automatic retry: Failed, then Enqueued at once (no Scheduled state)."""
+    tok = token()
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.flaky_at_once, tok, 1)))
+    assert job.state is State.SUCCEEDED
+    assert history(job) == [
+        State.ENQUEUED, State.PROCESSING, State.FAILED,
+        State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
+    ]  # fmt: skip
+    assert job.history[3].reason == "Retry attempt 1 of 2: RuntimeError: failure 1"
+    assert side_effects.get(f"hftests:{tok}") == "2"

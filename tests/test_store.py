@@ -631,6 +631,28 @@ def test_retry_records_failed_then_scheduled(store: Store) -> None:
     )
 
 
+def test_a_retry_due_at_once_is_enqueued_and_sent(store: Store) -> None:
+    """A zero delay: Failed, then Enqueued (not Scheduled), published after the commit."""
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    claim(store, job.id)
+    sent: list[Dispatch] = []
+    assert store.retry(
+        job.id, server_id="s1", worker_id="w1", due_at=datetime.now(UTC),
+        failed_reason="RuntimeError: x", failed_data={}, reason="Retry attempt 1 of 3: x",
+        publish=sent.append,
+    )  # fmt: skip
+    details = store.job(job.id)
+    assert details is not None
+    assert (details.state, details.retry_count, details.due_at) == (State.ENQUEUED, 1, None)
+    assert [h.state for h in details.history][-2:] == [State.FAILED, State.ENQUEUED]
+    assert details.history[-1].data == {"queue": "default", "attempt": 1}
+    assert [d.id for d in sent] == [job.id]
+    assert store.unpublished_jobs(timedelta(0), 10) == []  # marked published
+    assert claim(store, job.id) is not None  # the new message claims it
+
+
 def test_expired_jobs_are_deleted_with_their_history(store: Store) -> None:
     store.register_server(server("s1"))
     old, fresh, failed = new_job(), new_job(), new_job()

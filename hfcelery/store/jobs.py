@@ -433,13 +433,17 @@ class JobStore(ContinuationStore):
         failed_data: dict[str, Any],
         reason: str,
         claim: int | None = None,
+        publish: Callable[[Dispatch], None] | None = None,
     ) -> bool:
         """Record a failed attempt and schedule the next: Processing -> Failed -> Scheduled.
 
-        Only the claim numbered ``claim`` is retried; a job found still Enqueued as before that
-        claim is retried too: the claim was lost (see :meth:`finish`).
+        A retry that is due at once (a zero delay) goes to Enqueued instead and is sent with
+        ``publish``, as Hangfire's automatic retry does. Only the claim numbered ``claim`` is
+        retried; a job found still Enqueued as before that claim is retried too: the claim was
+        lost (see :meth:`finish`).
         """
         now = utcnow()
+        at_once = publish is not None and due_at <= now
         holder = [Job.state == State.PROCESSING, Job.server_id == server_id]
         if worker_id is not None:
             holder.append(Job.worker_id == worker_id)
@@ -453,32 +457,40 @@ class JobStore(ContinuationStore):
             update(Job)
             .where(Job.id == job_id, mine)
             .values(
-                state=State.SCHEDULED,
+                state=State.ENQUEUED if at_once else State.SCHEDULED,
                 server_id=None,
                 worker_id=None,
                 state_changed_at=now,
-                due_at=due_at,
+                due_at=None if at_once else due_at,
                 published=False,
                 retry_count=Job.retry_count + 1,
             )
-            .returning(Job.retry_count)
+            .returning(Job.retry_count, *_DISPATCH_COLUMNS)
         )
+        sent: list[Dispatch] = []
 
         def work(conn: Connection) -> bool:
-            attempt = conn.execute(stmt).scalar()
-            if attempt is None:
+            row = conn.execute(stmt).first()
+            if row is None:
                 return False
-            scheduled = {"due_at": due_at.isoformat(), "attempt": attempt}
+            if at_once:
+                next_state = _state_row(
+                    job_id, State.ENQUEUED, reason, {"queue": row.queue, "attempt": row[0]}, now
+                )
+                sent.append(_dispatch_from_row(row))
+            else:
+                scheduled = {"due_at": due_at.isoformat(), "attempt": row[0]}
+                next_state = _state_row(job_id, State.SCHEDULED, reason, scheduled, now)
             conn.execute(
                 insert(JobState),
-                [
-                    _state_row(job_id, State.FAILED, failed_reason, failed_data, now),
-                    _state_row(job_id, State.SCHEDULED, reason, scheduled, now),
-                ],
+                [_state_row(job_id, State.FAILED, failed_reason, failed_data, now), next_state],
             )
             return True
 
-        return self._run(work)
+        retried = self._run(work)
+        if sent and publish is not None:  # after the commit: the worker must see Enqueued
+            self._send(sent, publish)
+        return retried
 
     def enqueue_due(
         self, *, limit: int, grace: timedelta, publish: Callable[[Dispatch], None]

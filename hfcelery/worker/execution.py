@@ -52,7 +52,7 @@ from hfcelery.errors import (
 from hfcelery.extension import Extension, extension_of, find_extension
 from hfcelery.jsonutil import from_json, to_json, to_json_or_repr
 from hfcelery.options import AttemptsExceeded, JobOptions, RetryPolicy, options_of
-from hfcelery.records import NewJob
+from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
 from hfcelery.store.jobs import LOST_WORKER_REASON
 from hfcelery.validation import (
@@ -492,6 +492,12 @@ def retry_policy(extension: Extension, task: Task) -> RetryPolicy | None:
     return None
 
 
+def _publisher(app: Any) -> Callable[[Dispatch], None]:
+    from hfcelery.client import publish  # the client sits above the worker's hooks
+
+    return functools.partial(publish, app)
+
+
 def _retried_or_deleted(
     extension: Extension,
     task: Task,
@@ -511,8 +517,11 @@ def _retried_or_deleted(
     attempt = int(request.hf_retry_count) + 1
     assert extension.server_id is not None
     if attempt <= policy.attempts:
-        due_at = datetime.now(UTC) + timedelta(seconds=policy.delay_seconds(attempt))
+        delay = policy.delay_seconds(attempt)
+        due_at = datetime.now(UTC) + timedelta(seconds=delay)
         server_id = extension.server_id
+        # A zero delay enqueues the next attempt at once, as Hangfire's automatic retry does.
+        at_once = _publisher(task.app) if delay <= 0 else None
         try:
             applied = _until_stored(
                 extension,
@@ -526,6 +535,7 @@ def _retried_or_deleted(
                     failed_data=data,
                     reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
                     claim=request.hf_claim,
+                    publish=at_once,
                 ),
             )
         except StoreError as exc:  # the job stays Processing; the maintenance loop requeues it
@@ -540,7 +550,10 @@ def _retried_or_deleted(
             extension,
             request.id,
             State.DELETED,
-            f"Exceeded the maximum number of retry attempts ({policy.attempts}): {reason}",
+            # Hangfire's wording; the exception stays in the state's data.
+            "Exceeded the maximum number of retry attempts."
+            if policy.attempts > 0
+            else "Retries were disabled for this job.",
             data,
             worker=worker_id(),
             retention=_retention(task, extension.config.deleted_retention_seconds),
