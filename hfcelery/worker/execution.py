@@ -164,9 +164,10 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request.hf_claim = claimed.number
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
-    if task.name != PERFORM_TASK_NAME:  # a Celery task's own decorators (perform: in perform)
-        _check_latency(task, options_of(task))
-        _take_concurrency_lock(task, options_of(task), task.name, args, kwargs)
+    options = options_of(task) if task.name != PERFORM_TASK_NAME else None  # perform: later
+    if options is not None:  # a Celery task's own decorators
+        _check_latency(task, options)
+        _take_concurrency_lock(task, options, task.name, args, kwargs)
 
 
 def _check_latency(task: Task, options: JobOptions | None) -> None:
