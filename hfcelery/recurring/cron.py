@@ -3,10 +3,13 @@
 croniter parses and iterates. Five fields are minute precision; six fields put seconds first
 (``"*/10 * * * * *"`` is every ten seconds); ``@daily``-style macros are accepted.
 
-Daylight saving time, for a job in a zone that has it: on the night the clocks go forward, an
-occurrence in the skipped hour runs when the clocks jump (a daily 02:30 job runs at 03:00); on
-the night they go back, an expression with fixed hours runs once (at the first 02:30), while
-one that runs every hour runs in both of the repeated hours.
+Daylight saving time follows Cronos, Hangfire's cron library: occurrences are matched on the
+wall clock of the job's zone. On the night the clocks go forward, the occurrences in the skipped
+hour run once, when the clocks jump (a daily 02:30 job runs at 03:00). On the night they go back,
+an expression whose second, minute and hour fields hold only values and lists (``30 1 * * *``,
+``0,30 1 * * *``) runs in the first of the repeated hours only; one with ``*``, a range or a step
+in any of them (``0 * * * *``, ``*/15 1 * * *``, ``0-30 1 * * *``, or ``*/30 0 1 * * *`` with
+seconds) runs in both.
 """
 
 from __future__ import annotations
@@ -156,12 +159,15 @@ class CronExpression:
         return time_zone(self.zone)
 
     @cached_property
-    def _fixed_hours(self) -> bool:
-        fields = self.expression.split()
+    def _interval(self) -> bool:
+        """Cronos's ``Interval`` flag: a ``*``, ``?``, range or step in the second, minute or hour
+        field. Such an expression also runs in the second of two repeated hours; one with only
+        fixed values and lists there runs in the first only. ``@hourly`` is ``0 * * * *``."""
         if self.expression.startswith("@"):
-            return self.expression not in ("@hourly",)
-        hour = fields[2] if self.has_seconds else fields[1]
-        return "*" not in hour and "/" not in hour and "-" not in hour
+            return self.expression.lower() == "@hourly"
+        fields = self.expression.split()
+        time_fields = fields[:3] if self.has_seconds else fields[:2]
+        return any(mark in field for field in time_fields for mark in "*?-/")
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first occurrence strictly after ``after`` (aware), in UTC; None if none."""
@@ -171,20 +177,42 @@ class CronExpression:
         """Occurrences strictly after ``after`` (aware), in UTC, in order."""
         if after.tzinfo is None:
             raise ValueError("occurrences() needs an aware datetime")
-        iterator = croniter(
-            self._croniter_form,
-            after.astimezone(self.tz),
-            ret_type=datetime,
-            second_at_beginning=self.has_seconds,
-        )
+        wall_clock = _WallClock(self._croniter_form, self.has_seconds)
+        cursor = after.astimezone(UTC).replace(microsecond=0)  # Cronos floors to the second
         while True:
-            try:
-                local: datetime = iterator.get_next(datetime)
-            except CroniterBadDateError:  # no further match (Cron.never())
+            found = self._next_in_zone(cursor, wall_clock)
+            if found is None:
                 return
-            if local.fold and self._fixed_hours and _repeated_wall_time(local):
-                continue  # the second 02:30 of a night the clocks go back
-            yield local.astimezone(UTC)
+            yield found
+            cursor = found
+
+    def _next_in_zone(self, cursor: datetime, wall_clock: _WallClock) -> datetime | None:
+        """The first occurrence after the instant ``cursor``, as Cronos's
+        ``GetOccurrenceConsideringTimeZone`` finds it."""
+        local = cursor.astimezone(self.tz)
+        wall = _naive(local)
+        inclusive = False
+        first, second = _offsets(wall, self.tz)
+        if first > second:  # the cursor is in a repeated hour
+            change = _offset_change(wall, self.tz)
+            repeat_start, repeat_end = _naive(change + second), _naive(change + first)
+            if local.fold == 0:  # the first time round: the rest of it
+                found = wall_clock.next(wall, inclusive)
+                if found is not None and found < repeat_end:
+                    return _instant(found, self.tz, fold=0)
+                wall, inclusive = repeat_start, True
+            if self._interval:  # the second time round: only intervals run in it
+                found = wall_clock.next(wall, inclusive)
+                if found is not None and found < repeat_end:
+                    return _instant(found, self.tz, fold=1)
+            wall, inclusive = repeat_end, True
+        found = wall_clock.next(wall, inclusive)
+        if found is None:
+            return None
+        first, second = _offsets(found, self.tz)
+        if first < second:  # skipped by the clocks going forward: runs when they jump
+            return _offset_change(found, self.tz)
+        return _instant(found, self.tz, fold=0)  # a repeated time: the first of the two
 
     def between(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
         """Occurrences in ``(after, until]``, in UTC, at most ``limit`` (the earliest)."""
@@ -227,11 +255,66 @@ def _unsupported_cronos_form(expression: str) -> str | None:
     return None
 
 
-def _repeated_wall_time(local: datetime) -> bool:
-    """Whether this wall-clock time also happened an hour earlier (fold=0), as it does on a
-    night the clocks go back."""
-    first = local.replace(fold=0)
-    return first.utcoffset() != local.utcoffset()
+class _WallClock:
+    """croniter over naive wall-clock times (Cronos's ``FindOccurrence``): no time zone, so no
+    DST; the iterator continues when asked for the occurrence after the one it gave last."""
+
+    def __init__(self, expression: str, has_seconds: bool) -> None:
+        self._expression = expression
+        self._has_seconds = has_seconds
+        self._iterator: croniter | None = None
+        self._last: datetime | None = None
+
+    def next(self, start: datetime, inclusive: bool) -> datetime | None:
+        """The first match after ``start`` (at or after it when ``inclusive``), or None."""
+        if inclusive:
+            start -= timedelta(seconds=1)  # croniter is exclusive; matches are whole seconds
+        if self._iterator is None:
+            self._iterator = croniter(
+                self._expression, start, ret_type=datetime, second_at_beginning=self._has_seconds
+            )
+        elif start != self._last:
+            self._iterator.set_current(start, force=True)
+        try:
+            found: datetime = self._iterator.get_next(datetime)
+        except CroniterBadDateError:  # no further match (Cron.never())
+            return None
+        self._last = found
+        return found
+
+
+def _naive(moment: datetime) -> datetime:
+    """The wall-clock time of an aware ``moment``, naive (and without its fold)."""
+    return moment.replace(tzinfo=None, fold=0)
+
+
+def _offsets(wall: datetime, tz: ZoneInfo) -> tuple[timedelta, timedelta]:
+    """The UTC offsets of the first and second reading of a naive wall-clock time. They differ
+    only around a change: first > second for a repeated time, first < second for a skipped one."""
+    first = wall.replace(tzinfo=tz, fold=0).utcoffset()
+    second = wall.replace(tzinfo=tz, fold=1).utcoffset()
+    assert first is not None and second is not None  # ZoneInfo always has an offset
+    return first, second
+
+
+def _instant(wall: datetime, tz: ZoneInfo, fold: int) -> datetime:
+    """The naive wall-clock time ``wall`` in ``tz`` (the second reading when ``fold``), in UTC."""
+    return wall.replace(tzinfo=tz, fold=fold).astimezone(UTC)
+
+
+def _offset_change(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The instant (UTC) the offset changes around the repeated or skipped wall time ``wall``."""
+    low, high = sorted((_instant(wall, tz, 0), _instant(wall, tz, 1)))
+    after_change = high.astimezone(tz).utcoffset()
+    seconds = int((high - low).total_seconds())
+    while seconds > 1:  # low is before the change, high at or after it
+        middle = low + timedelta(seconds=seconds // 2)
+        if middle.astimezone(tz).utcoffset() == after_change:
+            high = middle
+        else:
+            low = middle
+        seconds = int((high - low).total_seconds())
+    return high
 
 
 def plan(
