@@ -79,6 +79,8 @@ class Invocation:
     kwargs_json: str
     options: dict[str, Any] = field(default_factory=dict)
     job_options: JobOptions = field(default_factory=JobOptions)
+    #: The function or Celery task that runs (for its filters); None if not known here.
+    runs: object = None
 
     def display_name(self) -> str | None:
         """The ``@display_name`` template filled with the arguments, if there is one."""
@@ -111,11 +113,11 @@ class Invocation:
         return self.args
 
 
-def to_invocation(the_call: object, *, extra_argument: bool = False) -> Invocation:
+def to_invocation(the_call: object, *, extra_arguments: int = 0) -> Invocation:
     """Normalise any accepted form of *the call* into an :class:`Invocation`, or raise.
 
-    ``extra_argument``: the function will get one more positional argument (a continuation's
-    parent result), so check that it accepts one.
+    ``extra_arguments``: the function will get that many more positional arguments (a
+    continuation's parent result and exception), so check that it accepts them.
     """
     if isinstance(the_call, Signature):
         return _from_signature(the_call)
@@ -132,10 +134,14 @@ def to_invocation(the_call: object, *, extra_argument: bool = False) -> Invocati
             target=the_call,
         )
     if isinstance(func, Task):
-        return _build(func.name, func.name, args, kwargs, target=func, job_options=options_of(func))
+        return _build(
+            func.name, func.name, args, kwargs, target=func, job_options=options_of(func), runs=func
+        )
     path = function_path(func)
-    _check_arguments_fit(func, (*args, None) if extra_argument else args, kwargs, path)
-    return _build(PERFORM_TASK_NAME, path, args, kwargs, target=func, job_options=options_of(func))
+    _check_arguments_fit(func, (*args, *([None] * extra_arguments)), kwargs, path)
+    return _build(
+        PERFORM_TASK_NAME, path, args, kwargs, target=func, job_options=options_of(func), runs=func
+    )
 
 
 def function_path(func: object) -> str:
@@ -365,6 +371,7 @@ def _from_signature(sig: Signature) -> Invocation:
         target=sig,
         options=options,
         job_options=options_of(task),
+        runs=task,
     )
 
 
@@ -390,6 +397,7 @@ def _build(
     target: object,
     options: dict[str, Any] | None = None,
     job_options: JobOptions | None = None,
+    runs: object = None,
 ) -> Invocation:
     if not all(isinstance(k, str) for k in kwargs):
         raise ArgumentSerializationError(
@@ -404,4 +412,5 @@ def _build(
         kwargs_json=dumps_json(kwargs, what=f"keyword arguments of {function}", target=target),
         options=options or {},
         job_options=job_options or JobOptions(),
+        runs=runs,
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
-from celery import Celery
+from celery import Celery, Task
 
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, Invocation, to_invocation
 from hfcelery.continuations import JobContinuationOptions
@@ -15,8 +15,19 @@ from hfcelery.errors import (
     InvalidArgumentError,
     InvalidCallError,
     InvalidScheduleError,
+    JobCreationCanceledError,
+    JobCreationError,
 )
 from hfcelery.extension import default_app, extension_of
+from hfcelery.filters import (
+    ApplyStateContext,
+    CandidateState,
+    ClientFilterError,
+    CreatingContext,
+    ElectStateContext,
+    FilterSet,
+    filters_for,
+)
 from hfcelery.jsonutil import from_json
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
@@ -69,9 +80,8 @@ class BackgroundJobClient:
         its message sent with the job id as the Celery task id. If the broker is unreachable,
         the job is kept and a worker publishes it later.
         """
-        job = self.new_job(the_call, queue, State.ENQUEUED)
-        self._extension.store.create_job(job, self._publish)
-        return job.id
+        job, invocation = self._new(the_call, queue, State.ENQUEUED)
+        return self._create(job, invocation)
 
     def schedule(
         self, the_call: object, delay: timedelta | datetime, *, queue: str | None = None
@@ -83,9 +93,8 @@ class BackgroundJobClient:
         Raises InvalidScheduleError for a negative delay or a naive datetime.
         """
         due_at = due_time(delay)
-        job = self.new_job(the_call, queue, State.SCHEDULED, due_at)
-        self._extension.store.create_job(job)
-        return job.id
+        job, invocation = self._new(the_call, queue, State.SCHEDULED, due_at)
+        return self._create(job, invocation)
 
     def create(
         self,
@@ -148,6 +157,9 @@ class BackgroundJobClient:
         options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
         queue: str | None = None,
         pass_result: bool = False,
+        pass_exception: bool = False,
+        next_state: State | str = State.ENQUEUED,
+        delay: timedelta | None = None,
     ) -> str:
         """Create a job that waits (Awaiting) for ``parent_id`` to finish; return its id.
 
@@ -155,15 +167,24 @@ class BackgroundJobClient:
         or either), in the same store transaction that finishes the parent, and deleted with
         the reason "Continuation condition was not met" otherwise. Failed is not finished: the
         parent may still be retried. A parent that has finished already releases it at once.
-        ``pass_result=True`` appends the parent's result to the arguments. Raises
-        JobNotFoundError, writing nothing, if there is no such parent.
+        ``next_state="Scheduled"`` with a ``delay`` schedules it that long after the release
+        instead (Hangfire's ``nextState``).
+        ``pass_result=True`` appends the parent's result to the arguments (None if it was
+        deleted); ``pass_exception=True`` appends the parent's exception (Hangfire's
+        ``FromException``): None if it succeeded, else ``{"type": ..., "message": ...}`` from
+        its Deleted state (the exception that made automatic retry give up, or type None and
+        the reason when it was deleted otherwise). Both: the result, then the exception.
+        Raises JobNotFoundError, writing nothing, if there is no such parent.
         """
         return self._continue(
-            parent_ids=[parent_id],
-            the_call=the_call,
-            options=options,
-            queue=queue,
-            pass_result="one" if pass_result else None,
+            [parent_id],
+            the_call,
+            options,
+            queue,
+            "one" if pass_result else None,
+            pass_exception,
+            next_state,
+            delay,
         )
 
     def continue_when_all(
@@ -174,13 +195,27 @@ class BackgroundJobClient:
         options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
         queue: str | None = None,
         pass_result: bool = False,
+        pass_exception: bool = False,
+        next_state: State | str = State.ENQUEUED,
+        delay: timedelta | None = None,
     ) -> str:
         """Create a job that waits for every one of ``parent_ids`` (a join); return its id.
 
         ``options`` must hold for each parent. With ``pass_result=True`` the list of the
-        parents' results (in the order of their ids) is appended to the arguments.
+        parents' results (in the order of their ids) is appended to the arguments, with
+        ``pass_exception=True`` the list of their exceptions; ``next_state`` and ``delay`` as
+        for :meth:`continue_job_with`.
         """
-        return self._continue(parent_ids, the_call, options, queue, "all" if pass_result else None)
+        return self._continue(
+            parent_ids,
+            the_call,
+            options,
+            queue,
+            "all" if pass_result else None,
+            pass_exception,
+            next_state,
+            delay,
+        )
 
     def _continue(
         self,
@@ -189,6 +224,9 @@ class BackgroundJobClient:
         options: JobContinuationOptions,
         queue: str | None,
         pass_result: str | None,
+        pass_exception: bool = False,
+        next_state: State | str = State.ENQUEUED,
+        delay: timedelta | None = None,
     ) -> str:
         if isinstance(parent_ids, str | bytes) or not isinstance(parent_ids, Iterable):
             raise InvalidCallError("continue_when_all needs a list of parent job ids")
@@ -201,19 +239,135 @@ class BackgroundJobClient:
                 raise InvalidCallError(f"invalid parent job id {parent_id!r:.80}: {problem}")
         if not isinstance(options, int) or int(options) not in range(4):
             raise InvalidArgumentError(f"invalid continuation options {options!r}")
-        job = self.new_job(the_call, queue, State.AWAITING, pass_result=pass_result is not None)
+        delay_seconds: float | None = None
+        target = parse_state(next_state)
+        if target is State.SCHEDULED:
+            if delay is None:
+                raise InvalidArgumentError("a Scheduled next state needs a delay")
+            if not isinstance(delay, timedelta) or delay < timedelta(0):
+                raise InvalidScheduleError(f"the delay must be a timedelta >= 0, got {delay!r}")
+            delay_seconds = delay.total_seconds()
+        elif target is State.ENQUEUED:
+            if delay is not None:
+                raise InvalidArgumentError("a delay goes with next_state='Scheduled'")
+        else:
+            raise InvalidArgumentError(
+                f"a continuation's next state is Enqueued or Scheduled, not {target.value}"
+            )
+        extra = (pass_result is not None) + bool(pass_exception)
+        job, invocation = self._new(the_call, queue, State.AWAITING, extra_arguments=extra)
         parents = sorted(set(parent_ids))
-        job = replace(
-            job,
-            data={
-                "parent_ids": parents,
-                "options": JobContinuationOptions(options).name or "ON_ANY_FINISHED_STATE",
-                "next_state": State.ENQUEUED.value,
-                "queue": job.queue,
-            },
+        data: dict[str, object] = {
+            "parent_ids": parents,
+            "options": JobContinuationOptions(options).name or "ON_ANY_FINISHED_STATE",
+            "next_state": target.value,
+            "queue": job.queue,
+        }
+        if delay_seconds is not None:
+            data["next_delay_seconds"] = delay_seconds
+        job = replace(job, data=data)
+
+        def write(job: NewJob) -> None:
+            self._extension.store.add_continuation(
+                job,
+                parents,
+                int(options),
+                pass_result=pass_result,
+                pass_exception=bool(pass_exception),
+                next_state=None if target is State.ENQUEUED else target,
+                next_delay_seconds=delay_seconds,
+            )
+
+        return self._create(job, invocation, write)
+
+    def _create(
+        self,
+        job: NewJob,
+        invocation: Invocation,
+        write: Callable[[NewJob], object] | None = None,
+    ) -> str:
+        """Write a new job through its filters: client filters around the write (a veto or a
+        filter's error writes nothing), elect-state filters on its first state, apply-state
+        filters after."""
+        runs = invocation.runs
+        filters = filters_for(runs, type(runs) if isinstance(runs, Task) else None)
+        if write is None:
+            store = self._extension.store
+
+            def write(job: NewJob) -> object:
+                return store.create_job(job, self._publish if job.state is State.ENQUEUED else None)
+
+        if not (filters.client_filters or filters.elect_filters or filters.apply_filters):
+            write(job)
+            return job.id
+        args = from_json(job.args_json)
+        kwargs = from_json(job.kwargs_json)
+        context = CreatingContext(
+            job.id, job.function, job.task_name, args, kwargs, job.queue, job.state
         )
-        self._extension.store.add_continuation(job, parents, int(options), pass_result=pass_result)
-        return job.id
+        written: list[NewJob] = []
+
+        def elect_and_write() -> str:
+            final = self._elect_first_state(
+                replace(job, parameters=dict(context.parameters)), filters
+            )
+            write(final)
+            written.append(final)
+            return final.id
+
+        try:
+            created = filters.create(context, elect_and_write)
+        except ClientFilterError as exc:
+            raise JobCreationError(
+                f"Background job creation failed: a client filter raised {exc.__cause__!r}"
+            ) from exc.__cause__
+        if created.canceled or created.job_id is None:
+            raise JobCreationCanceledError(str(context.items.get("canceled_by", "?")), job.function)
+        if written and filters.apply_filters:
+            final = written[0]
+            filters.applied(
+                ApplyStateContext(
+                    final.id, final.function, None, final.state, final.reason, final.data
+                )
+            )
+        return created.job_id
+
+    def _elect_first_state(self, job: NewJob, filters: FilterSet) -> NewJob:
+        """Let elect-state filters change a new job's first state: Enqueued or Scheduled
+        (one waiting for parents stays Awaiting)."""
+        if not filters.elect_filters:
+            return job
+        candidate = CandidateState(job.state, job.reason, dict(job.data), job.due_at)
+        context = ElectStateContext(
+            job.id, job.function, None, candidate, config=self._extension.config
+        )
+        context.__dict__["parameters"] = job.parameters
+        try:
+            elected = filters.elect(context)
+        except Exception as exc:
+            raise JobCreationError(
+                f"Background job creation failed: an elect-state filter raised {exc!r}"
+            ) from exc
+        if elected is candidate:
+            return job
+        if job.state is State.AWAITING or elected.state not in (State.ENQUEUED, State.SCHEDULED):
+            raise InvalidArgumentError(
+                f"a filter elected {elected.state.value} as the first state of a new "
+                f"{job.state.value} job; a new job can start Enqueued or Scheduled"
+            )
+        data = {**elected.data, "queue": job.queue}
+        due_at = elected.due_at
+        if elected.state is State.SCHEDULED:
+            if due_at is None:
+                raise InvalidArgumentError("a filter elected Scheduled without a due time")
+            data.setdefault("enqueue_at", due_at.isoformat())
+        return replace(
+            job,
+            state=elected.state,
+            reason=elected.reason,
+            data=data,
+            due_at=due_at if elected.state is State.SCHEDULED else None,
+        )
 
     def delete(
         self,
@@ -280,14 +434,25 @@ class BackgroundJobClient:
         state: State,
         due_at: datetime | None = None,
         *,
-        pass_result: bool = False,
+        extra_arguments: int = 0,
     ) -> NewJob:
         """Validate the call and describe the job it makes (nothing is written)."""
+        return self._new(the_call, queue, state, due_at, extra_arguments=extra_arguments)[0]
+
+    def _new(
+        self,
+        the_call: object,
+        queue: str | None,
+        state: State,
+        due_at: datetime | None = None,
+        *,
+        extra_arguments: int = 0,
+    ) -> tuple[NewJob, Invocation]:
         if queue is not None:
             check_job_queue(queue)
         # The function must be one a worker may call (defined where its name says, see
         # calls.resolve_function); whether its module is allowed is the worker's setting.
-        invocation = to_invocation(the_call, extra_argument=pass_result)
+        invocation = to_invocation(the_call, extra_arguments=extra_arguments)
         # A name given to hfcelery (queue=, @queue) follows Hangfire's rule; one that comes
         # from the project's Celery routing (a signature's queue, the default) is the project's.
         decorated = invocation.queue()
@@ -299,7 +464,7 @@ class BackgroundJobClient:
         data: dict[str, object] = {"queue": queue}
         if due_at is not None:
             data = {"enqueue_at": due_at.isoformat(), "queue": queue}
-        return NewJob(
+        job = NewJob(
             id=str(uuid4()),
             function=invocation.function,
             task_name=invocation.task_name,
@@ -311,6 +476,7 @@ class BackgroundJobClient:
             display_name=invocation.display_name(),
             due_at=due_at,
         )
+        return job, invocation
 
     def _publish(self, dispatch: Dispatch) -> None:
         publish(self.app, dispatch)
@@ -430,9 +596,19 @@ class _BackgroundJobFacade:
         options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
         queue: str | None = None,
         pass_result: bool = False,
+        pass_exception: bool = False,
+        next_state: State | str = State.ENQUEUED,
+        delay: timedelta | None = None,
     ) -> str:
         return self.client().continue_job_with(
-            parent_id, the_call, options=options, queue=queue, pass_result=pass_result
+            parent_id,
+            the_call,
+            options=options,
+            queue=queue,
+            pass_result=pass_result,
+            pass_exception=pass_exception,
+            next_state=next_state,
+            delay=delay,
         )
 
     def continue_when_all(
@@ -443,9 +619,19 @@ class _BackgroundJobFacade:
         options: JobContinuationOptions = JobContinuationOptions.ONLY_ON_SUCCEEDED_STATE,
         queue: str | None = None,
         pass_result: bool = False,
+        pass_exception: bool = False,
+        next_state: State | str = State.ENQUEUED,
+        delay: timedelta | None = None,
     ) -> str:
         return self.client().continue_when_all(
-            parent_ids, the_call, options=options, queue=queue, pass_result=pass_result
+            parent_ids,
+            the_call,
+            options=options,
+            queue=queue,
+            pass_result=pass_result,
+            pass_exception=pass_exception,
+            next_state=next_state,
+            delay=delay,
         )
 
 

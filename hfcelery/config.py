@@ -78,6 +78,9 @@ class HfConfig:
     schedule_poll_interval_seconds: float = DEFAULT_SCHEDULE_POLL_INTERVAL_SECONDS
     #: Automatic retries of jobs created through hfcelery without ``@automatic_retry``.
     default_retry_attempts: int = 10
+    #: Whether the global automatic retry also retries plain Celery tasks (sent with
+    #: ``delay``/``apply_async``); they keep Celery's own retry semantics by default.
+    retry_celery_tasks: bool = False
     #: How often expired jobs are removed.
     cleanup_interval_seconds: float = DEFAULT_CLEANUP_INTERVAL_SECONDS
     #: Failed jobs older than this are removed (None keeps them until someone acts).

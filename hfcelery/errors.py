@@ -187,6 +187,30 @@ class JobAbortedError(HfceleryError):
         return f"job {self.job_id} was aborted: it was deleted, requeued or taken over"
 
 
+class JobCreationError(HfceleryError):
+    """A client filter raised while a job was being created (Hangfire's
+    ``BackgroundJobClientException``): nothing was written; the filter's exception is the
+    ``__cause__``."""
+
+
+class JobCreationCanceledError(HfceleryError):
+    """A client filter vetoed the job (``context.canceled = True`` in ``on_creating``): nothing
+    was written. Hangfire returns a null id here; a Python caller gets this error instead."""
+
+    def __init__(self, filter_name: str, function: str) -> None:
+        super().__init__(filter_name, function)
+        self.filter_name = filter_name
+        self.function = function
+
+    def __str__(self) -> str:
+        return f"the job of {self.function} was canceled by filter {self.filter_name!r}"
+
+
+class JobPerformanceError(HfceleryError):
+    """A server filter raised while a job was performed (Hangfire's
+    ``JobPerformanceException``): the job fails with it, and automatic retry applies."""
+
+
 class StoreError(HfceleryError):
     """The job store failed (a database error, wrapped)."""
 

@@ -28,6 +28,8 @@ class NewJob:
     tracked: bool = False
     #: The stamp of the message that sends it (plain Celery tasks, see ``calls.STAMP_HEADER``).
     sent_stamp: str | None = None
+    #: Job parameters written with it (set by client filters).
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,33 @@ def check_job_queue(value: object) -> str:
     return str(value)
 
 
+#: Longest job parameter name, and largest parameter value (its JSON).
+MAX_PARAMETER_NAME_LENGTH = 100
+MAX_PARAMETER_CHARS = 64 * 1024
+
+
+def check_parameter(name: object, value: object) -> str:
+    """``name`` if ``name``/``value`` can be a job parameter: a short name and a small JSON
+    value. Raises InvalidArgumentError (or ArgumentSerializationError for a value that is not
+    JSON)."""
+    check(problem_with_identifier(name, "a job parameter name", MAX_PARAMETER_NAME_LENGTH))
+    from hfcelery.errors import ArgumentSerializationError
+    from hfcelery.jsonutil import to_json
+
+    try:
+        text = to_json(value)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentSerializationError(
+            f"job parameter {name!r} must be JSON-serialisable: {exc}"
+        ) from exc
+    if len(text) > MAX_PARAMETER_CHARS:
+        raise InvalidArgumentError(
+            f"job parameter {name!r} is {len(text)} characters of JSON; the limit is "
+            f"{MAX_PARAMETER_CHARS}: store large data elsewhere and keep its key here"
+        )
+    return str(name)
+
+
 def nesting_depth_exceeds(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
     """Whether lists, tuples and dicts in ``value`` nest deeper than ``limit`` (iteratively,
     so a structure too deep for recursion is measured too)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 
 import redis
 
@@ -249,3 +250,108 @@ def flaky_at_once(token: str, failures: int) -> int:
     if n <= failures:
         raise RuntimeError(f"failure {n}")
     return n
+
+
+# Filters (tests/test_filters.py) --------------------------------------------------------------
+
+
+class ReadTenant(hfcelery.JobFilter):
+    """Server filter: records the tenant parameter a client filter stamped on the job."""
+
+    def on_performing(self, context: hfcelery.PerformingContext) -> None:
+        _side_effects().rpush(
+            f"hftests:{context.args[0]}", f"filter:{context.get_parameter('tenant')}"
+        )
+
+
+@hfcelery.job_filter(ReadTenant())
+def record_tenant(token: str) -> str:
+    """Records the tenant the job itself sees (``current_job().get_parameter``)."""
+    job = hfcelery.current_job()
+    assert job is not None
+    tenant = job.get_parameter("tenant")
+    job.set_parameter("seen_by_job", tenant)
+    return record(token, f"job:{tenant}")
+
+
+class CancelOnPerforming(hfcelery.JobFilter):
+    def on_performing(self, context: hfcelery.PerformingContext) -> None:
+        context.canceled = True
+
+
+@hfcelery.job_filter(CancelOnPerforming())
+def canceled_by_filter(token: str) -> str:
+    return record(token)
+
+
+class RetryValueErrorsMyWay(hfcelery.JobFilter):
+    """Elect-state filter: a ValueError is tried again once, after 1 s, with our own reason
+    (instead of automatic retry); anything else stays as elected."""
+
+    def on_state_election(self, context: hfcelery.ElectStateContext) -> None:
+        candidate = context.candidate_state
+        if (
+            candidate.state is hfcelery.State.FAILED
+            and isinstance(candidate.exception, ValueError)
+            and context.retry_count == 0
+        ):
+            context.candidate_state = hfcelery.CandidateState.scheduled(
+                timedelta(seconds=1), "Tried again my way"
+            )
+
+
+@hfcelery.automatic_retry(attempts=0)
+@hfcelery.job_filter(RetryValueErrorsMyWay())
+def value_error_once(token: str) -> int:
+    n = int(_side_effects().incr(f"hftests:{token}"))
+    if n == 1:
+        raise ValueError("first run fails")
+    return n
+
+
+class AlertOnFailed(hfcelery.JobFilter):
+    """Apply-state filter: every job that ends Failed is reported to an alert list."""
+
+    def on_state_applied(self, context: hfcelery.ApplyStateContext) -> None:
+        if context.new_state is hfcelery.State.FAILED:
+            _side_effects().rpush("hftests:alerts", f"{context.job_id}|{context.reason}")
+
+
+@hfcelery.automatic_retry(attempts=0)
+@hfcelery.job_filter(AlertOnFailed())
+def fails_with_alert(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class SwallowErrors(hfcelery.JobFilter):
+    """Server filter: marks the job's exception handled (the job succeeds)."""
+
+    def on_performed(self, context: hfcelery.PerformedContext) -> None:
+        if context.exception is not None:
+            context.exception_handled = True
+
+
+@hfcelery.job_filter(SwallowErrors())
+def error_swallowed_by_filter() -> None:
+    raise RuntimeError("handled by a filter")
+
+
+class BrokenServerFilter(hfcelery.JobFilter):
+    def on_performing(self, context: hfcelery.PerformingContext) -> None:
+        raise KeyError("broken filter")
+
+
+@hfcelery.automatic_retry(attempts=0)
+@hfcelery.job_filter(BrokenServerFilter())
+def broken_filter_job(token: str) -> str:
+    return record(token)
+
+
+def continuation_outcome(*outcome: object) -> list[object]:
+    """A continuation that returns what it was given (the parent's result or exception)."""
+    return list(outcome)
+
+
+@hfcelery.automatic_retry(attempts=0, on_attempts_exceeded="delete")
+def fails_then_deleted(message: str) -> None:
+    raise LookupError(message)

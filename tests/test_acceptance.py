@@ -57,10 +57,11 @@ def test_job_succeeds_with_its_state_history(
     assert job.function == expected_function
     assert history(job) == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
     enqueued, processing, succeeded = job.history
-    assert enqueued.data == {"queue": job.queue}
+    assert enqueued.data == {"queue": job.queue, "enqueued_at": job.created_at.isoformat()}
     assert processing.data["server_id"].startswith(worker.hostname)
     assert succeeded.data["result"] == expected_result
     assert succeeded.data["duration_ms"] >= 0 and succeeded.data["latency_ms"] >= 0
+    assert succeeded.data["succeeded_at"] == succeeded.created_at.isoformat()
     assert job.expire_at is not None and job.server_id is None
 
 

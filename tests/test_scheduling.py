@@ -36,7 +36,7 @@ def test_schedule_by_delay(worker: WorkerProcess, api: Monitoring) -> None:
     assert scheduled.history[0].data["enqueue_at"] == scheduled.due_at.isoformat()
     job = wait_state(api, job_id)
     assert history(job) == [State.SCHEDULED, State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
-    assert job.history[1].reason == "Triggered by the scheduler"
+    assert job.history[1].reason == "Triggered by DelayedJobScheduler"
     assert started_at(job) >= scheduled.due_at
     assert started_at(job) - scheduled.due_at < timedelta(seconds=1.5)
 
@@ -67,8 +67,8 @@ def test_job_succeeding_on_its_third_attempt(
         State.ENQUEUED, State.PROCESSING, State.FAILED, State.SCHEDULED,
         State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
     ]  # fmt: skip
-    assert job.history[3].reason == "Retry attempt 1 of 3: RuntimeError: failure 1"
-    assert job.history[7].reason == "Retry attempt 2 of 3: RuntimeError: failure 2"
+    assert job.history[3].reason == "Retry attempt 1 of 3: failure 1"  # Hangfire's wording
+    assert job.history[7].reason == "Retry attempt 2 of 3: failure 2"
     assert job.history[2].data["exception_message"] == "failure 1"
     assert job.retry_count == 2
     assert job.history[-1].data["result"] == 3
@@ -247,5 +247,5 @@ def test_a_zero_retry_delay_enqueues_the_next_attempt_directly(
         State.ENQUEUED, State.PROCESSING, State.FAILED,
         State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
     ]  # fmt: skip
-    assert job.history[3].reason == "Retry attempt 1 of 2: RuntimeError: failure 1"
+    assert job.history[3].reason == "Retry attempt 1 of 2: failure 1"
     assert side_effects.get(f"hftests:{tok}") == "2"

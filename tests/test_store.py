@@ -97,7 +97,9 @@ def test_create_job_with_history_and_publish(store: Store) -> None:
     assert details is not None
     assert details.state is State.ENQUEUED
     assert (details.args, details.kwargs, details.queue) == ([2, 3], {}, "default")
-    assert [(h.state, h.data) for h in details.history] == [(State.ENQUEUED, {"queue": "default"})]
+    assert [(h.state, h.data) for h in details.history] == [
+        (State.ENQUEUED, {"queue": "default", "enqueued_at": details.created_at.isoformat()})
+    ]
     assert store.unpublished_jobs(timedelta(0), 10) == []
 
 
@@ -619,7 +621,13 @@ def test_retry_records_failed_then_scheduled(store: Store) -> None:
     assert details is not None
     assert (details.state, details.retry_count, details.due_at) == (State.SCHEDULED, 1, due)
     assert [h.state for h in details.history][-2:] == [State.FAILED, State.SCHEDULED]
-    assert details.history[-1].data == {"due_at": due.isoformat(), "attempt": 1}
+    assert details.history[-1].data == {
+        "enqueue_at": due.isoformat(),
+        "attempt": 1,
+        "scheduled_at": details.state_changed_at.isoformat(),
+    }
+    assert details.history[-2].data["server_id"] == "s1"  # every Failed names its server
+    assert details.history[-2].data["failed_at"] == details.state_changed_at.isoformat()
     assert not store.retry(
         job.id,
         server_id="s1",
@@ -647,7 +655,11 @@ def test_a_retry_due_at_once_is_enqueued_and_sent(store: Store) -> None:
     assert details is not None
     assert (details.state, details.retry_count, details.due_at) == (State.ENQUEUED, 1, None)
     assert [h.state for h in details.history][-2:] == [State.FAILED, State.ENQUEUED]
-    assert details.history[-1].data == {"queue": "default", "attempt": 1}
+    assert details.history[-1].data == {
+        "queue": "default",
+        "attempt": 1,
+        "enqueued_at": details.state_changed_at.isoformat(),
+    }
     assert [d.id for d in sent] == [job.id]
     assert store.unpublished_jobs(timedelta(0), 10) == []  # marked published
     assert claim(store, job.id) is not None  # the new message claims it

@@ -52,7 +52,7 @@ def fire(task: Task, recurring_id: str, scheduled_for: str) -> str | None:
         recurring_id,
         job_id=str(uuid4()),
         scheduled_for=occurrence,
-        reason="Triggered by the recurring job scheduler",
+        reason="Triggered by recurring job scheduler",
         publish=functools.partial(publish, task.app),
     )
     return job_id

@@ -35,6 +35,7 @@ from hfcelery.states import State
 from hfcelery.store import schema
 from hfcelery.store.models import (
     Job,
+    JobParameter,
     JobState,
 )
 from hfcelery.store.statements import ReturningDML, _with_history
@@ -201,6 +202,21 @@ class StoreBase:
         ``job_update``); SQLite takes two.
         """
         entry = _state_row(None, state, reason, data, now)
+        if state is State.ENQUEUED and "queue" not in data:
+            # Every Enqueued entry names its queue, which differs by row (a requeue, the
+            # scheduler): written per row, in a second statement (not on the worker path).
+            rows = conn.execute(job_update, params or {}).all()
+            if rows:
+                conn.execute(
+                    insert(JobState),
+                    [
+                        _state_row(
+                            row[0], state, reason, {**data, "queue": row._mapping.get("queue")}, now
+                        )
+                        for row in rows
+                    ],
+                )
+            return rows
         if self.dialect != "postgresql":
             rows = conn.execute(job_update, params or {}).all()
             if rows:
@@ -263,11 +279,22 @@ class StoreBase:
                 state_changed_at=now,
                 published=published,
             )
-            .returning(Job.id)
+            .returning(Job.id, Job.queue)
         )
 
         rows = self._run(lambda conn: self._change(conn, stmt, State.ENQUEUED, reason, {}, now))
         return [row[0] for row in rows]
+
+    def _insert_parameters(self, conn: Connection, job: NewJob) -> None:
+        """Write the parameters a new job was created with (by client filters)."""
+        if job.parameters:
+            conn.execute(
+                insert(JobParameter),
+                [
+                    {"job_id": job.id, "name": name, "value": to_json(value)}
+                    for name, value in job.parameters.items()
+                ],
+            )
 
     def _job_exists(self, conn: Connection, job_id: str) -> bool:
         return conn.execute(select(Job.id).where(Job.id == job_id)).first() is not None
@@ -333,6 +360,9 @@ def _state_row(
     data: dict[str, Any],
     now: datetime,
 ) -> dict[str, Any]:
+    at = _STATE_AT.get(state)
+    if at is not None and at not in data:
+        data = {**data, at: now.isoformat()}
     return {
         "job_id": job_id,
         "state": state,
@@ -340,6 +370,18 @@ def _state_row(
         "data": to_json(data),
         "created_at": now,
     }
+
+
+#: The timestamp every state's data carries, under Hangfire's names.
+_STATE_AT = {
+    State.ENQUEUED: "enqueued_at",
+    State.SCHEDULED: "scheduled_at",
+    State.AWAITING: "awaiting_at",
+    State.PROCESSING: "started_at",
+    State.SUCCEEDED: "succeeded_at",
+    State.FAILED: "failed_at",
+    State.DELETED: "deleted_at",
+}
 
 
 def _dispatch_from_row(row: Any) -> Dispatch:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -49,6 +49,9 @@ class ContinuationStore(StoreBase):
         options: int,
         *,
         pass_result: str | None = None,
+        pass_exception: bool = False,
+        next_state: State | None = None,
+        next_delay_seconds: float | None = None,
     ) -> State:
         """Write a job that waits (Awaiting) until all of ``parent_ids`` have finished.
 
@@ -81,6 +84,7 @@ class ContinuationStore(StoreBase):
             conn.execute(
                 insert(JobState), [_state_row(job.id, State.AWAITING, job.reason, job.data, now)]
             )
+            self._insert_parameters(conn, job)
             conn.execute(
                 insert(Continuation),
                 [
@@ -89,6 +93,9 @@ class ContinuationStore(StoreBase):
                         "child_id": job.id,
                         "options": options,
                         "pass_result": pass_result,
+                        "pass_exception": pass_exception,
+                        "next_state": None if next_state is None else next_state.value,
+                        "next_delay_seconds": next_delay_seconds,
                         "counted": finished[p],
                     }
                     for p in sorted(set(parent_ids))
@@ -150,9 +157,18 @@ class ContinuationStore(StoreBase):
     def _release(
         self, conn: Connection, child_id: str, now: datetime, reason: str
     ) -> tuple[Dispatch | None, State]:
-        """Release an Awaiting job whose parents have all finished."""
+        """Release an Awaiting job whose parents have all finished: to its next state
+        (Enqueued, or Scheduled after its delay) if the condition is met, else Deleted."""
         parents = conn.execute(
-            select(Job.id, Job.state, Continuation.options, Continuation.pass_result)
+            select(
+                Job.id,
+                Job.state,
+                Continuation.options,
+                Continuation.pass_result,
+                Continuation.pass_exception,
+                Continuation.next_state,
+                Continuation.next_delay_seconds,
+            )
             .join(Continuation, Continuation.parent_id == Job.id)
             .where(Continuation.child_id == child_id)
             .order_by(Job.id)
@@ -160,11 +176,23 @@ class ContinuationStore(StoreBase):
         options = JobContinuationOptions(parents[0].options) if parents else None
         met = options is not None and options.met_by(State(p.state) for p in parents)
         values: dict[str, Any] = {"state_changed_at": now, "published": False}
+        data: dict[str, Any] = {"parents": {p.id: p.state for p in parents}}
         if met:
+            first = parents[0]
             values["state"] = State.ENQUEUED
-            if parents[0].pass_result:
-                values["args"] = self._args_with_results(
-                    conn, child_id, [p.id for p in parents], as_list=parents[0].pass_result == "all"
+            if first.next_state == State.SCHEDULED.value:
+                due_at = now + timedelta(seconds=first.next_delay_seconds or 0)
+                values["state"] = State.SCHEDULED
+                values["due_at"] = due_at
+                data["enqueue_at"] = due_at.isoformat()
+            if first.pass_result or first.pass_exception:
+                values["args"] = self._args_with_outcomes(
+                    conn,
+                    child_id,
+                    [p.id for p in parents],
+                    as_list=(first.pass_result or "one") == "all",
+                    results=bool(first.pass_result),
+                    exceptions=bool(first.pass_exception),
                 )
         else:
             values["state"] = State.DELETED
@@ -178,28 +206,59 @@ class ContinuationStore(StoreBase):
         ).first()
         if row is None:
             return None, State.AWAITING
-        data = {"parents": {p.id: p.state for p in parents}}
+        if values["state"] is State.ENQUEUED:
+            data["queue"] = row.queue
         conn.execute(insert(JobState), [_state_row(child_id, values["state"], reason, data, now)])
-        if met:
+        if values["state"] is State.ENQUEUED:
             return _dispatch_from_row(row), State.ENQUEUED
-        return None, State.DELETED
+        return None, values["state"]
 
-    def _args_with_results(
-        self, conn: Connection, child_id: str, parent_ids: list[str], *, as_list: bool
+    def _args_with_outcomes(
+        self,
+        conn: Connection,
+        child_id: str,
+        parent_ids: list[str],
+        *,
+        as_list: bool,
+        results: bool,
+        exceptions: bool,
     ) -> str:
-        results = []
+        """The child's arguments with its parents' results and/or exceptions appended: for a
+        join, lists in the order of the parents' ids."""
+        found_results: list[Any] = []
+        found_exceptions: list[Any] = []
         for parent_id in parent_ids:
-            data = conn.execute(
-                select(JobState.data)
-                .where(JobState.job_id == parent_id, JobState.state == State.SUCCEEDED)
+            row = conn.execute(
+                select(JobState.state, JobState.reason, JobState.data)
+                .where(
+                    JobState.job_id == parent_id,
+                    JobState.state.in_([State.SUCCEEDED, State.DELETED]),
+                )
                 .order_by(JobState.id.desc())
                 .limit(1)
-            ).scalar()
-            results.append(from_json_or_raw(data).get("result") if data else None)
+            ).first()
+            data = from_json_or_raw(row.data) if row is not None and row.data else {}
+            data = data if isinstance(data, dict) else {}
+            succeeded = row is not None and row.state == State.SUCCEEDED
+            found_results.append(data.get("result") if succeeded else None)
+            found_exceptions.append(
+                None
+                if succeeded or row is None
+                else {
+                    # Hangfire passes OperationCanceledException for a parent deleted without
+                    # an exception (by request, say); here its type is None and the reason says
+                    # why.
+                    "type": data.get("exception_type"),
+                    "message": data.get("exception_message") or row.reason,
+                }
+            )
         args = from_json_or_raw(
             conn.execute(select(Job.args).where(Job.id == child_id)).scalar_one()
         )
-        args.append(results if as_list else results[0])
+        if results:
+            args.append(found_results if as_list else found_results[0])
+        if exceptions:
+            args.append(found_exceptions if as_list else found_exceptions[0])
         return to_json(args)
 
     def _send_released(self, released: Sequence[Dispatch]) -> None:

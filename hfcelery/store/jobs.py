@@ -19,10 +19,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import Select
 
+from hfcelery.errors import JobNotFoundError
+from hfcelery.jsonutil import from_json_or_raw, to_json
 from hfcelery.records import (
     Claim,
     Dispatch,
@@ -42,6 +45,7 @@ from hfcelery.store.base import (
 from hfcelery.store.continuations import ContinuationStore
 from hfcelery.store.models import (
     Job,
+    JobParameter,
     JobState,
 )
 from hfcelery.store.statements import (
@@ -92,6 +96,7 @@ class JobStore(ContinuationStore):
             self._change(
                 conn, _INSERT_JOB, job.state, job.reason, job.data, now, row, _INSERT_JOB_H
             )
+            self._insert_parameters(conn, job)
             if publish is None:
                 return False
             try:
@@ -105,6 +110,30 @@ class JobStore(ContinuationStore):
 
         # Without a message the store is the job's only record: commit it durably.
         return self._run(work, durable=publish is None)
+
+    def set_job_parameter(self, job_id: str, name: str, value: Any) -> None:
+        """Store a job parameter (Hangfire's ``SetJobParameter``), replacing one of that name.
+        Raises JobNotFoundError if there is no such job."""
+        row = {"job_id": job_id, "name": name, "value": to_json(value)}
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(JobParameter).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[JobParameter.job_id, JobParameter.name],
+            set_={"value": stmt.excluded.value},
+        )
+
+        def work(conn: Connection) -> None:
+            if not self._job_exists(conn, job_id):
+                raise JobNotFoundError(job_id)
+            conn.execute(stmt)
+
+        self._run(work)
+
+    def job_parameters(self, job_id: str) -> dict[str, Any]:
+        """A job's parameters by name (Hangfire's ``GetJobParameter``, all at once)."""
+        stmt = select(JobParameter.name, JobParameter.value).where(JobParameter.job_id == job_id)
+        rows = self._run(lambda conn: conn.execute(stmt).all(), single=True)
+        return {name: from_json_or_raw(value) for name, value in rows}
 
     def record_celery_send(self, job: NewJob) -> bool:
         """Write the job of a plain Celery task about to be sent; True if it is new.
@@ -143,6 +172,7 @@ class JobStore(ContinuationStore):
                 conn.execute(
                     insert(JobState), [_state_row(job.id, job.state, job.reason, job.data, now)]
                 )
+                self._insert_parameters(conn, job)
                 return True
             self._change(conn, resend, State.ENQUEUED, RESENT_REASON, job.data, now)
             return False
@@ -442,55 +472,103 @@ class JobStore(ContinuationStore):
         retried; a job found still Enqueued as before that claim is retried too: the claim was
         lost (see :meth:`finish`).
         """
+        at_once = publish is not None and due_at <= utcnow()
+        final = (
+            (State.ENQUEUED, reason, {})
+            if at_once
+            else (State.SCHEDULED, reason, {"enqueue_at": due_at.isoformat()})
+        )
+        return self.finish_elected(
+            job_id,
+            [(State.FAILED, failed_reason, failed_data), final],
+            server_id=server_id,
+            worker_id=worker_id,
+            claim=claim,
+            due_at=None if at_once else due_at,
+            publish=publish,
+        )
+
+    def finish_elected(
+        self,
+        job_id: str,
+        states: Sequence[tuple[State, str | None, dict[str, Any]]],
+        *,
+        server_id: str,
+        worker_id: str | None,
+        claim: int | None = None,
+        due_at: datetime | None = None,
+        retention: timedelta | None = None,
+        publish: Callable[[Dispatch], None] | None = None,
+    ) -> bool:
+        """Finish a job this server processes through several states at once, as elect-state
+        filters chose them: every state is written to the history (Failed, then Scheduled, say)
+        and the job ends in the last. A failed attempt followed by a new one (Scheduled or
+        Enqueued) counts as a retry. A job that ends Enqueued is sent with ``publish`` after the
+        commit. Only the claim numbered ``claim`` is finished, or a claim that was lost (see
+        :meth:`finish`). Returns whether it was applied.
+        """
         now = utcnow()
-        at_once = publish is not None and due_at <= now
+        final, _, _ = states[-1]
+        retried = final in (State.SCHEDULED, State.ENQUEUED) and any(
+            state is State.FAILED for state, _, _ in states[:-1]
+        )
         holder = [Job.state == State.PROCESSING, Job.server_id == server_id]
         if worker_id is not None:
-            holder.append(Job.worker_id == worker_id)
+            holder.append(or_(Job.worker_id == worker_id, Job.worker_id.is_(None)))
         if claim is not None:
             holder.append(Job.claims == claim)
         mine = and_(*holder)
         if claim is not None:
             lost_claim = and_(Job.state == State.ENQUEUED, Job.claims + 1 == claim)
             mine = or_(mine, lost_claim)
+        values: dict[str, Any] = {
+            "state": final,
+            "server_id": None,
+            "worker_id": None,
+            "state_changed_at": now,
+            "due_at": due_at if final is State.SCHEDULED else None,
+            "expire_at": None if retention is None else now + retention,
+        }
+        if final in (State.ENQUEUED, State.SCHEDULED):
+            values["published"] = False  # no message on its way: it is sent after the commit,
+            # or by the scheduler when due
+        if retried:
+            values["retry_count"] = Job.retry_count + 1
         stmt = (
             update(Job)
             .where(Job.id == job_id, mine)
-            .values(
-                state=State.ENQUEUED if at_once else State.SCHEDULED,
-                server_id=None,
-                worker_id=None,
-                state_changed_at=now,
-                due_at=None if at_once else due_at,
-                published=False,
-                retry_count=Job.retry_count + 1,
-            )
-            .returning(Job.retry_count, *_DISPATCH_COLUMNS)
+            .values(values)
+            .returning(Job.retry_count, Job.continuation_count, *_DISPATCH_COLUMNS)
         )
         sent: list[Dispatch] = []
+        released: list[Dispatch] = []
 
         def work(conn: Connection) -> bool:
             row = conn.execute(stmt).first()
             if row is None:
                 return False
-            if at_once:
-                next_state = _state_row(
-                    job_id, State.ENQUEUED, reason, {"queue": row.queue, "attempt": row[0]}, now
-                )
+            entries = []
+            for state, reason, data in states:
+                data = dict(data)
+                if state is State.FAILED:
+                    data.setdefault("server_id", server_id)
+                if state is State.ENQUEUED:
+                    data.setdefault("queue", row.queue)
+                if retried and state is final:
+                    data.setdefault("attempt", row.retry_count)
+                entries.append(_state_row(job_id, state, reason, data, now))
+            conn.execute(insert(JobState), entries)
+            if final is State.ENQUEUED:
                 sent.append(_dispatch_from_row(row))
-            else:
-                scheduled = {"due_at": due_at.isoformat(), "attempt": row[0]}
-                next_state = _state_row(job_id, State.SCHEDULED, reason, scheduled, now)
-            conn.execute(
-                insert(JobState),
-                [_state_row(job_id, State.FAILED, failed_reason, failed_data, now), next_state],
-            )
+            if final.is_final and row.continuation_count:
+                released.extend(self._release_children(conn, [job_id], now))
             return True
 
-        retried = self._run(work)
+        applied = self._run(work)
         if sent and publish is not None:  # after the commit: the worker must see Enqueued
             self._send(sent, publish)
-        return retried
+        self._send_released(released)
+        return applied
 
     def enqueue_due(
         self, *, limit: int, grace: timedelta, publish: Callable[[Dispatch], None]
@@ -533,7 +611,7 @@ class JobStore(ContinuationStore):
 
         rows = self._run(
             lambda conn: self._change(
-                conn, move, State.ENQUEUED, "Triggered by the scheduler", {}, now
+                conn, move, State.ENQUEUED, "Triggered by DelayedJobScheduler", {}, now
             )
         )
         # Should this process die before publishing, the maintenance loop publishes them.

@@ -180,9 +180,30 @@ class Continuation(Base):
     #: Append the parents' results to the child's arguments when it is released: "one"
     #: appends the parent's result, "all" the list of every parent's (a join); None neither.
     pass_result: Mapped[str | None] = mapped_column(String(8))
+    #: Append the parents' exceptions too (Hangfire's ``FromException``): None for a parent
+    #: that succeeded, else its exception's type and message.
+    pass_exception: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The state the child moves to when released: None (Enqueued) or "Scheduled".
+    next_state: Mapped[str | None] = mapped_column(String(16))
+    #: The delay of a "Scheduled" next state, in seconds from the release.
+    next_delay_seconds: Mapped[float | None] = mapped_column(Float)
     #: Whether this parent's finish has been counted down for the child (once only, even if
     #: the parent is finished again after a requeue).
     counted: Mapped[bool] = mapped_column(Boolean)
+
+
+class JobParameter(Base):
+    """A small named value stored with a job (Hangfire's job parameters), set by filters and
+    by the job itself; gone with the job."""
+
+    __tablename__ = TABLE_PREFIX + "job_parameters"
+
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey(Job.id, ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: JSON.
+    value: Mapped[str] = mapped_column(Text)
 
 
 class RecurringJob(Base):

@@ -13,6 +13,7 @@ from celery._state import get_current_task
 from hfcelery.errors import JobAbortedError, StoreError
 from hfcelery.extension import Extension, find_extension
 from hfcelery.states import State
+from hfcelery.validation import check_parameter
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,37 @@ class CancellationToken:
             raise JobAbortedError(self._job_id)
 
 
+class JobParameterStore:
+    """The running job's parameters: read from the store on first use, written through."""
+
+    def __init__(self, extension: Extension, job_id: str) -> None:
+        self._extension = extension
+        self._job_id = job_id
+        self._values: dict[str, Any] | None = None
+
+    def all(self) -> dict[str, Any]:
+        if self._values is None:
+            self._values = self._extension.store.job_parameters(self._job_id)
+        return self._values
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.all().get(name, default)
+
+    def set(self, name: str, value: Any) -> None:
+        check_parameter(name, value)
+        self._extension.store.set_job_parameter(self._job_id, name, value)
+        self.all()[name] = value
+
+
+def parameter_store(extension: Extension, request: Any) -> JobParameterStore:
+    """The parameter store of the job ``request`` runs, shared by its filters and its code."""
+    found: JobParameterStore | None = getattr(request, "hf_parameters", None)
+    if found is None:
+        found = JobParameterStore(extension, request.id)
+        request.hf_parameters = found
+    return found
+
+
 class JobContext:
     """What a running job knows of itself (``hfcelery.current_job()``)."""
 
@@ -62,6 +94,22 @@ class JobContext:
         self.attempt: int = int(getattr(request, "hf_retry_count", 0) or 0)
         #: Asks whether the job should stop early.
         self.cancellation_token = CancellationToken(extension, self.id)
+        self._parameters = parameter_store(extension, request)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The job's parameters (Hangfire's job parameters), read once from the store."""
+        return dict(self._parameters.all())
+
+    def get_parameter(self, name: str, default: Any = None) -> Any:
+        """A job parameter set by a filter or by an earlier run (Hangfire's
+        ``GetJobParameter``)."""
+        return self._parameters.get(name, default)
+
+    def set_parameter(self, name: str, value: Any) -> None:
+        """Store a small JSON value with the job (Hangfire's ``SetJobParameter``); later runs,
+        filters and continuations' readers see it."""
+        self._parameters.set(name, value)
 
     @cached_property
     def recurring_id(self) -> str | None:

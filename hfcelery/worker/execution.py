@@ -44,14 +44,25 @@ from hfcelery.errors import (
     ForbiddenFunctionError,
     InvalidCallError,
     JobFailedError,
+    JobPerformanceError,
     LostWorkerLimitError,
     StoreDataError,
     StoreError,
     StoreUnavailableError,
 )
 from hfcelery.extension import Extension, extension_of, find_extension
+from hfcelery.filters import (
+    ApplyStateContext,
+    CandidateState,
+    ElectStateContext,
+    FilterSet,
+    PerformedContext,
+    PerformingContext,
+    call_server_filter,
+    filters_for,
+)
 from hfcelery.jsonutil import from_json, to_json, to_json_or_repr
-from hfcelery.options import AttemptsExceeded, JobOptions, RetryPolicy, options_of
+from hfcelery.options import JobOptions, options_of
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
 from hfcelery.store.jobs import LOST_WORKER_REASON
@@ -63,6 +74,7 @@ from hfcelery.validation import (
     storable_text,
     storable_value,
 )
+from hfcelery.worker.context import parameter_store
 from hfcelery.worker.health import ServiceHealth
 
 logger = logging.getLogger(__name__)
@@ -94,13 +106,54 @@ def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any
     """
     extension = extension_of(task.app)
     func = load_function(function_path, extension.module_allowed)
-    task.request.hf_options = options_of(func)
-    _check_latency(task, task.request.hf_options)
-    _take_concurrency_lock(task, task.request.hf_options, function_path, args, kwargs)
+    request = task.request
+    request.hf_options = options_of(func)
+    request.hf_filters = filters_for(func)
+    _check_latency(task, request.hf_options)
+    _take_concurrency_lock(task, request.hf_options, function_path, args, kwargs)
+    if not request.hf_filters.server_filters or _claimed(task) is None:
+        return _call(func, args, kwargs)
+    context = _performing_context(extension, task, function_path, args, kwargs)
+    performed = request.hf_filters.perform(context, lambda: _call(func, args, kwargs))
+    if performed.canceled:
+        _cancel_by_filter(extension, task, context)
+    return performed.result
+
+
+def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     result = func(*args, **kwargs)
     if inspect.isawaitable(result):
         return _event_loop().run_until_complete(_awaited(result))
     return result
+
+
+def _performing_context(
+    extension: Extension, task: Task, function: str, args: Any, kwargs: Any
+) -> PerformingContext:
+    request = task.request
+    return PerformingContext(
+        request.id,
+        function,
+        list(args or ()),
+        dict(kwargs or {}),
+        int(getattr(request, "hf_retry_count", 0) or 0),
+        parameter_store(extension, request),
+    )
+
+
+def _cancel_by_filter(extension: Extension, task: Task, context: PerformingContext) -> NoReturn:
+    """A server filter canceled the run (``on_performing``): the job is Deleted, with
+    Hangfire's reason, and its message acknowledged."""
+    request = task.request
+    reason = f"Canceled by filter '{context.items.get('canceled_by', '?')}'"
+    _record(
+        extension,
+        task,
+        CandidateState(State.DELETED, reason),
+        retention=_retention(task, extension.config.deleted_retention_seconds),
+    )
+    request.hf_claimed = False  # ended here: the task's end records nothing more
+    raise SkippedMessage(request.id, State.DELETED.value, reason)
 
 
 _loops = threading.local()
@@ -164,10 +217,24 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     request.hf_claim = claimed.number
     request.hf_started = time.monotonic()
     request.hf_started_at = datetime.now(UTC)
-    options = options_of(task) if task.name != PERFORM_TASK_NAME else None  # perform: later
+    if task.name == PERFORM_TASK_NAME:
+        return  # the function's options and filters are read in perform()
+    options = options_of(task)
     if options is not None:  # a Celery task's own decorators
         _check_latency(task, options)
         _take_concurrency_lock(task, options, task.name, args, kwargs)
+    filters = request.hf_filters = filters_for(task, type(task))
+    if filters.server_filters:
+        # A Celery task runs Celery's way: its server filters are called around it (here and
+        # as it ends), and an exception they mark handled stays Celery's failure.
+        context = request.hf_performing = _performing_context(
+            extension, task, task.name, args, kwargs
+        )
+        for instance in filters.server_filters:
+            call_server_filter(instance, "on_performing", context)
+            if context.canceled:
+                context.items.setdefault("canceled_by", type(instance).__name__)
+                _cancel_by_filter(extension, task, context)
 
 
 def _check_latency(task: Task, options: JobOptions | None) -> None:
@@ -437,16 +504,42 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
     latency_ms = round((request.hf_started_at - request.hf_created_at).total_seconds() * 1000, 3)
     data = {"duration_ms": duration_ms, "latency_ms": latency_ms}
     data.update(result_data(result, extension.config.max_stored_text_chars))
-    _finish(
+    candidate = CandidateState(State.SUCCEEDED, None, data)
+    _performed_filters(sender, result=result)
+    _record(
         extension,
-        request.id,
-        State.SUCCEEDED,
-        None,
-        data,
-        worker=worker_id(),
+        sender,
+        candidate,
         retention=_retention(sender, extension.config.succeeded_retention_seconds),
-        claim=request.hf_claim,
     )
+
+
+def _performed_filters(
+    task: Task, *, result: Any = None, exception: BaseException | None = None
+) -> PerformedContext | None:
+    """The ``on_performed`` half of a Celery task's server filters (see before_start), in
+    reverse order; an exception of a filter is logged (the task's outcome stands)."""
+    context: PerformingContext | None = getattr(task.request, "hf_performing", None)
+    if context is None:
+        return None
+    task.request.hf_performing = None
+    performed = PerformedContext(
+        context.job_id,
+        context.function,
+        context.args,
+        context.kwargs,
+        context.attempt,
+        context.parameter_store,
+        items=context.items,
+        result=result,
+        exception=exception,
+    )
+    for instance in reversed(task.request.hf_filters.server_filters):
+        try:
+            call_server_filter(instance, "on_performed", performed)
+        except JobPerformanceError:
+            logger.exception("hfcelery job %s: a server filter failed", context.job_id)
+    return performed
 
 
 def on_task_failure(
@@ -468,100 +561,127 @@ def on_task_failure(
     max_chars = extension.config.max_stored_text_chars
     data = exception_data(exception, einfo, max_chars)
     reason = storable_text(f"{type(exception).__name__}: {safe_str(exception)}", max_chars)
-    if in_child and _retried_or_deleted(extension, sender, exception, reason, data):
+    if in_child:
+        _performed_filters(sender, exception=exception)
+        _record(extension, sender, CandidateState(State.FAILED, reason, data, None, exception))
         return
-    _finish(
-        extension,
-        task_id,
-        State.FAILED,
-        reason,
-        data,
-        worker=worker_id() if in_child else None,
-        claim=request.hf_claim if in_child else None,
-    )
+    _finish(extension, task_id, State.FAILED, reason, data, worker=None, claim=None)
 
 
-def retry_policy(extension: Extension, task: Task) -> RetryPolicy | None:
-    """The retry policy of the running job: its decorator's, else the default for jobs that
-    hfcelery created (plain Celery tasks keep Celery's own semantics)."""
-    policy = _options(task).retry
-    if policy is not None:
-        return policy
+def _job_filters(task: Task) -> FilterSet:
+    """The running job's filters: its function's or task's (see perform and before_start),
+    else the global ones (a function that could not be loaded)."""
+    found: FilterSet | None = getattr(task.request, "hf_filters", None)
+    return found if found is not None else filters_for(None)
+
+
+def _is_tracked(request: Any) -> bool:
+    """Whether the job is a plain Celery task that hfcelery tracks (not created by it)."""
+    return not getattr(request, JOB_HEADER, False) or bool(getattr(request, TRACKED_HEADER, False))
+
+
+def _record(
+    extension: Extension,
+    task: Task,
+    candidate: CandidateState,
+    *,
+    retention: timedelta | None = None,
+) -> None:
+    """Elect the running job's next state with its elect-state filters (automatic retry is
+    one), write it (with the states it traversed), then call its apply-state filters."""
     request = task.request
-    if getattr(request, JOB_HEADER, False) and not getattr(request, TRACKED_HEADER, False):
-        return RetryPolicy(attempts=extension.config.default_retry_attempts)
-    return None
+    filters = _job_filters(task)
+    function = _function_name(task)
+    context = ElectStateContext(
+        request.id,
+        function,
+        State.PROCESSING,
+        candidate,
+        retry_count=int(getattr(request, "hf_retry_count", 0) or 0),
+        tracked=_is_tracked(request),
+        parameter_store=parameter_store(extension, request),
+        config=extension.config,
+    )
+    try:
+        elected = filters.elect(context)
+    except Exception as exc:
+        # Hangfire would requeue the job and run it again; a filter that always fails would
+        # then run it forever. Here it ends Failed, with the filter's error, not retried.
+        logger.exception("hfcelery job %s: an elect-state filter failed", request.id)
+        elected = CandidateState(
+            State.FAILED,
+            storable_text(f"An elect-state filter failed: {type(exc).__name__}: {safe_str(exc)}"),
+            exception_data(exc, None, extension.config.max_stored_text_chars),
+            None,
+            exc,
+        )
+        context = ElectStateContext(request.id, function, State.PROCESSING, elected)
+    final = elected.state
+    if final in (State.SUCCEEDED, State.DELETED) and retention is None:
+        configured = (
+            extension.config.succeeded_retention_seconds
+            if final is State.SUCCEEDED
+            else extension.config.deleted_retention_seconds
+        )
+        retention = _retention(task, configured)
+    elif not final.is_final:
+        retention = None
+    data = dict(elected.data)
+    if not context.traversed_states and final is not State.ENQUEUED:
+        applied = _finish(
+            extension,
+            request.id,
+            final,
+            elected.reason,
+            data,
+            worker=worker_id(),
+            retention=retention,
+            claim=request.hf_claim,
+            due_at=elected.due_at,
+        )
+    else:
+        states = [(c.state, c.reason, dict(c.data)) for c in context.traversed_states]
+        states.append((final, elected.reason, data))
+        assert extension.server_id is not None
+        server_id = extension.server_id
+        try:
+            applied = _until_stored(
+                extension,
+                f"the outcome of job {request.id} ({final.value})",
+                lambda: extension.store.finish_elected(
+                    request.id,
+                    states,
+                    server_id=server_id,
+                    worker_id=worker_id(),
+                    claim=request.hf_claim,
+                    due_at=elected.due_at,
+                    retention=retention,
+                    publish=_publisher(task.app) if final is State.ENQUEUED else None,
+                ),
+            )
+        except StoreError as exc:  # the job stays Processing; the maintenance loop requeues it
+            logger.error("hfcelery gave up recording job %s as %s: %s", request.id, final, exc)
+            return
+        if not applied:
+            logger.info(
+                "hfcelery: job %s changed state while running; %s not recorded", request.id, final
+            )
+    if applied and filters.apply_filters:
+        filters.applied(
+            ApplyStateContext(request.id, function, State.PROCESSING, final, elected.reason, data)
+        )
+
+
+def _function_name(task: Task) -> str:
+    if task.name == PERFORM_TASK_NAME and task.request.args:
+        return str(task.request.args[0])
+    return str(task.name)
 
 
 def _publisher(app: Any) -> Callable[[Dispatch], None]:
     from hfcelery.client import publish  # the client sits above the worker's hooks
 
     return functools.partial(publish, app)
-
-
-def _retried_or_deleted(
-    extension: Extension,
-    task: Task,
-    exception: BaseException,
-    reason: str,
-    data: dict[str, Any],
-) -> bool:
-    """Apply automatic retry; True when the failure was recorded (as a retry or deletion)."""
-    policy = retry_policy(extension, task)
-    if (
-        policy is None
-        or isinstance(exception, PERMANENT_ERRORS)
-        or not policy.applies_to(exception)
-    ):
-        return False
-    request = task.request
-    attempt = int(request.hf_retry_count) + 1
-    assert extension.server_id is not None
-    if attempt <= policy.attempts:
-        delay = policy.delay_seconds(attempt)
-        due_at = datetime.now(UTC) + timedelta(seconds=delay)
-        server_id = extension.server_id
-        # A zero delay enqueues the next attempt at once, as Hangfire's automatic retry does.
-        at_once = _publisher(task.app) if delay <= 0 else None
-        try:
-            applied = _until_stored(
-                extension,
-                f"the retry of job {request.id}",
-                lambda: extension.store.retry(
-                    request.id,
-                    server_id=server_id,
-                    worker_id=worker_id(),
-                    due_at=due_at,
-                    failed_reason=reason,
-                    failed_data=data,
-                    reason=f"Retry attempt {attempt} of {policy.attempts}: {reason}",
-                    claim=request.hf_claim,
-                    publish=at_once,
-                ),
-            )
-        except StoreError as exc:  # the job stays Processing; the maintenance loop requeues it
-            logger.error("hfcelery gave up scheduling the retry of job %s: %s", request.id, exc)
-            return True
-        if not applied:
-            logger.info("hfcelery: job %s changed state while running; no retry", request.id)
-        return True
-    if policy.on_attempts_exceeded is AttemptsExceeded.DELETE:
-        data["reason"] = reason
-        _finish(
-            extension,
-            request.id,
-            State.DELETED,
-            # Hangfire's wording; the exception stays in the state's data.
-            "Exceeded the maximum number of retry attempts."
-            if policy.attempts > 0
-            else "Retries were disabled for this job.",
-            data,
-            worker=worker_id(),
-            retention=_retention(task, extension.config.deleted_retention_seconds),
-            claim=request.hf_claim,
-        )
-        return True
-    return False
 
 
 def record_celery_retry(job_id: object, eta: object, retries: object) -> None:
@@ -725,7 +845,9 @@ def _finish(
     retention: timedelta | None = None,
     claim: int | None = None,
     due_at: datetime | None = None,
-) -> None:
+) -> bool:
+    """Write a job's outcome; whether it was recorded (False: it was taken away meanwhile, or
+    the store could not take it)."""
     assert extension.server_id is not None
     server_id = extension.server_id
     data.setdefault("server_id", server_id)
@@ -750,7 +872,7 @@ def _finish(
         # job Processing would make it run again. Record that instead.
         logger.error("hfcelery cannot store the outcome of job %s (%s): %s", job_id, state, exc)
         if state is State.FAILED and data.get("exception_type") == _UNSTORABLE:
-            return
+            return False
         _finish(
             extension,
             job_id,
@@ -760,15 +882,19 @@ def _finish(
             worker=worker,
             claim=claim,
         )
-        return
+        return False
     except StoreError as exc:
         # Given up: the job stays Processing; this server's maintenance loop requeues it once
         # the task is no longer running, and it runs again. Celery must not see the error: it
         # would turn a success into a failure.
         logger.error("hfcelery gave up recording job %s as %s: %s", job_id, state.value, exc)
-        return
-    if not applied and not _rewrite_lost_job(extension, job_id, state, reason, data, retention):
-        logger.info("hfcelery: job %s changed state while running; %s not recorded", job_id, state)
+        return False
+    if applied:
+        return True
+    if _rewrite_lost_job(extension, job_id, state, reason, data, retention):
+        return True
+    logger.info("hfcelery: job %s changed state while running; %s not recorded", job_id, state)
+    return False
 
 
 def _rewrite_lost_job(

@@ -1,0 +1,517 @@
+"""Job filters (Hangfire's client, server, elect-state and apply-state filters), job
+parameters, and automatic retry as a filter: unit tests of the pipeline's ordering and
+exceptions, store tests on SQLite and PostgreSQL, and acceptance tests with a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+import hfcelery
+from hfcelery import (
+    AutomaticRetry,
+    BackgroundJob,
+    CandidateState,
+    ElectStateContext,
+    JobFilter,
+    State,
+    call,
+    global_filters,
+    job_filter,
+)
+from hfcelery.errors import (
+    ConfigurationError,
+    JobCreationCanceledError,
+    JobCreationError,
+    JobPerformanceError,
+)
+from hfcelery.extension import extension_of
+from hfcelery.filters import (
+    CreatingContext,
+    FilterScope,
+    FilterSet,
+    PerformingContext,
+    RegisteredFilter,
+    filters_for,
+    sorted_filters,
+)
+from hfcelery.monitoring import Monitoring
+from tests import jobs
+from tests.conftest import WorkerProcess, history, token, wait_state
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline, without a store
+
+
+class Recorder(JobFilter):
+    """Appends "<name>.<hook>" to a shared log for every hook."""
+
+    def __init__(self, name: str, log: list[str], order: int = -1, **behaviour: Any) -> None:
+        self.name, self.log, self.order, self.behaviour = name, log, order, behaviour
+
+    def _note(self, hook: str) -> None:
+        self.log.append(f"{self.name}.{hook}")
+
+    def on_creating(self, context: Any) -> None:
+        self._note("on_creating")
+        if self.behaviour.get("cancel"):
+            context.canceled = True
+        if self.behaviour.get("raise_creating"):
+            raise RuntimeError(f"{self.name} failed")
+
+    def on_created(self, context: Any) -> None:
+        self._note(
+            "on_created"
+            + (":canceled" if context.canceled else "")
+            + (f":{type(context.exception).__name__}" if context.exception else "")
+        )
+        if self.behaviour.get("handle") and context.exception is not None:
+            context.exception_handled = True
+
+    def on_performing(self, context: Any) -> None:
+        self._note("on_performing")
+        if self.behaviour.get("cancel"):
+            context.canceled = True
+        if self.behaviour.get("raise_performing"):
+            raise RuntimeError(f"{self.name} failed")
+
+    def on_performed(self, context: Any) -> None:
+        self._note(
+            "on_performed" + (f":{type(context.exception).__name__}" if context.exception else "")
+        )
+        if self.behaviour.get("handle") and context.exception is not None:
+            context.exception_handled = True
+
+
+def creating() -> CreatingContext:
+    return CreatingContext("id", "m:f", "hfcelery.perform", [], {}, "default", State.ENQUEUED)
+
+
+def performing() -> PerformingContext:
+    return PerformingContext("id", "m:f", [], {}, 0)
+
+
+def test_client_filters_run_in_order_and_unwind_in_reverse() -> None:
+    log: list[str] = []
+    filters = FilterSet((Recorder("a", log), Recorder("b", log)))
+    created = filters.create(creating(), lambda: log.append("write") or "id")  # type: ignore[func-returns-value]
+    assert created.job_id == "id"
+    assert log == ["a.on_creating", "b.on_creating", "write", "b.on_created", "a.on_created"]
+
+
+def test_a_canceling_client_filter_stops_the_write_and_the_filters_after_it() -> None:
+    log: list[str] = []
+    filters = FilterSet((Recorder("a", log), Recorder("b", log, cancel=True), Recorder("c", log)))
+    context = creating()
+    created = filters.create(context, lambda: pytest.fail("written"))  # type: ignore[no-any-return]
+    assert created.canceled and created.job_id is None
+    assert context.items["canceled_by"] == "Recorder"
+    # Hangfire: the filters before it see the cancellation; it and those after it do not.
+    assert log == ["a.on_creating", "b.on_creating", "a.on_created:canceled"]
+
+
+def test_a_client_filter_error_reaches_the_filters_before_it_unless_handled() -> None:
+    from hfcelery.filters import ClientFilterError
+
+    log: list[str] = []
+    filters = FilterSet((Recorder("a", log), Recorder("b", log, raise_creating=True)))
+    with pytest.raises(ClientFilterError) as raised:
+        filters.create(creating(), lambda: "id")
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert log == ["a.on_creating", "b.on_creating", "a.on_created:RuntimeError"]
+
+    log.clear()
+    handled = FilterSet((Recorder("a", log, handle=True), Recorder("b", log, raise_creating=True)))
+    created = handled.create(creating(), lambda: "id")
+    assert created.job_id is None and isinstance(created.exception, RuntimeError)
+
+
+def test_server_filters_wrap_the_job_and_may_handle_its_exception() -> None:
+    log: list[str] = []
+    filters = FilterSet((Recorder("a", log), Recorder("b", log)))
+    performed = filters.perform(performing(), lambda: log.append("run") or 42)  # type: ignore[func-returns-value]
+    assert performed.result == 42
+    assert log == ["a.on_performing", "b.on_performing", "run", "b.on_performed", "a.on_performed"]
+
+    def boom() -> None:
+        raise ValueError("job failed")
+
+    log.clear()
+    with pytest.raises(ValueError):
+        filters.perform(performing(), boom)
+    assert log[-2:] == ["b.on_performed:ValueError", "a.on_performed:ValueError"]
+
+    log.clear()
+    handling = FilterSet((Recorder("a", log, handle=True), Recorder("b", log)))
+    performed = handling.perform(performing(), boom)
+    assert performed.exception_handled and performed.result is None
+
+
+def test_a_server_filter_error_is_a_job_performance_error() -> None:
+    log: list[str] = []
+    filters = FilterSet((Recorder("a", log), Recorder("b", log, raise_performing=True)))
+    with pytest.raises(JobPerformanceError, match="one of the filters") as raised:
+        filters.perform(performing(), lambda: pytest.fail("ran"))
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert log == ["a.on_performing", "b.on_performing", "a.on_performed:JobPerformanceError"]
+
+
+def test_a_canceling_server_filter_skips_the_job() -> None:
+    log: list[str] = []
+    filters = FilterSet((Recorder("a", log), Recorder("b", log, cancel=True)))
+    performed = filters.perform(performing(), lambda: pytest.fail("ran"))
+    assert performed.canceled
+    assert log == ["a.on_performing", "b.on_performing", "a.on_performed"]
+
+
+def test_filters_are_sorted_by_order_then_scope_and_single_instance_types_keep_the_last() -> None:
+    log: list[str] = []
+    g, t, f = Recorder("g", log), Recorder("t", log), Recorder("f", log)
+    early = Recorder("early", log, order=-5)
+    registered = [
+        RegisteredFilter(f, -1, FilterScope.FUNCTION),
+        RegisteredFilter(g, -1, FilterScope.GLOBAL),
+        RegisteredFilter(early, -5, FilterScope.FUNCTION),
+        RegisteredFilter(t, -1, FilterScope.TASK),
+    ]
+    assert sorted_filters(registered) == (early, g, t, f)
+
+    global_retry, function_retry = AutomaticRetry(), AutomaticRetry(attempts=1)
+    kept = sorted_filters(
+        [
+            RegisteredFilter(global_retry, 20, FilterScope.GLOBAL),
+            RegisteredFilter(function_retry, 20, FilterScope.FUNCTION),
+        ]
+    )
+    assert kept == (function_retry,)  # AutomaticRetry allows one instance: the most specific
+
+
+def test_the_decorator_and_a_task_class_add_filters_to_the_global_ones() -> None:
+    log: list[str] = []
+    per_function = Recorder("f", log)
+    per_class = Recorder("t", log)
+
+    @job_filter(per_function)
+    def function() -> None: ...
+
+    class TaskClass:
+        hfcelery_filters = [per_class]
+
+    found = filters_for(function, TaskClass).filters
+    assert found.index(per_class) < found.index(per_function)
+    assert any(isinstance(x, AutomaticRetry) for x in found)  # the global default
+
+
+def test_registering_what_is_not_a_filter_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="register an instance"):
+        job_filter(Recorder)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="not a job filter"):
+        global_filters.add(object())
+
+
+def test_assigning_a_candidate_state_keeps_the_traversed_one() -> None:
+    failed = CandidateState.failed(RuntimeError("x"), "RuntimeError: x")
+    context = ElectStateContext("id", "m:f", State.PROCESSING, failed)
+    context.candidate_state = CandidateState.scheduled(timedelta(seconds=5), "again")
+    assert context.traversed_states == [failed]
+    assert context.candidate_state.state is State.SCHEDULED
+    with pytest.raises(TypeError):
+        context.candidate_state = "Deleted"  # type: ignore[assignment]
+
+
+def elect(retry: AutomaticRetry, exception: BaseException, **kwargs: Any) -> ElectStateContext:
+    context = ElectStateContext(
+        "id", "m:f", State.PROCESSING, CandidateState.failed(exception, "reason"), **kwargs
+    )
+    retry.on_state_election(context)
+    return context
+
+
+def test_automatic_retry_as_an_elect_state_filter() -> None:
+    retry = AutomaticRetry(attempts=2, delays=[30])
+    context = elect(retry, RuntimeError("x" * 80))
+    assert context.candidate_state.state is State.SCHEDULED
+    # Hangfire's reason: the message cut to 50 characters.
+    assert context.candidate_state.reason == "Retry attempt 1 of 2: " + "x" * 49 + "…"
+    assert context.candidate_state.due_at is not None
+    assert context.candidate_state.due_at > datetime.now(UTC) + timedelta(seconds=29)
+    assert [s.state for s in context.traversed_states] == [State.FAILED]
+
+    assert elect(AutomaticRetry(attempts=1, delays=[0]), RuntimeError()).candidate_state.state is (
+        State.ENQUEUED
+    )
+    exhausted = elect(retry, RuntimeError("x"), retry_count=2)
+    assert exhausted.candidate_state.state is State.FAILED and not exhausted.traversed_states
+    deleting = AutomaticRetry(attempts=0, on_attempts_exceeded="delete")
+    deleted = elect(deleting, RuntimeError("x")).candidate_state
+    assert (deleted.state, deleted.reason) == (State.DELETED, "Retries were disabled for this job.")
+
+    only = AutomaticRetry(attempts=3, only_on=[TimeoutError])
+    assert elect(only, ValueError()).candidate_state.state is State.FAILED
+    assert elect(only, TimeoutError()).candidate_state.state is State.SCHEDULED
+
+
+def test_automatic_retry_scope_for_plain_celery_tasks_is_configurable() -> None:
+    class Config:
+        default_retry_attempts = 4
+        retry_celery_tasks = False
+
+    default = AutomaticRetry()
+    tracked = elect(default, RuntimeError(), tracked=True, config=Config())
+    assert tracked.candidate_state.state is State.FAILED  # Celery's own semantics by default
+    Config.retry_celery_tasks = True
+    tracked = elect(default, RuntimeError(), tracked=True, config=Config())
+    assert tracked.candidate_state.reason is not None
+    assert tracked.candidate_state.reason.startswith("Retry attempt 1 of 4")
+    assert elect(AutomaticRetry(celery_tasks=False), RuntimeError(), tracked=True, config=Config())
+    explicit = AutomaticRetry(attempts=1, celery_tasks=True)
+    assert elect(explicit, RuntimeError(), tracked=True).candidate_state.state is State.SCHEDULED
+
+
+# ---------------------------------------------------------------------------------------------
+# With the store (SQLite and PostgreSQL), through the client
+
+
+class Tenant(JobFilter):
+    """The user's filter of the issue: stamps a tenant id on every job."""
+
+    tenant = "acme"
+
+    def on_creating(self, context: CreatingContext) -> None:
+        context.set_parameter("tenant", self.tenant)
+
+
+class Veto(JobFilter):
+    """Vetoes jobs whose first argument is negative."""
+
+    def on_creating(self, context: CreatingContext) -> None:
+        if context.args and isinstance(context.args[0], int | float) and context.args[0] < 0:
+            context.canceled = True
+
+
+class Broken(JobFilter):
+    def on_creating(self, context: CreatingContext) -> None:
+        raise KeyError("tenant missing")
+
+
+class ScheduleEverything(JobFilter):
+    def on_state_election(self, context: ElectStateContext) -> None:
+        if context.current_state is None and context.candidate_state.state is State.ENQUEUED:
+            context.candidate_state = CandidateState.scheduled(timedelta(hours=1), "Held back")
+
+
+@pytest.fixture
+def client_app(store_url: str) -> Iterator[Any]:
+    from celery import Celery
+
+    app = Celery("filters", broker="memory://", set_as_current=False)
+    hfcelery.init_app(app, store_url=store_url, allowed_modules=["tests.jobs"])
+    extension_of(app).store.migrate()
+    yield app
+    extension_of(app).store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'filters.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def global_filter() -> Iterator[Any]:
+    added: list[Any] = []
+
+    def add(instance: Any) -> Any:
+        global_filters.add(instance)
+        added.append(instance)
+        return instance
+
+    yield add
+    for instance in added:
+        global_filters.remove(instance)
+
+
+def test_a_client_filter_stamps_a_parameter_written_with_the_job(
+    client_app: Any, global_filter: Any
+) -> None:
+    global_filter(Tenant())
+    client = hfcelery.BackgroundJobClient(client_app)
+    store = extension_of(client_app).store
+    job_id = client.schedule(call(jobs.multiply, 2, 3), timedelta(hours=1))
+    assert store.job_parameters(job_id) == {"tenant": "acme"}
+    parent = client.schedule(call(jobs.multiply, 1, 1), timedelta(hours=1))
+    child = client.continue_job_with(parent, call(jobs.multiply, 1, 2))
+    assert store.job_parameters(child) == {"tenant": "acme"}
+    store.set_job_parameter(job_id, "tenant", "other")  # replaced, not added
+    assert store.job_parameters(job_id) == {"tenant": "other"}
+
+
+def test_a_vetoed_or_failing_creation_writes_nothing(client_app: Any, global_filter: Any) -> None:
+    client = hfcelery.BackgroundJobClient(client_app)
+    api = hfcelery.monitoring(client_app)
+    before = sum(api.state_counts().values())
+    global_filter(Veto())
+    with pytest.raises(JobCreationCanceledError, match="canceled by filter 'Veto'"):
+        client.schedule(call(jobs.multiply, -1, 3), timedelta(hours=1))
+    assert sum(api.state_counts().values()) == before
+    client.schedule(call(jobs.multiply, 1, 3), timedelta(hours=1))  # others go through
+    assert sum(api.state_counts().values()) == before + 1
+
+    broken = global_filter(Broken())
+    with pytest.raises(JobCreationError) as raised:
+        client.schedule(call(jobs.multiply, 1, 3), timedelta(hours=1))
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert sum(api.state_counts().values()) == before + 1
+    global_filters.remove(broken)
+
+
+def test_an_elect_state_filter_changes_a_new_jobs_first_state(
+    client_app: Any, global_filter: Any
+) -> None:
+    global_filter(ScheduleEverything())
+    client = hfcelery.BackgroundJobClient(client_app)
+    job_id = client.enqueue(call(jobs.multiply, 1, 1))
+    job = hfcelery.monitoring(client_app).find_job(job_id)
+    assert job is not None and job.state is State.SCHEDULED
+    assert job.history[-1].reason == "Held back"
+    assert job.due_at is not None and job.due_at > datetime.now(UTC) + timedelta(minutes=59)
+
+
+def test_job_parameters_are_checked(client_app: Any) -> None:
+    context = creating()
+    with pytest.raises(hfcelery.InvalidArgumentError):
+        context.set_parameter("", 1)
+    with pytest.raises(hfcelery.ArgumentSerializationError):
+        context.set_parameter("when", object())
+    with pytest.raises(hfcelery.InvalidArgumentError, match="limit"):
+        context.set_parameter("big", "x" * 70_000)
+    with pytest.raises(hfcelery.JobNotFoundError):
+        extension_of(client_app).store.set_job_parameter("no-such-job", "a", 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# With a real worker
+
+
+def test_tenant_stamped_by_a_client_filter_reaches_server_filters_and_the_job(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis, test_app: Any
+) -> None:
+    tok = token()
+    tenant = Tenant()
+    global_filters.add(tenant)
+    try:
+        job_id = BackgroundJob.enqueue(call(jobs.record_tenant, tok))
+    finally:
+        global_filters.remove(tenant)
+    assert wait_state(api, job_id).state is State.SUCCEEDED
+    assert side_effects.lrange(f"hftests:{tok}", 0, -1) == ["filter:acme", "job:acme"]
+    store = extension_of(test_app).store
+    assert store.job_parameters(job_id) == {"tenant": "acme", "seen_by_job": "acme"}
+
+
+def test_a_server_filter_that_cancels_deletes_the_job_without_running_it(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    tok = token()
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.canceled_by_filter, tok)))
+    assert job.state is State.DELETED
+    assert job.history[-1].reason == "Canceled by filter 'CancelOnPerforming'"  # Hangfire's
+    assert side_effects.llen(f"hftests:{tok}") == 0
+
+
+def test_an_elect_state_filter_changes_the_state_a_failure_leads_to(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    tok = token()
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.value_error_once, tok)))
+    assert job.state is State.SUCCEEDED
+    assert history(job) == [
+        State.ENQUEUED, State.PROCESSING, State.FAILED, State.SCHEDULED,
+        State.ENQUEUED, State.PROCESSING, State.SUCCEEDED,
+    ]  # fmt: skip
+    assert job.history[2].data["exception_type"] == "builtins.ValueError"
+    assert job.history[3].reason == "Tried again my way"
+    assert job.retry_count == 1
+    assert job.history[-1].data["result"] == 2
+
+
+def test_an_apply_state_filter_routes_failed_jobs_to_an_alert(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    job_id = BackgroundJob.enqueue(call(jobs.fails_with_alert, f"alert {token()}"))
+    job = wait_state(api, job_id, (State.FAILED,))
+    alerts = side_effects.lrange("hftests:alerts", 0, -1)
+    assert f"{job_id}|{job.history[-1].reason}" in alerts
+    ok = wait_state(api, BackgroundJob.enqueue(call(jobs.multiply, 2, 2)))
+    assert not any(a.startswith(ok.id) for a in side_effects.lrange("hftests:alerts", 0, -1))
+
+
+def test_a_server_filter_may_handle_the_jobs_exception(
+    worker: WorkerProcess, api: Monitoring
+) -> None:
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.error_swallowed_by_filter)))
+    assert job.state is State.SUCCEEDED
+
+
+def test_a_failing_server_filter_fails_the_job_with_a_performance_error(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    tok = token()
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.broken_filter_job, tok)), (State.FAILED,))
+    assert job.history[-1].data["exception_type"] == "hfcelery.errors.JobPerformanceError"
+    assert "BrokenServerFilter.on_performing" in (job.history[-1].reason or "")
+    assert side_effects.llen(f"hftests:{tok}") == 0
+
+
+def test_state_data_carries_hangfires_keys(worker: WorkerProcess, api: Monitoring) -> None:
+    job = wait_state(api, BackgroundJob.enqueue(call(jobs.flaky_at_once, token(), 1)))
+    by_state = {h.state: h.data for h in job.history}
+    for state, key in [
+        (State.ENQUEUED, "enqueued_at"),
+        (State.PROCESSING, "started_at"),
+        (State.FAILED, "failed_at"),
+        (State.SUCCEEDED, "succeeded_at"),
+    ]:
+        assert key in by_state[state], (state, by_state[state])
+    for entry in job.history:
+        if entry.state is State.ENQUEUED:
+            assert entry.data["queue"] == job.queue  # the retry's Enqueued too
+        if entry.state is State.FAILED:
+            assert entry.data["server_id"]
+
+
+def test_a_continuation_receives_the_parents_exception_and_can_be_scheduled(
+    worker: WorkerProcess, api: Monitoring
+) -> None:
+    parent = BackgroundJob.enqueue(call(jobs.fails_then_deleted, "no such thing"))
+    child = BackgroundJob.continue_job_with(
+        parent,
+        call(jobs.continuation_outcome),
+        options=hfcelery.JobContinuationOptions.ON_ANY_FINISHED_STATE,
+        pass_result=True,
+        pass_exception=True,
+    )
+    done = wait_state(api, child)
+    assert done.state is State.SUCCEEDED
+    result, exception = done.history[-1].data["result"]
+    assert result is None
+    assert exception["type"] == "builtins.LookupError"
+    assert "no such thing" in exception["message"]
+
+    ok = BackgroundJob.enqueue(call(jobs.multiply, 2, 5))
+    later = BackgroundJob.continue_job_with(
+        ok,
+        call(jobs.continuation_outcome),
+        pass_result=True,
+        pass_exception=True,
+        next_state="Scheduled",
+        delay=timedelta(seconds=1),
+    )
+    done = wait_state(api, later)
+    assert [h.state for h in done.history][:2] == [State.AWAITING, State.SCHEDULED]
+    assert done.history[-1].data["result"] == [10, None]
