@@ -6,6 +6,7 @@ has a persisted state and state history, read through :func:`monitoring`.
 
 from __future__ import annotations
 
+from hfcelery.assembly import init_app
 from hfcelery.calls import Call, call
 from hfcelery.client import BackgroundJob, BackgroundJobClient
 from hfcelery.config import HfConfig
@@ -30,7 +31,6 @@ from hfcelery.errors import (
     SchemaOutOfDateError,
     StoreError,
 )
-from hfcelery.extension import init_app
 from hfcelery.filters import (
     ApplyStateContext,
     AutomaticRetry,

@@ -123,7 +123,7 @@ def _where(
     search: str | None,
     since: str | None,
 ) -> JobFilter:
-    from hfcelery.client import parse_state
+    from hfcelery.states import parse_state
 
     return JobFilter(
         state=None if state is None else parse_state(state),

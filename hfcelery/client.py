@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from uuid import uuid4
 
 from celery import Celery, Task
 
-from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER, Invocation, to_invocation
+from hfcelery.calls import Invocation, to_invocation
 from hfcelery.continuations import JobContinuationOptions
 from hfcelery.errors import (
     InvalidArgumentError,
@@ -29,39 +30,14 @@ from hfcelery.filters import (
     filters_for,
 )
 from hfcelery.jsonutil import from_json
+from hfcelery.publishing import publish
 from hfcelery.records import Dispatch, NewJob
-from hfcelery.states import State
+from hfcelery.states import State, parse_state
 from hfcelery.validation import check_job_id, check_job_queue, check_queue, problem_with_job_id
-
-_ALL_BUT = {s: tuple(x for x in State if x is not s) for s in State}
 
 #: The latest due time a job may have: a year short of the end of Python's calendar, so every
 #: time computed from it (retention, time zones) stays in range.
 LATEST_DUE_AT = datetime(9998, 12, 31, tzinfo=UTC)
-
-
-#: How hard a publish tries before the broker counts as unreachable (and a worker publishes
-#: the job later): short, since some callers hold a store transaction meanwhile.
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
-
-
-def publish(app: Celery, dispatch: Dispatch) -> None:
-    """Send a job's Celery message, with the job id as the task id."""
-    args = from_json(dispatch.args_json)
-    if dispatch.task_name == PERFORM_TASK_NAME:
-        args = [dispatch.function, *args]
-    headers = {JOB_HEADER: True}
-    if dispatch.tracked:
-        headers[TRACKED_HEADER] = True
-    app.send_task(
-        dispatch.task_name,
-        args=args,
-        kwargs=from_json(dispatch.kwargs_json),
-        task_id=dispatch.id,
-        queue=dispatch.queue,
-        headers=headers,
-        retry_policy=PUBLISH_RETRY_POLICY,
-    )
 
 
 class BackgroundJobClient:
@@ -382,24 +358,20 @@ class BackgroundJobClient:
         ``hfcelery.cancellation_requested()``, or, with ``terminate=True``, until the worker
         running it kills its process (within its maintenance interval).
         """
-        return self._extension.store.change_state(
+        return self._extension.store.delete_job(
             check_job_id(job_id),
-            State.DELETED,
             reason="Deleted by request",
             expected_state=_state_or_none(expected_state),
-            from_states=_ALL_BUT[State.DELETED],
             retention=timedelta(seconds=self._extension.config.deleted_retention_seconds),
             terminate=terminate,
         )
 
     def requeue(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
         """Move a job to Enqueued and send it again; True if applied."""
-        return self._extension.store.change_state(
+        return self._extension.store.requeue_job(
             check_job_id(job_id),
-            State.ENQUEUED,
             reason="Requeued by request",
             expected_state=_state_or_none(expected_state),
-            from_states=_ALL_BUT[State.ENQUEUED],
             publish=self._publish,
         )
 
@@ -417,14 +389,11 @@ class BackgroundJobClient:
         """Move a job to Scheduled, due after ``delay`` (or at an aware datetime); True if
         applied."""
         due_at = due_time(delay)
-        return self._extension.store.change_state(
+        return self._extension.store.reschedule_job(
             check_job_id(job_id),
-            State.SCHEDULED,
+            due_at,
             reason="Rescheduled by request",
-            data={"enqueue_at": due_at.isoformat()},
             expected_state=_state_or_none(expected_state),
-            from_states=tuple(State),
-            due_at=due_at,
         )
 
     def new_job(
@@ -516,19 +485,15 @@ def _state_or_none(state: State | str | None) -> State | None:
     return None if state is None else parse_state(state)
 
 
-_STATES_BY_NAME = {s.value.lower(): s for s in State}
+_clients: weakref.WeakKeyDictionary[Celery, BackgroundJobClient] = weakref.WeakKeyDictionary()
 
 
-def parse_state(state: State | str) -> State:
-    """A :class:`State` from itself or its name in any case ("failed", "FAILED");
-    raises InvalidArgumentError."""
-    if isinstance(state, State):
-        return state
-    found = _STATES_BY_NAME.get(state.lower()) if isinstance(state, str) else None
-    if found is None:
-        names = ", ".join(s.value for s in State)
-        raise InvalidArgumentError(f"unknown state {state!r:.80}: use one of {names}")
-    return found
+def client_of(app: Celery) -> BackgroundJobClient:
+    """The client of ``app`` (one per app, made on first use)."""
+    client = _clients.get(app)
+    if client is None:
+        client = _clients.setdefault(app, BackgroundJobClient(app))
+    return client
 
 
 class _BackgroundJobFacade:
@@ -538,7 +503,7 @@ class _BackgroundJobFacade:
     @staticmethod
     def client() -> BackgroundJobClient:
         """The client of the app ``init_app`` was called on (the default one, if several)."""
-        return extension_of(default_app()).client
+        return client_of(default_app())
 
     def enqueue(self, the_call: object, *, queue: str | None = None) -> str:
         return self.client().enqueue(the_call, queue=queue)

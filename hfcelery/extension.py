@@ -7,17 +7,15 @@ import logging
 import threading
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery
 
 from hfcelery.calls import module_allowed
 from hfcelery.config import RELIABLE_CELERY_DEFAULTS, HfConfig
-from hfcelery.errors import ConfigurationError, NotInitializedError
+from hfcelery.errors import NotInitializedError
+from hfcelery.publishing import publish
 from hfcelery.store import Store
-
-if TYPE_CHECKING:
-    from hfcelery.client import BackgroundJobClient
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +40,11 @@ class Extension:
 
     @cached_property
     def store(self) -> Store:
-        from hfcelery.client import publish
-
         return Store(
             self.config.store_url,
             publisher=functools.partial(publish, self.app),
             deleted_retention=timedelta(seconds=self.config.deleted_retention_seconds),
         )
-
-    @cached_property
-    def client(self) -> BackgroundJobClient:
-        from hfcelery.client import BackgroundJobClient
-
-        return BackgroundJobClient(self.app)
 
     @cached_property
     def _own_task_modules(self) -> frozenset[str]:
@@ -79,42 +69,15 @@ _default: list[Celery] = []
 _registry_lock = threading.Lock()
 
 
-def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension:
-    """Load hfcelery into a Celery app.
-
-    Registers the task that performs plain functions, the worker bootstep and the signal
-    handlers that move jobs through their states, and makes acks-late delivery, rejection on a
-    lost worker, a prefetch of one and JSON-only messages the defaults where the app sets
-    nothing else. Options are the ``hfcelery_*`` settings without the prefix (``store_url``,
-    ``allowed_modules``, ...) and win over ``app.conf``. Calling it again returns the same
-    extension; calling it again with other options is an error.
-
-    The static facades (``BackgroundJob``, ``RecurringJob``) use the first app initialised in
-    the process, from any thread, unless another is initialised with ``default=True``.
-    """
-    existing: Extension | None = getattr(app, _ATTRIBUTE, None)
-    if existing is not None:
-        if options and options != existing.options:
-            raise ConfigurationError(
-                f"hfcelery is already initialised for app {app.main!r} with other options"
-            )
-        if default:
-            _set_default(app)
-        return existing
-    from hfcelery.worker import install
-
-    HfConfig.from_app({}, options)  # reject unknown or invalid options now, not at first use
-    extension = Extension(app, dict(options))
+def register(app: Celery, extension: Extension) -> None:
+    """Attach ``extension`` to ``app`` and remember the app for the facades (see
+    ``hfcelery.assembly.init_app``)."""
     setattr(app, _ATTRIBUTE, extension)
     app.on_after_configure.connect(_add_reliable_defaults, weak=False)
     if app.configured:
         _add_reliable_defaults(app, app.conf)
-    install(app)
     with _registry_lock:
         _initialised.append(app)
-    if default:
-        _set_default(app)
-    return extension
 
 
 def _add_reliable_defaults(sender: Celery, source: Any = None, **_: Any) -> None:
@@ -139,7 +102,7 @@ class _Layer(dict[str, Any]):
     hfcelery_layer = True
 
 
-def _set_default(app: Celery) -> None:
+def set_default(app: Celery) -> None:
     with _registry_lock:
         _default[:] = [app]
 

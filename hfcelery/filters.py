@@ -41,7 +41,7 @@ from enum import IntEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hfcelery.errors import ConfigurationError
+from hfcelery.errors import ConfigurationError, ForbiddenFunctionError
 from hfcelery.states import State
 
 if TYPE_CHECKING:
@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F")
+
+#: Failures that no retry can mend. A function that is missing (FunctionNotFoundError) is
+#: retried, as Hangfire does: during a deploy, an older worker may receive a newer job.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ForbiddenFunctionError,)
 
 #: Attribute under which a function or task keeps the filters of :func:`job_filter`.
 FILTERS_ATTRIBUTE = "__hfcelery_filters__"
@@ -661,8 +665,6 @@ class AutomaticRetry(JobFilter):
             return
         exception = candidate.exception
         policy = self._policy(context)
-        from hfcelery.worker.execution import PERMANENT_ERRORS
-
         if isinstance(exception, PERMANENT_ERRORS) or not policy.applies_to(exception):
             return
         attempt = context.retry_count + 1

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 
 from celery import Celery
 
-from hfcelery.client import parse_state
 from hfcelery.errors import InvalidArgumentError, JobNotFoundError, RecurringJobNotFoundError
 from hfcelery.extension import extension_of
 from hfcelery.records import (
@@ -20,7 +19,7 @@ from hfcelery.records import (
     RecurringJobRecord,
     ServerRecord,
 )
-from hfcelery.states import State
+from hfcelery.states import State, parse_state
 from hfcelery.store import Store, utcnow
 
 MAX_PAGE_SIZE = 500

@@ -13,9 +13,9 @@ from uuid import uuid4
 
 from celery import Task
 
-from hfcelery.client import publish
 from hfcelery.errors import HfceleryError, StoreUnavailableError
 from hfcelery.extension import extension_of
+from hfcelery.publishing import publish
 from hfcelery.recurring.cron import CronExpression
 from hfcelery.validation import MAX_RECURRING_ID_LENGTH, problem_with_identifier
 

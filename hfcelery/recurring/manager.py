@@ -6,9 +6,10 @@ from uuid import uuid4
 
 from celery import Celery
 
-from hfcelery.client import publish
+from hfcelery.client import client_of
 from hfcelery.errors import InvalidCallError, InvalidScheduleError, RecurringJobNotFoundError
 from hfcelery.extension import default_app, extension_of
+from hfcelery.publishing import publish
 from hfcelery.records import RecurringDefinition
 from hfcelery.recurring.cron import CronExpression, MisfireHandling
 from hfcelery.states import State
@@ -61,7 +62,7 @@ class RecurringJobManager:
         except ValueError as exc:
             modes = ", ".join(m.value for m in MisfireHandling)
             raise InvalidScheduleError(f"misfire must be one of {modes}: {misfire!r}") from exc
-        new_job = self._extension.client.new_job(the_call, queue, State.ENQUEUED)
+        new_job = client_of(self._extension.app).new_job(the_call, queue, State.ENQUEUED)
         self._extension.store.upsert_recurring(
             RecurringDefinition(
                 id=recurring_id,

@@ -31,7 +31,7 @@ from hfcelery.records import (
     Dispatch,
     NewJob,
 )
-from hfcelery.states import State
+from hfcelery.states import TRANSITIONS, State, sources
 from hfcelery.store.base import (
     _DISPATCH_COLUMNS,
     BROKER_UNAVAILABLE,
@@ -375,14 +375,20 @@ class JobStore(ContinuationStore):
         due_at: datetime | None = None,
         publish: Callable[[Dispatch], None] | None = None,
         terminate: bool = False,
+        transition: str | None = None,
     ) -> bool:
-        """Change a job's state if it is in ``expected_state`` (or any of ``from_states``).
+        """Change a job's state if it is in ``expected_state`` (or any of ``from_states``, or
+        the sources of the named ``transition`` in :data:`~hfcelery.states.TRANSITIONS`).
 
         Moving to Enqueued with ``publish`` sends the job's message again; moving to Scheduled
         takes ``due_at``; ``terminate`` asks the server running the job to kill it. Returns
         whether the change was applied.
         """
         now = utcnow()
+        if transition is not None:
+            if state not in TRANSITIONS[transition].targets:
+                raise ValueError(f"{transition} does not lead to {state}")
+            from_states = sources(transition)
         conditions = [Job.id == job_id]
         if expected_state is not None:
             conditions.append(Job.state == expected_state)
@@ -418,6 +424,66 @@ class JobStore(ContinuationStore):
         self._send_released(released)
         return bool(rows)
 
+    # The named operations of TRANSITIONS that change one job by request or by a worker's hook.
+
+    def delete_job(
+        self,
+        job_id: str,
+        *,
+        reason: str,
+        expected_state: State | None = None,
+        retention: timedelta | None = None,
+        terminate: bool = False,
+    ) -> bool:
+        """Delete a job (any state but Deleted); True if applied."""
+        return self.change_state(
+            job_id, State.DELETED, reason=reason, expected_state=expected_state,
+            retention=retention, terminate=terminate, transition="delete",
+        )  # fmt: skip
+
+    def requeue_job(
+        self,
+        job_id: str,
+        *,
+        reason: str,
+        expected_state: State | None = None,
+        publish: Callable[[Dispatch], None] | None = None,
+    ) -> bool:
+        """Enqueue a job again (any state but Enqueued) and send it; True if applied."""
+        return self.change_state(
+            job_id, State.ENQUEUED, reason=reason, expected_state=expected_state,
+            publish=publish, transition="requeue",
+        )  # fmt: skip
+
+    def reschedule_job(
+        self,
+        job_id: str,
+        due_at: datetime,
+        *,
+        reason: str,
+        expected_state: State | None = None,
+    ) -> bool:
+        """Move a job (any state) to Scheduled, due at ``due_at``; True if applied."""
+        return self.change_state(
+            job_id, State.SCHEDULED, reason=reason, data={"enqueue_at": due_at.isoformat()},
+            expected_state=expected_state, due_at=due_at, transition="reschedule",
+        )  # fmt: skip
+
+    def revoke(self, job_id: str, *, reason: str, retention: timedelta | None) -> bool:
+        """A Celery revoke of an Enqueued or Processing job: Deleted."""
+        return self.change_state(
+            job_id, State.DELETED, reason=reason, retention=retention, transition="revoke"
+        )
+
+    def fail_enqueued(
+        self, job_id: str, *, reason: str, data: dict[str, Any], transition: str
+    ) -> bool:
+        """Fail an Enqueued job that cannot run (``unknown_task``) or be sent
+        (``fail_unsendable``)."""
+        return self.change_state(
+            job_id, State.FAILED, reason=reason, data=data, transition=transition
+        )
+
     def release_processing(
         self, job_id: str, *, server_id: str, reason: str, max_losses: int | None = None
     ) -> State | None:
@@ -446,7 +512,7 @@ class JobStore(ContinuationStore):
                         "exception_message": reason,
                         "server_id": server_id,
                     },
-                    from_states=(State.PROCESSING,),
+                    transition="release_processing",
                 )
                 return State.FAILED if moved else None
         moved_back = len(self._requeue_where(conditions, reason=reason, published=False)) == 1

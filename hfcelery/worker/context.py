@@ -14,6 +14,7 @@ from hfcelery.errors import JobAbortedError, StoreError
 from hfcelery.extension import Extension, find_extension
 from hfcelery.states import State
 from hfcelery.validation import check_parameter
+from hfcelery.worker.running import running_job
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,12 @@ class JobParameterStore:
 
 def parameter_store(extension: Extension, request: Any) -> JobParameterStore:
     """The parameter store of the job ``request`` runs, shared by its filters and its code."""
-    found: JobParameterStore | None = getattr(request, "hf_parameters", None)
+    job = running_job(request)
+    found: JobParameterStore | None = job.parameters if job is not None else None
     if found is None:
         found = JobParameterStore(extension, request.id)
-        request.hf_parameters = found
+        if job is not None:
+            job.parameters = found
     return found
 
 
@@ -91,7 +94,8 @@ class JobContext:
         #: The job's id (its Celery task id).
         self.id: str = request.id
         #: How many times it was retried before this run (0 on the first).
-        self.attempt: int = int(getattr(request, "hf_retry_count", 0) or 0)
+        job = running_job(request)
+        self.attempt: int = job.retry_count if job is not None else 0
         #: Asks whether the job should stop early.
         self.cancellation_token = CancellationToken(extension, self.id)
         self._parameters = parameter_store(extension, request)
@@ -124,13 +128,14 @@ class JobContext:
 def current_job() -> JobContext | None:
     """The context of the job running in this worker thread; None outside a job."""
     task = get_current_task()
-    if task is None or not getattr(task.request, "hf_claimed", False):
+    job = running_job(task.request) if task is not None else None
+    if task is None or job is None:
         return None
-    context: JobContext | None = getattr(task.request, "hf_context", None)
+    context: JobContext | None = job.context
     if context is None:
         extension = find_extension(task.app)
         if extension is None:
             return None
         context = JobContext(extension, task.request)
-        task.request.hf_context = context
+        job.context = context
     return context

@@ -41,7 +41,6 @@ from hfcelery.calls import (
 )
 from hfcelery.errors import (
     ConcurrentExecutionTimeoutError,
-    ForbiddenFunctionError,
     InvalidCallError,
     JobFailedError,
     JobPerformanceError,
@@ -63,6 +62,7 @@ from hfcelery.filters import (
 )
 from hfcelery.jsonutil import from_json, to_json, to_json_or_repr
 from hfcelery.options import JobOptions, options_of
+from hfcelery.publishing import publish
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State
 from hfcelery.store.jobs import LOST_WORKER_REASON
@@ -76,6 +76,8 @@ from hfcelery.validation import (
 )
 from hfcelery.worker.context import parameter_store
 from hfcelery.worker.health import ServiceHealth
+from hfcelery.worker.running import ATTRIBUTE as RUNNING_ATTRIBUTE
+from hfcelery.worker.running import RunningJob, running_job
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +95,6 @@ CELERY_TASK_PREFIX = "celery."
 #: What ``Task.replace()`` raises (as ``Ignore``) once it sent a group or chord in its place.
 REPLACED_BY_GROUP = "Replaced by new task"
 REPLACED_REASON = "Replaced by a group (Celery Task.replace); its tasks are jobs of their own"
-#: Failures that no retry can mend. A function that is missing (FunctionNotFoundError) is
-#: retried, as Hangfire does: during a deploy, an older worker may receive a newer job.
-PERMANENT_ERRORS = (ForbiddenFunctionError,)
 
 
 def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -106,15 +105,17 @@ def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any
     """
     extension = extension_of(task.app)
     func = load_function(function_path, extension.module_allowed)
-    request = task.request
-    request.hf_options = options_of(func)
-    request.hf_filters = filters_for(func)
-    _check_latency(task, request.hf_options)
-    _take_concurrency_lock(task, request.hf_options, function_path, args, kwargs)
-    if not request.hf_filters.server_filters or _claimed(task) is None:
+    job = running_job(task.request)
+    if job is None:  # not claimed (an eager call, a worker without hfcelery's server)
+        return _call(func, args, kwargs)
+    job.options = options_of(func)
+    filters = job.filters = filters_for(func)
+    _check_latency(task, job.options)
+    _take_concurrency_lock(task, job.options, function_path, args, kwargs)
+    if not filters.server_filters:
         return _call(func, args, kwargs)
     context = _performing_context(extension, task, function_path, args, kwargs)
-    performed = request.hf_filters.perform(context, lambda: _call(func, args, kwargs))
+    performed = filters.perform(context, lambda: _call(func, args, kwargs))
     if performed.canceled:
         _cancel_by_filter(extension, task, context)
     return performed.result
@@ -136,7 +137,7 @@ def _performing_context(
         function,
         list(args or ()),
         dict(kwargs or {}),
-        int(getattr(request, "hf_retry_count", 0) or 0),
+        _job(task).retry_count,
         parameter_store(extension, request),
     )
 
@@ -152,8 +153,15 @@ def _cancel_by_filter(extension: Extension, task: Task, context: PerformingConte
         CandidateState(State.DELETED, reason),
         retention=_retention(task, extension.config.deleted_retention_seconds),
     )
-    request.hf_claimed = False  # ended here: the task's end records nothing more
+    _job(task).ended = True  # ended here: the task's end records nothing more
     raise SkippedMessage(request.id, State.DELETED.value, reason)
+
+
+def _job(task: Task) -> RunningJob:
+    """The job the task runs (it was claimed)."""
+    job = running_job(task.request)
+    assert job is not None, "not a claimed job"
+    return job
 
 
 _loops = threading.local()
@@ -211,25 +219,26 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     _CLAIM_STORE.answered()
     if claimed is None:
         raise _skipped(extension, task_id)
-    request.hf_claimed = True
-    request.hf_created_at = claimed.created_at
-    request.hf_retry_count = claimed.retry_count
-    request.hf_claim = claimed.number
-    request.hf_started = time.monotonic()
-    request.hf_started_at = datetime.now(UTC)
+    job = RunningJob(
+        id=task_id,
+        claim=claimed.number,
+        created_at=claimed.created_at,
+        retry_count=claimed.retry_count,
+        started=time.monotonic(),
+        started_at=datetime.now(UTC),
+    )
+    setattr(request, RUNNING_ATTRIBUTE, job)
     if task.name == PERFORM_TASK_NAME:
         return  # the function's options and filters are read in perform()
-    options = options_of(task)
+    options = job.options = options_of(task)
     if options is not None:  # a Celery task's own decorators
         _check_latency(task, options)
         _take_concurrency_lock(task, options, task.name, args, kwargs)
-    filters = request.hf_filters = filters_for(task, type(task))
+    filters = job.filters = filters_for(task, type(task))
     if filters.server_filters:
         # A Celery task runs Celery's way: its server filters are called around it (here and
         # as it ends), and an exception they mark handled stays Celery's failure.
-        context = request.hf_performing = _performing_context(
-            extension, task, task.name, args, kwargs
-        )
+        context = job.performing = _performing_context(extension, task, task.name, args, kwargs)
         for instance in filters.server_filters:
             call_server_filter(instance, "on_performing", context)
             if context.canceled:
@@ -245,7 +254,8 @@ def _check_latency(task: Task, options: JobOptions | None) -> None:
     request = task.request
     if limit is None or extension is None:
         return
-    waited = datetime.now(UTC) - request.hf_created_at
+    job = _job(task)
+    waited = datetime.now(UTC) - job.created_at
     if waited <= limit:
         return
     seconds = f"{limit.total_seconds():g}"
@@ -254,10 +264,10 @@ def _check_latency(task: Task, options: JobOptions | None) -> None:
     latency = {"latency_ms": round(waited / timedelta(milliseconds=1), 3)}
     _finish(
         extension, request.id, State.DELETED, reason, latency,
-        worker=worker_id(), claim=request.hf_claim,
+        worker=worker_id(), claim=job.claim,
         retention=_retention(task, extension.config.deleted_retention_seconds),
     )  # fmt: skip
-    request.hf_claimed = False  # ended here: the task's end records nothing more
+    job.ended = True  # ended here: the task's end records nothing more
     raise SkippedMessage(request.id, State.DELETED.value, reason)
 
 
@@ -301,7 +311,7 @@ def _take_concurrency_lock(
             logger.info("hfcelery job %s waits for another run of %s", task.request.id, resource)
             logged = True
         time.sleep(min(CONCURRENCY_POLL_SECONDS, remaining))
-    task.request.hf_lock = name
+    _job(task).lock = name
 
 
 #: The store's limit on lock names (longer resources are hashed).
@@ -465,14 +475,15 @@ def _untracked_job(task: Task, task_id: str, args: Any, kwargs: Any, request: An
 
 
 def _claimed(task: Task) -> Extension | None:
-    if not getattr(task.request, "hf_claimed", False):
+    if running_job(task.request) is None:
         return None
     return find_extension(task.app)
 
 
 def _options(task: Task) -> JobOptions:
     """The decorator options of the running job's function (perform) or task."""
-    return getattr(task.request, "hf_options", None) or options_of(task) or JobOptions()
+    job = running_job(task.request)
+    return (job.options if job is not None else None) or options_of(task) or JobOptions()
 
 
 def _retention(task: Task, configured_seconds: float) -> timedelta:
@@ -486,7 +497,7 @@ def cancellation_requested() -> bool:
     is False.
     """
     task = get_current_task()
-    if task is None or not getattr(task.request, "hf_claimed", False):
+    if task is None or running_job(task.request) is None:
         return False
     extension = find_extension(task.app)
     if extension is None:
@@ -499,9 +510,9 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
     extension = _claimed(sender)
     if extension is None or extension.server_id is None:
         return
-    request = sender.request
-    duration_ms = round((time.monotonic() - request.hf_started) * 1000, 3)
-    latency_ms = round((request.hf_started_at - request.hf_created_at).total_seconds() * 1000, 3)
+    job = _job(sender)
+    duration_ms = round((time.monotonic() - job.started) * 1000, 3)
+    latency_ms = round((job.started_at - job.created_at).total_seconds() * 1000, 3)
     data = {"duration_ms": duration_ms, "latency_ms": latency_ms}
     data.update(result_data(result, extension.config.max_stored_text_chars))
     candidate = CandidateState(State.SUCCEEDED, None, data)
@@ -519,10 +530,11 @@ def _performed_filters(
 ) -> PerformedContext | None:
     """The ``on_performed`` half of a Celery task's server filters (see before_start), in
     reverse order; an exception of a filter is logged (the task's outcome stands)."""
-    context: PerformingContext | None = getattr(task.request, "hf_performing", None)
-    if context is None:
+    job = running_job(task.request)
+    context = job.performing if job is not None else None
+    if job is None or context is None or job.filters is None:
         return None
-    task.request.hf_performing = None
+    job.performing = None
     performed = PerformedContext(
         context.job_id,
         context.function,
@@ -534,7 +546,7 @@ def _performed_filters(
         result=result,
         exception=exception,
     )
-    for instance in reversed(task.request.hf_filters.server_filters):
+    for instance in reversed(job.filters.server_filters):
         try:
             call_server_filter(instance, "on_performed", performed)
         except JobPerformanceError:
@@ -554,7 +566,7 @@ def on_task_failure(
     if extension is None or extension.server_id is None or sender.name in INTERNAL_TASK_NAMES:
         return
     request = sender.request
-    in_child = getattr(request, "hf_claimed", False) and request.id == task_id
+    in_child = running_job(request) is not None and request.id == task_id
     if in_child:
         # Still inside Celery's except block: the original exception, not the picklable copy.
         exception = sys.exc_info()[1] or exception
@@ -571,7 +583,8 @@ def on_task_failure(
 def _job_filters(task: Task) -> FilterSet:
     """The running job's filters: its function's or task's (see perform and before_start),
     else the global ones (a function that could not be loaded)."""
-    found: FilterSet | None = getattr(task.request, "hf_filters", None)
+    job = running_job(task.request)
+    found = job.filters if job is not None else None
     return found if found is not None else filters_for(None)
 
 
@@ -597,7 +610,7 @@ def _record(
         function,
         State.PROCESSING,
         candidate,
-        retry_count=int(getattr(request, "hf_retry_count", 0) or 0),
+        retry_count=_job(task).retry_count,
         tracked=_is_tracked(request),
         parameter_store=parameter_store(extension, request),
         config=extension.config,
@@ -636,7 +649,7 @@ def _record(
             data,
             worker=worker_id(),
             retention=retention,
-            claim=request.hf_claim,
+            claim=_job(task).claim,
             due_at=elected.due_at,
         )
     else:
@@ -653,7 +666,7 @@ def _record(
                     states,
                     server_id=server_id,
                     worker_id=worker_id(),
-                    claim=request.hf_claim,
+                    claim=_job(task).claim,
                     due_at=elected.due_at,
                     retention=retention,
                     publish=_publisher(task.app) if final is State.ENQUEUED else None,
@@ -679,8 +692,6 @@ def _function_name(task: Task) -> str:
 
 
 def _publisher(app: Any) -> Callable[[Dispatch], None]:
-    from hfcelery.client import publish  # the client sits above the worker's hooks
-
     return functools.partial(publish, app)
 
 
@@ -711,10 +722,10 @@ def record_celery_retry(job_id: object, eta: object, retries: object) -> None:
         ),
         {"attempt": retries, "due_at": due_at.isoformat()},
         worker=worker_id(),
-        claim=request.hf_claim,
+        claim=_job(task).claim,
         due_at=due_at,
     )
-    request.hf_retry_recorded = True
+    _job(task).retry_recorded = True
 
 
 def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: Any) -> None:
@@ -723,7 +734,7 @@ def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: An
     extension = _claimed(sender)
     if extension is None or extension.server_id is None or request is None:
         return
-    if getattr(sender.request, "hf_retry_recorded", False):
+    if _job(sender).retry_recorded:
         return
     attempt = int(request.retries or 0) + 1
     due_at = _retry_due_at(getattr(reason, "when", None))
@@ -734,7 +745,7 @@ def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: An
         f"Celery retry attempt {attempt}: {getattr(reason, 'exc', None) or reason}",
         {"attempt": attempt, "due_at": due_at.isoformat()},
         worker=worker_id(),
-        claim=sender.request.hf_claim,
+        claim=_job(sender).claim,
         due_at=due_at,
     )
 
@@ -767,7 +778,7 @@ def on_task_postrun(
     request = sender.request
     if extension is None or extension.server_id is None or request.id != task_id:
         return
-    lock = getattr(request, "hf_lock", None)
+    lock = _job(sender).lock
     if lock is not None:  # free anyway once the job leaves Processing; this tidies the row
         try:
             extension.store.release_lock(lock, task_id)
@@ -787,21 +798,21 @@ def on_task_postrun(
         _finish(
             extension, task_id, State.FAILED, text,
             {"exception_type": "celery.exceptions.Reject"},
-            worker=worker_id(), claim=request.hf_claim,
+            worker=worker_id(), claim=_job(sender).claim,
         )  # fmt: skip
     elif state == states.IGNORED and str(retval) == REPLACED_BY_GROUP:
         # ``replace()`` with a group or chord: the group runs under other ids and Celery's
         # ``celery.accumulate`` ends this id with SUCCESS, so the job has done its part.
         _finish(
             extension, task_id, State.SUCCEEDED, REPLACED_REASON, {},
-            worker=worker_id(), claim=request.hf_claim,
+            worker=worker_id(), claim=_job(sender).claim,
             retention=_retention(sender, extension.config.succeeded_retention_seconds),
         )  # fmt: skip
     elif state == states.IGNORED:
         reason = "Ignored by the task (celery.exceptions.Ignore)"
         _finish(
             extension, task_id, State.DELETED, reason, {},
-            worker=worker_id(), claim=request.hf_claim,
+            worker=worker_id(), claim=_job(sender).claim,
             retention=_retention(sender, extension.config.deleted_retention_seconds),
         )  # fmt: skip
 
@@ -811,11 +822,9 @@ def on_task_revoked(sender: Task, request: Any = None, terminated: bool = False,
     extension = find_extension(getattr(sender, "app", None))
     if extension is None or request is None:
         return
-    extension.store.change_state(
+    extension.store.revoke(
         request.id,
-        State.DELETED,
         reason="Terminated by a revoke" if terminated else "Revoked",
-        from_states=(State.ENQUEUED, State.PROCESSING),
         retention=timedelta(seconds=extension.config.deleted_retention_seconds),
     )
 
@@ -825,12 +834,11 @@ def on_task_unknown(sender: Any = None, name: str = "", id: str = "", **_: Any) 
     extension = find_extension(getattr(sender, "app", None))
     if extension is None or not id:
         return
-    extension.store.change_state(
+    extension.store.fail_enqueued(
         id,
-        State.FAILED,
         reason=f"Unknown task {name!r}: no worker on this queue has it registered",
         data={"exception_type": "celery.exceptions.NotRegistered", "task": name},
-        from_states=(State.ENQUEUED,),
+        transition="unknown_task",
     )
 
 

@@ -23,11 +23,10 @@ from uuid import uuid4
 from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
-from hfcelery.client import publish
 from hfcelery.errors import HfceleryError, StoreUnavailableError
 from hfcelery.extension import Extension, find_extension
+from hfcelery.publishing import publish
 from hfcelery.records import Dispatch, ServerRecord
-from hfcelery.states import State
 from hfcelery.store import BROKER_UNAVAILABLE
 from hfcelery.validation import problem_with_job_id, storable_text
 from hfcelery.worker.compose import compose_task_classes
@@ -369,11 +368,11 @@ class Server:
             except Exception as exc:  # this message cannot be sent at all: fail its job
                 logger.error("hfcelery cannot publish job %s: %r", dispatch.id, exc)
                 try:
-                    store.change_state(
+                    store.fail_enqueued(
                         dispatch.id,
-                        State.FAILED,
                         reason=storable_text(f"The job's message could not be sent: {exc!r}"),
-                        from_states=(State.ENQUEUED,),
+                        data={"exception_type": type(exc).__qualname__},
+                        transition="fail_unsendable",
                     )
                 except HfceleryError:
                     logger.exception("hfcelery could not fail unsendable job %s", dispatch.id)
