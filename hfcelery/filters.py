@@ -406,6 +406,12 @@ class FilterSet:
         return self._with("on_state_election")
 
     @cached_property
+    def creation_elect_filters(self) -> tuple[Any, ...]:
+        """The elect-state filters that may act on a new job's first state (automatic retry
+        only elects for a failure)."""
+        return tuple(f for f in self.elect_filters if not isinstance(f, AutomaticRetry))
+
+    @cached_property
     def apply_filters(self) -> tuple[Any, ...]:
         return self._with("on_state_applied", "on_state_unapplied")
 

@@ -5,6 +5,9 @@ It sits below the client, the store's outbox and the worker, which all publish t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from celery import Celery
 
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER
@@ -16,7 +19,21 @@ from hfcelery.records import Dispatch
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
 
 
-def publish(app: Celery, dispatch: Dispatch) -> None:
+#: Messages per broker round trip in :func:`publish_many` (kombu's batch size).
+PUBLISH_BATCH_SIZE = 1000
+
+
+def publish_many(app: Celery, dispatches: Sequence[Dispatch]) -> None:
+    """Send many jobs' messages in as few broker round trips as the transport allows: kombu's
+    ``Producer.batch()`` (one Redis pipeline per :data:`PUBLISH_BATCH_SIZE` messages); other
+    transports publish as usual (RabbitMQ's publishes do not wait for the broker anyway).
+    Raises kombu's ``BatchPublishError`` when a batch's outcome is uncertain."""
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+        for dispatch in dispatches:
+            publish(app, dispatch, producer=producer)
+
+
+def publish(app: Celery, dispatch: Dispatch, *, producer: Any = None) -> None:
     """Send a job's Celery message, with the job id as the task id."""
     args = from_json(dispatch.args_json)
     if dispatch.task_name == PERFORM_TASK_NAME:
@@ -32,4 +49,5 @@ def publish(app: Celery, dispatch: Dispatch) -> None:
         queue=dispatch.queue,
         headers=headers,
         retry_policy=PUBLISH_RETRY_POLICY,
+        producer=producer,
     )

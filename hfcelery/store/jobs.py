@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from kombu.exceptions import BatchPublishError
 from sqlalchemy import (
     Connection,
     and_,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,6 +61,7 @@ from hfcelery.store.statements import (
     _FINISH_LOST_CLAIM_ALONE_H,
     _INSERT_JOB,
     _INSERT_JOB_H,
+    _NEW_JOB_COLUMNS,
     ReturningDML,
 )
 
@@ -72,8 +75,52 @@ RESENT_REASON = "Sent again by Celery with the same id (replaced, re-applied or 
 LOST_ROW_REASON = (
     "Rewritten by the worker that ran it: the store lost the job while it ran (a database crash)"
 )
+#: Jobs per statement of :meth:`JobStore.create_jobs` (PostgreSQL takes at most 65,535 bind
+#: parameters in one statement).
+BATCH_ROWS = 1000
 #: How early a Scheduled job's retry message may claim it (the clocks of different machines).
 DUE_TOLERANCE = timedelta(seconds=2)
+
+
+def _array_type(column: Any) -> str:
+    return f"{column.type.compile(dialect=postgresql.dialect())}[]"  # type: ignore[no-untyped-call]
+
+
+_NEW_STATE_COLUMNS = ("job_id", "state", "reason", "data", "created_at")
+
+#: PostgreSQL: many jobs and their first states in one statement, with one array parameter
+#: per column (``unnest``): compiled once, whatever the number of jobs.
+_INSERT_JOBS_UNNEST = text(
+    f"WITH written AS (INSERT INTO {Job.__tablename__} ({', '.join(_NEW_JOB_COLUMNS)}) "
+    "SELECT * FROM unnest("
+    + ", ".join(
+        f"CAST(:j_{name} AS {_array_type(Job.__table__.c[name])})" for name in _NEW_JOB_COLUMNS
+    )
+    + f") RETURNING id), entries AS (INSERT INTO {JobState.__tablename__} "
+    f"({', '.join(_NEW_STATE_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(
+        f"CAST(:h_{name} AS {_array_type(JobState.__table__.c[name])})"
+        for name in _NEW_STATE_COLUMNS
+    )
+    + ")) SELECT count(*) FROM written"
+)
+
+
+def _columns_of(
+    job_rows: Sequence[dict[str, Any]], state_rows: Sequence[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """The rows as one list per column (str values for the states), for ``unnest``."""
+    params: dict[str, list[Any]] = {}
+    for prefix, names, rows in (
+        ("j", _NEW_JOB_COLUMNS, job_rows),
+        ("h", _NEW_STATE_COLUMNS, state_rows),
+    ):
+        for name in names:
+            values = [row[name] for row in rows]
+            if name == "state":
+                values = [str(v) for v in values]
+            params[f"{prefix}_{name}"] = values
+    return params
 
 
 class JobStore(ContinuationStore):
@@ -110,6 +157,48 @@ class JobStore(ContinuationStore):
 
         # Without a message the store is the job's only record: commit it durably.
         return self._run(work, durable=publish is None)
+
+    def create_jobs(
+        self,
+        jobs: Sequence[NewJob],
+        publish_many: Callable[[Sequence[Dispatch]], None] | None = None,
+    ) -> bool:
+        """Write many new jobs and their first states in one transaction (one statement per
+        :data:`BATCH_ROWS` jobs on PostgreSQL) and, with ``publish_many``, send their messages
+        in one batch before the commit, as :meth:`create_job` does for one. If the broker cannot
+        be reached (or a batch's outcome is uncertain) the jobs are committed, durably, as
+        unpublished and a worker publishes them later. Returns whether the messages were sent.
+        """
+        now = utcnow()
+        rows = [_job_row(job, now, published=publish_many is not None) for job in jobs]
+        history = [_state_row(job.id, job.state, job.reason, job.data, now) for job in jobs]
+
+        def work(conn: Connection) -> bool:
+            for start in range(0, len(rows), BATCH_ROWS):
+                job_rows, state_rows = (
+                    rows[start : start + BATCH_ROWS],
+                    history[start : start + BATCH_ROWS],
+                )
+                if self.dialect == "postgresql":
+                    conn.execute(_INSERT_JOBS_UNNEST, _columns_of(job_rows, state_rows))
+                else:
+                    conn.execute(insert(Job), job_rows)
+                    conn.execute(insert(JobState), state_rows)
+            for job in jobs:
+                self._insert_parameters(conn, job)
+            if publish_many is None:
+                return False
+            try:
+                publish_many([_dispatch_of(job) for job in jobs])
+            except (*BROKER_UNAVAILABLE, BatchPublishError) as exc:
+                _log_unpublished(len(jobs), exc)
+                self._make_durable(conn)
+                ids = [job.id for job in jobs]
+                conn.execute(update(Job).where(Job.id.in_(ids)).values(published=False))
+                return False
+            return True
+
+        return self._run(work, durable=publish_many is None)
 
     def set_job_parameter(self, job_id: str, name: str, value: Any) -> None:
         """Store a job parameter (Hangfire's ``SetJobParameter``), replacing one of that name.

@@ -1,0 +1,125 @@
+"""``BackgroundJob.enqueue_many``: many jobs in one statement and one broker round trip, with
+the validation and outbox guarantees of single enqueues. Store tests on SQLite and PostgreSQL,
+client tests on the machine's Redis, and a real worker running a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu.transport.redis import PublishBatch
+
+import hfcelery
+from hfcelery import BackgroundJob, JobFilter, State, call, global_filters
+from hfcelery.errors import InvalidCallError, JobCreationCanceledError
+from hfcelery.extension import extension_of
+from hfcelery.filters import CreatingContext
+from hfcelery.monitoring import Monitoring
+from hfcelery.records import Dispatch
+from hfcelery.store import Store, count_statements
+from tests import jobs
+from tests.conftest import WorkerProcess, wait_for
+from tests.test_store import new_job
+
+
+def test_create_jobs_writes_jobs_and_history_in_one_statement(store: Store) -> None:
+    batch = [new_job() for _ in range(1500)]
+    sent: list[list[Dispatch]] = []
+    with count_statements(store.engine) as statements:
+        assert store.create_jobs(batch, lambda dispatches: sent.append(list(dispatches)))
+    inserts = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "WITH"))]
+    # PostgreSQL: one statement per 1,000 jobs (jobs and history together); SQLite: two.
+    assert len(inserts) == (2 if store.dialect == "postgresql" else 4)
+    assert [d.id for d in sent[0]] == [job.id for job in batch]  # one publish call, in order
+    details = store.job(batch[-1].id)
+    assert details is not None and details.state is State.ENQUEUED
+    assert [h.state for h in details.history] == [State.ENQUEUED]
+    assert details.history[0].data["queue"] == "default"
+    assert store.unpublished_jobs(timedelta(0), 10) == []
+
+
+def test_create_jobs_keeps_the_jobs_when_the_broker_is_away(store: Store) -> None:
+    from kombu.exceptions import OperationalError
+
+    def unreachable(_: Any) -> None:
+        raise OperationalError("connection refused")
+
+    batch = [new_job() for _ in range(3)]
+    assert store.create_jobs(batch, unreachable) is False
+    pending = {d.id for d in store.unpublished_jobs(timedelta(0), 10)}
+    assert pending == {job.id for job in batch}  # a worker publishes them later
+
+
+@pytest.fixture
+def redis_app(redis_url: str, postgres_url: str) -> Iterator[Celery]:
+    app = Celery("batch", broker=redis_url, set_as_current=False)
+    app.conf.task_default_queue = f"hftests-batch-{id(app)}"
+    hfcelery.init_app(app, store_url=postgres_url, allowed_modules=["tests.jobs"])
+    yield app
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.delete(app.conf.task_default_queue)
+    extension_of(app).store.dispose()
+
+
+def queued(app: Celery) -> int:
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.client.llen(app.conf.task_default_queue))
+
+
+def test_enqueue_many_publishes_through_one_redis_pipeline(
+    redis_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes: list[int] = []
+    real_flush = PublishBatch.flush
+
+    def counting_flush(self: PublishBatch) -> Any:
+        flushes.append(1)
+        return real_flush(self)
+
+    monkeypatch.setattr(PublishBatch, "flush", counting_flush)
+    client = hfcelery.BackgroundJobClient(redis_app)
+    ids = client.enqueue_many(call(jobs.multiply, i, 2) for i in range(500))
+    assert len(ids) == len(set(ids)) == 500
+    assert queued(redis_app) == 500
+    assert len(flushes) == 1  # one pipeline for 500 messages
+    api = hfcelery.monitoring(redis_app)
+    job = api.job(ids[7])
+    assert job.args == [7, 2] and job.state is State.ENQUEUED
+    assert client.enqueue_many([]) == []
+
+
+def test_one_bad_call_or_a_veto_writes_nothing(redis_app: Celery) -> None:
+    client = hfcelery.BackgroundJobClient(redis_app)
+    api = hfcelery.monitoring(redis_app)
+    before = sum(api.state_counts().values())
+    with pytest.raises(InvalidCallError):
+        client.enqueue_many([call(jobs.multiply, 1, 2), call(jobs.multiply, 1, 2, 3)])
+    with pytest.raises(InvalidCallError):
+        client.enqueue_many(call(jobs.multiply, 1, 2))  # type: ignore[arg-type]
+
+    class VetoSeven(JobFilter):
+        def on_creating(self, context: CreatingContext) -> None:
+            context.canceled = context.args[0] == 7
+
+    veto = VetoSeven()
+    global_filters.add(veto)
+    try:
+        with pytest.raises(JobCreationCanceledError):
+            client.enqueue_many(call(jobs.multiply, i, 1) for i in range(10))
+    finally:
+        global_filters.remove(veto)
+    assert sum(api.state_counts().values()) == before
+    assert queued(redis_app) == 0
+
+
+def test_a_batch_runs_on_a_worker(worker: WorkerProcess, api: Monitoring) -> None:
+    ids = BackgroundJob.enqueue_many(call(jobs.multiply, i, 3) for i in range(40))
+
+    def all_done() -> bool:
+        return all(api.job(job_id).state is State.SUCCEEDED for job_id in ids)
+
+    wait_for(all_done, timeout=60, what="40 batched jobs")
+    assert api.job(ids[5]).history[-1].data["result"] == 15
