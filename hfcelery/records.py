@@ -86,6 +86,8 @@ class JobDetails:
     #: The recurring job that created this one, and the occurrence it was created for.
     recurring_id: str | None = None
     scheduled_for: datetime | None = None
+    #: Job parameters (set by filters and by the job), by name.
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -412,6 +412,7 @@ def test_tenant_stamped_by_a_client_filter_reaches_server_filters_and_the_job(
     assert side_effects.lrange(f"hftests:{tok}", 0, -1) == ["filter:acme", "job:acme"]
     store = extension_of(test_app).store
     assert store.job_parameters(job_id) == {"tenant": "acme", "seen_by_job": "acme"}
+    assert api.job(job_id).parameters == {"seen_by_job": "acme", "tenant": "acme"}
 
 
 def test_a_server_filter_that_cancels_deletes_the_job_without_running_it(

@@ -190,13 +190,20 @@ def job(page: Page, job_id: str) -> Response:
         )
         lines = "\n".join(progress.log)
         prog = f'<h2>Progress</h2><div id="progress">{bar}<pre class="log">{e(lines)}</pre></div>'
+    params = ""
+    if d.parameters:
+        rows = "".join(
+            f"<dt>{e(k)}</dt><dd><code>{e(json.dumps(v, default=str))}</code></dd>"
+            for k, v in d.parameters.items()
+        )
+        params = f'<h2>Parameters</h2><dl class="parameters">{rows}</dl>'
     live = d.state in (State.PROCESSING, State.ENQUEUED, State.SCHEDULED, State.AWAITING)
     body = f"""<h1>{e(d.display_name or d.function)} <span class="state state-{e(d.state.value.lower())}" id="job-state">{e(d.state.value)}</span></h1>
 <div class="job" data-job-api="{e(page.url("/api/v1/jobs/" + quote(job_id)))}" data-live="{"1" if live else "0"}" data-state="{e(d.state.value)}">
 <p><code>{e(d.id)}</code> · queue <b>{e(d.queue)}</b> · created {stamp(d.created_at)}{f" · retries {d.retry_count}" if d.retry_count else ""}</p>
 <div class="actions">{buttons}</div>
 <h2>Call</h2><pre class="call">{e(d.function)}({e(call_args)})</pre>
-{"<p>" + " · ".join(links) + "</p>" if links else ""}{prog}
+{"<p>" + " · ".join(links) + "</p>" if links else ""}{params}{prog}
 <h2>History</h2><ol class="timeline">{"".join(timeline)}</ol></div>"""
     return page.layout(d.display_name or d.function, "/jobs/enqueued", body)
 

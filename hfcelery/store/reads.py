@@ -29,6 +29,7 @@ from hfcelery.store.base import (
 from hfcelery.store.models import (
     Continuation,
     Job,
+    JobParameter,
     JobState,
 )
 
@@ -82,6 +83,14 @@ class ReadStore(StoreBase):
                 continuation_ids=list(children),
                 recurring_id=r.recurring_id,
                 scheduled_for=r.scheduled_for,
+                parameters={
+                    name: from_json_or_raw(value)
+                    for name, value in conn.execute(
+                        select(JobParameter.name, JobParameter.value)
+                        .where(JobParameter.job_id == job_id)
+                        .order_by(JobParameter.name)
+                    )
+                },
             )
 
         return self._run(work)
