@@ -1,25 +1,57 @@
-"""``make bench``: hfcelery next to plain Celery, on the same Redis broker, in one run.
+"""``make bench``: hfcelery next to plain Celery and Celery's database result backend.
 
-Prints, side by side: the enqueue rate (single client thread), end-to-end throughput of
-10,000 no-op jobs (enqueue while a prefork worker with 2 processes consumes, until the last is
-acknowledged), and the SQL statements the store executes per job in the worker processes.
+Every figure is measured in alternating rounds (plain Celery, hfcelery, Celery with its database
+result backend; again; ``--rounds``, 3 by default), each mode in a fresh interpreter with fresh
+workers, on the same Redis broker (database 13) and a new PostgreSQL database. The machine's
+speed drifts (up to 2x), so each comparison is the median of the per-round ratios, with their
+range (min-max); the value shown per mode is the median of its rounds.
+
+Figures (no-op jobs; prefork worker with 2 processes, acks_late, prefetch 1):
+
+* enqueue: jobs/s of a single client thread (``--enqueue-jobs``, 3,000), no worker consuming;
+* 1,000 jobs at once: hfcelery's ``BackgroundJob.enqueue_many`` against plain Celery's loop of
+  ``apply_async`` (``--batch-jobs``), when hfcelery has ``enqueue_many``;
+* drain: ``--drain-jobs`` (2,000) jobs queued first, then the worker is told to consume them
+  (``add_consumer``, with ``limit``: a ``reply=True`` broadcast otherwise waits its whole
+  timeout); from the first message the worker receives (it notes the time: the Redis transport
+  reads an added queue only once its pending 1 s BRPOP returns) until the last is acknowledged.
+  With it, the CPU per job of the worker and of PostgreSQL (psutil);
+* end to end: ``--jobs`` (2,000) jobs enqueued while the worker consumes, until the last is
+  acknowledged;
+* latency: ``--latency-samples`` (200) single jobs sent one at a time to the idle worker, from
+  the enqueue call to the job's end (hfcelery: its Succeeded state stored), p50 and p99;
+* SQL statements and committed transactions per job of the worker processes (hfcelery and
+  Celery's database backend; :mod:`benchmarks.sqlcount`, which
+  ``tests/test_statement_count.py`` holds to today's figure);
+* hfcelery only, once: the delay of delayed jobs, the latency of continuations, and the
+  recovery of a job whose worker was killed (``--recovery-rounds``, 5).
+
+``--scale`` adds the scaling run (opt-in, about 10 more minutes): 1, 2 and 4 workers of 2
+processes (``--scale-workers``) each drain 20,000 queued jobs (``--scale-jobs``), then take jobs
+sent at half the drain rate for 10 s (latency under load, p50/p99); hfcelery, and plain Celery
+for reference (``--scale-modes``). It prints the CPU of the workers, PostgreSQL and Redis, and
+names the resource that saturates first. ``make bench BENCH_ARGS=--scale`` runs everything;
+``make bench BENCH_ARGS="--scale --rounds 0 --recovery-rounds 0"`` only the scaling run.
+
 Needs Redis and PostgreSQL on 127.0.0.1 (``--redis``, ``--postgres`` to point elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from sqlalchemy import create_engine, text
@@ -27,40 +59,81 @@ from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@dataclass
-class Figures:
-    enqueue_per_second: float
-    end_to_end_per_second: float
-    statements_per_job: float | None = None
-    schedule_delay_p50: float | None = None
-    schedule_delay_p99: float | None = None
-    continuation_latency_p50: float | None = None
+Result = dict[str, Any]
+MODES = ("plain", "hf", "celerydb")
+MODE_NAMES = {"plain": "plain Celery", "hf": "hfcelery", "celerydb": "Celery db backend"}
+#: Adding workers "helps" when the drain gets at least this much faster.
+SCALING_GAIN = 1.15
+SATURATED = 0.85
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     parser.add_argument(
         "--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each mode")
     parser.add_argument("--enqueue-jobs", type=int, default=3000)
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--batch-jobs", type=int, default=1000)
+    parser.add_argument("--drain-jobs", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=2000, help="end to end (0: skip)")
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument(
+        "--no-celery-db", action="store_true", help="skip Celery's database result backend"
+    )
     parser.add_argument("--recovery-rounds", type=int, default=5)
+    parser.add_argument("--scale", action="store_true", help="add the scaling run")
+    parser.add_argument("--scale-jobs", type=int, default=20_000)
+    parser.add_argument("--scale-workers", default="1,2,4")
+    parser.add_argument("--scale-modes", default="hf,plain")
+    parser.add_argument("--scale-latency-seconds", type=float, default=10.0)
     args = parser.parse_args()
+    modes = [m for m in MODES if not (m == "celerydb" and args.no_celery_db)]
+    # Stopped (make bench interrupted): still drop the bench database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     broker = redis.Redis.from_url(args.redis)
     broker.flushdb()
+    rounds: dict[str, list[Result]] = {mode: [] for mode in modes}
+    extras: Result | None = None
+    recovery: list[float] | None = None
+    scale: dict[str, list[Result]] = {}
+    started = time.monotonic()
     with bench_database(args.postgres) as store_url:
-        os.environ.update(BENCH_BROKER_URL=args.redis, BENCH_STORE_URL=store_url)
-        plain = run_mode("plain", args, broker)
-        hf = run_mode("hf", args, broker)
-        recovery = None
+        os.environ.update(
+            BENCH_BROKER_URL=args.redis, BENCH_STORE_URL=store_url, BENCH_PG_ADMIN_URL=args.postgres
+        )
+        for number in range(1, args.rounds + 1):
+            for mode in modes:
+                note(f"round {number}/{args.rounds}: {MODE_NAMES[mode]}")
+                rounds[mode].append(run_mode(mode, "round", round_options(mode, args)))
+        if args.rounds:
+            note("hfcelery: delayed jobs and continuations")
+            extras = run_mode("hf", "extras", [])
+        if args.scale:
+            for count in (int(n) for n in args.scale_workers.split(",")):
+                for mode in args.scale_modes.split(","):
+                    note(f"scale: {count} worker(s), {MODE_NAMES[mode]}")
+                    options = [
+                        f"--workers={count}",
+                        f"--drain-jobs={args.scale_jobs}",
+                        f"--latency-seconds={args.scale_latency_seconds}",
+                    ]
+                    scale.setdefault(mode, []).append(run_mode(mode, "scale", options))
+        # Last: a killed worker leaves its message unacknowledged in Redis.
         if args.recovery_rounds:
+            note(f"hfcelery: killed-worker recovery, {args.recovery_rounds} rounds")
             from benchmarks.recovery import measure
 
             recovery = measure(args.recovery_rounds, broker)
-    report(plain, hf, args)
+    broker.flushdb()
+    note(f"done in {(time.monotonic() - started) / 60:.1f} min")
+
+    if args.rounds:
+        report(rounds, extras, args)
     if recovery:
         from benchmarks.recovery import report as recovery_report
 
@@ -70,8 +143,25 @@ def main() -> int:
             + recovery_report(recovery)
             + "\n(plain Celery: when Redis's visibility timeout runs out, 1 hour by default)"
         )
-    broker.flushdb()
+    if scale:
+        report_scale(scale, args)
     return 0
+
+
+def note(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def round_options(mode: str, args: argparse.Namespace) -> list[str]:
+    if mode == "celerydb":  # the second reference: the drain only
+        return [f"--drain-jobs={args.drain_jobs}"]
+    return [
+        f"--enqueue-jobs={args.enqueue_jobs}",
+        f"--batch-jobs={args.batch_jobs}",
+        f"--drain-jobs={args.drain_jobs}",
+        f"--jobs={args.jobs}",
+        f"--latency-samples={args.latency_samples}",
+    ]
 
 
 @contextmanager
@@ -94,81 +184,286 @@ def bench_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def run_mode(mode: str, args: argparse.Namespace, broker: redis.Redis) -> Figures:
-    """Measure one mode in a fresh interpreter, so the two apps never share a process."""
+def run_mode(mode: str, command: str, options: Sequence[str]) -> Result:
+    """Run one command of benchmarks.mode in a fresh interpreter, so apps never share one."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mode", mode, str(args.enqueue_jobs), str(args.jobs)],
+        [sys.executable, "-m", "benchmarks.mode", command, mode, *options],
         cwd=ROOT,
         env={**os.environ, "BENCH_MODE": mode},
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
-        timeout=1800,
+        timeout=3600,
     )
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout + result.stderr)
-        raise SystemExit(f"benchmark of {mode} failed")
-    values = dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
-
-    def optional(name: str) -> float | None:
-        return float(values[name]) if name in values else None
-
-    return Figures(
-        float(values["enqueue_per_second"]),
-        float(values["end_to_end_per_second"]),
-        optional("statements_per_job"),
-        optional("schedule_delay_p50"),
-        optional("schedule_delay_p99"),
-        optional("continuation_latency_p50"),
-    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if result.returncode != 0 or not lines:
+        sys.stderr.write(result.stdout)
+        raise SystemExit(f"benchmark {command} of {mode} failed")
+    figures: Result = json.loads(lines[-1].removeprefix("BENCH_RESULT "))
+    return figures
 
 
-def report(plain: Figures, hf: Figures, args: argparse.Namespace) -> None:
-    rows: list[tuple[str, str, str, str, str]] = [
-        ("figure", "plain Celery", "hfcelery (PostgreSQL)", "ratio", "target"),
-        (
-            f"enqueue, jobs/s ({args.enqueue_jobs} jobs)",
-            f"{plain.enqueue_per_second:,.0f}",
-            f"{hf.enqueue_per_second:,.0f}",
-            f"{hf.enqueue_per_second / plain.enqueue_per_second:.2f}x",
-            ">= 0.70x",
-        ),
-        (
-            f"end to end, jobs/s ({args.jobs} no-op jobs)",
-            f"{plain.end_to_end_per_second:,.0f}",
-            f"{hf.end_to_end_per_second:,.0f}",
-            f"{hf.end_to_end_per_second / plain.end_to_end_per_second:.2f}x",
-            ">= 0.80x",
-        ),
-        (
-            "SQL statements per job, worker path",
-            "-",
-            f"{hf.statements_per_job:.2f}" if hf.statements_per_job is not None else "?",
-            "",
-            "<= 4",
-        ),
-        (
-            "delayed job, due to start, p50 / p99 (s)",
-            "-",
-            f"{hf.schedule_delay_p50:.3f} / {hf.schedule_delay_p99:.3f}"
-            if hf.schedule_delay_p99 is not None
-            else "?",
-            "",
-            "p99 <= 1.5",
-        ),
-        (
-            "continuation, parent done to child start, p50 (ms)",
-            "-",
-            f"{hf.continuation_latency_p50 * 1000:.1f}"
-            if hf.continuation_latency_p50 is not None
-            else "?",
-            "",
-            "<= 50",
-        ),
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    print("\nRedis broker, prefork worker with 2 processes, acks_late on both\n")
+# -- the report ----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def per_round(results: list[Result], figure: Callable[[Result], float | None]) -> list[float]:
+    values = [figure(r) for r in results]
+    return [v for v in values if v is not None]
+
+
+def paired(
+    a: list[Result], b: list[Result], figure: Callable[[Result], float | None]
+) -> list[tuple[float, float]]:
+    pairs = []
+    for x, y in zip(a, b, strict=False):
+        fx, fy = figure(x), figure(y)
+        if fx is not None and fy is not None:
+            pairs.append((fx, fy))
+    return pairs
+
+
+def ratio_cell(pairs: list[tuple[float, float]]) -> tuple[str, float | None]:
+    """The median of the per-round ratios a/b, with their range."""
+    ratios = [x / y for x, y in pairs if y]
+    if not ratios:
+        return "", None
+    mid = statistics.median(ratios)
+    return f"{mid:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})", mid
+
+
+def difference_cell(pairs: list[tuple[float, float]]) -> tuple[str, float | None]:
+    """The median of the per-round differences a-b (ms), with their range."""
+    diffs = [(x - y) * 1000 for x, y in pairs]
+    if not diffs:
+        return "", None
+    mid = statistics.median(diffs)
+    return f"{mid:+.1f} ms ({min(diffs):+.1f} to {max(diffs):+.1f})", mid
+
+
+def drain_usage(r: Result, key: str, per_job_of: str = "drain_jobs") -> float | None:
+    usage = r.get("drain_usage")
+    if not usage or usage.get(key) is None:
+        return None
+    return float(usage[key]) / float(r[per_job_of])
+
+
+def report(
+    rounds: dict[str, list[Result]], extras: Result | None, args: argparse.Namespace
+) -> None:
+    plain, hf, db = rounds["plain"], rounds["hf"], rounds.get("celerydb", [])
+    for results in rounds.values():
+        for r in results:
+            r["drain_jobs"] = args.drain_jobs
+
+    def get(key: str) -> Callable[[Result], float | None]:
+        return lambda r: r.get(key)
+
+    def latency(p: float) -> Callable[[Result], float | None]:
+        return lambda r: percentile(r["latency"], p) if r.get("latency") else None
+
+    def cpu_ms(key: str) -> Callable[[Result], float | None]:
+        return lambda r: None if (v := drain_usage(r, key)) is None else v * 1000
+
+    batch_available = all(r.get("batch_available", True) for r in hf)
+    rows: list[Row] = [
+        Row(f"enqueue, jobs/s ({args.enqueue_jobs:,} jobs, 1 client thread)",
+            get("enqueue_per_second"), target=(">= 0.70x", 0.70), db=False, short="enqueue"),
+        Row(f"{args.batch_jobs:,} jobs at once, jobs/s (hf: enqueue_many, plain: apply_async "
+            "loop)" if batch_available else
+            f"{args.batch_jobs:,} jobs at once: BackgroundJob.enqueue_many not available",
+            get("batch_per_second"), target=(">= 3.00x", 3.0), db=False,
+            short=f"{args.batch_jobs:,} at once"),
+        Row(f"drain, jobs/s ({args.drain_jobs:,} queued no-op jobs)", get("drain_per_second"),
+            short="drain"),
+        Row(f"end to end, jobs/s ({args.jobs:,} jobs)", get("end_to_end_per_second"),
+            target=(">= 0.80x", 0.80), db=False, short="end to end"),
+        Row(f"latency p50, ms ({args.latency_samples} single jobs, enqueue to end)",
+            latency(50), ms=True, target=("<= +5 ms", 5.0), db=False, short="latency p50 ms"),
+        Row("latency p99, ms", latency(99), ms=True, db=False, short="latency p99 ms"),
+        Row("worker commits per job (transactions)", get("commits_per_job"), digits=2,
+            ratio=False),
+        Row("SQL statements per job, worker processes", get("statements_per_job"), digits=2,
+            target=("<= 4", 4.0), ratio=False),
+        Row("worker CPU per job, ms (drain)", cpu_ms("worker_cpu"), digits=2),
+        Row("PostgreSQL CPU per job, ms (drain)", cpu_ms("db_cpu"), digits=2),
+    ]  # fmt: skip
+    header = [
+        "figure", "plain Celery", "hfcelery", "Celery db", "hf vs plain: median (range)",
+        "hf vs Celery db", "target", "met",
+    ]  # fmt: skip
+    table: list[list[str]] = [header]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        table.append(row.cells(plain, hf, db))
+    if extras is not None:
+        table.append([
+            "delayed job, due to start, p50 / p99 (s)", "-",
+            f"{extras['schedule_delay_p50']:.3f} / {extras['schedule_delay_p99']:.3f}", "-", "",
+            "", "p99 <= 1.5", yes(extras["schedule_delay_p99"] <= 1.5),
+        ])  # fmt: skip
+        table.append([
+            "continuation, parent done to child start, p50 (ms)", "-",
+            f"{extras['continuation_latency_p50'] * 1000:.1f}", "-", "", "", "<= 50",
+            yes(extras["continuation_latency_p50"] * 1000 <= 50),
+        ])  # fmt: skip
+    print(
+        f"\nRedis broker, prefork worker with 2 processes, acks_late, prefetch 1, no-op jobs; "
+        f"{args.rounds} alternating rounds per mode.\nCelery db: Celery's database result "
+        "backend (db+postgresql+psycopg, task_track_started) on the same PostgreSQL, its "
+        "default synchronous commit;\nhfcelery commits asynchronously. Drain: from the "
+        "worker's first message to the last acknowledgement. Latency: from the enqueue call to "
+        "the job's end\n(hfcelery: its Succeeded state stored). Per mode: the median of the "
+        "rounds; ratios: the median of the per-round ratios (min-max).\n"
+    )
+    print_table(table)
+    print("\nper round, in the order run:")
+    detail: list[list[str]] = [["figure", "mode", *(f"round {i + 1}" for i in range(args.rounds))]]
+    for row in rows[:6]:
+        for mode, results in (("plain", plain), ("hf", hf), ("celerydb", db)):
+            values = [row.figure(r) for r in results]
+            if any(v is not None for v in values):
+                detail.append([row.short, MODE_NAMES[mode], *map(row.format, values)])
+    print_table(detail)
+
+
+class Row:
+    """One figure of the comparison table."""
+
+    def __init__(
+        self,
+        label: str,
+        figure: Callable[[Result], float | None],
+        *,
+        digits: int = 0,
+        ms: bool = False,
+        target: tuple[str, float] | None = None,
+        ratio: bool = True,
+        db: bool = True,
+        short: str = "",
+    ) -> None:
+        self.label, self.figure, self.digits, self.ms = label, figure, digits, ms
+        self.target, self.ratio, self.db = target, ratio, db
+        self.short = short or label
+
+    def format(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        if self.ms:
+            return f"{value * 1000:.1f}"
+        return f"{value:,.{self.digits}f}"
+
+    def median(self, results: list[Result]) -> str:
+        values = per_round(results, self.figure)
+        return self.format(statistics.median(values)) if values else "-"
+
+    def cells(self, plain: list[Result], hf: list[Result], db: list[Result]) -> list[str]:
+        compare = difference_cell if self.ms else ratio_cell
+        vs_plain, mid = compare(paired(hf, plain, self.figure)) if self.ratio else ("", None)
+        vs_db, _ = ratio_cell(paired(hf, db, self.figure)) if self.ratio and self.db else ("", None)
+        text, met = "", ""
+        if self.target is not None:
+            text, bound = self.target
+            if not self.ratio:
+                values = per_round(hf, self.figure)
+                mid = statistics.median(values) if values else None
+            if mid is None:
+                met = "-"
+            elif self.ms or not self.ratio:
+                met = yes(mid <= bound)
+            else:
+                met = yes(mid >= bound)
+        in_db = self.median(db) if self.db else "-"
+        return [self.label, self.median(plain), self.median(hf), in_db, vs_plain, vs_db, text, met]
+
+
+def yes(condition: bool) -> str:
+    return "yes" if condition else "NO"
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def report_scale(scale: dict[str, list[Result]], args: argparse.Namespace) -> None:
+    print(
+        f"\nscaling: N workers x 2 processes drain {args.scale_jobs:,} queued no-op jobs, then "
+        f"take jobs sent at half that rate for {args.scale_latency_seconds:.0f} s "
+        "(latency under load);\nCPU in cores busy over the drain (the machine has "
+        f"{os.cpu_count()}): workers (main and pool processes), PostgreSQL (the bench "
+        "database's backends and the server's own processes), Redis (INFO cpu).\n"
+    )
+    table = [[
+        "mode", "workers", "drain jobs/s", "latency p50 / p99 ms", "at jobs/s", "workers CPU",
+        "PostgreSQL CPU", "Redis CPU", "machine busy",
+    ]]  # fmt: skip
+    for mode, steps in scale.items():
+        for step in steps:
+            usage = step["drain_usage"]
+            seconds = usage["seconds"]
+            table.append([
+                MODE_NAMES[mode], str(step["processes"] // 2), f"{step['drain_per_second']:,.0f}",
+                f"{percentile(step['latency'], 50) * 1000:.1f} / "
+                f"{percentile(step['latency'], 99) * 1000:.1f}",
+                f"{step['latency_rate']:,.0f}",
+                f"{usage['worker_cpu'] / seconds:.2f}",
+                "-" if usage["db_cpu"] is None else f"{usage['db_cpu'] / seconds:.2f}",
+                f"{usage['broker_cpu'] / seconds:.2f}",
+                f"{usage['machine_busy'] / seconds / usage['cores']:.0%}",
+            ])  # fmt: skip
+    print_table(table)
+    print()
+    for mode, steps in scale.items():
+        print(f"first bottleneck, {MODE_NAMES[mode]}: {bottleneck(steps)}")
+
+
+def bottleneck(steps: list[Result]) -> str:
+    """Name the resource that saturates first, from the figures of 1, 2, 4... workers.
+
+    The step looked at is the first after which more workers no longer drain at least 15%
+    faster (or the last). There: Redis runs on one core; if the machine's cores are (nearly)
+    all busy, the CPU is the limit and the larger consumer, workers or PostgreSQL, is named;
+    otherwise the part nearest to its own limit (pool processes, cores, one core for Redis).
+    """
+    index = len(steps) - 1
+    for i in range(len(steps) - 1):
+        if steps[i + 1]["drain_per_second"] < steps[i]["drain_per_second"] * SCALING_GAIN:
+            index = i
+            break
+    step = steps[index]
+    usage = step["drain_usage"]
+    seconds, cores = usage["seconds"], usage["cores"]
+    workers = usage["worker_cpu"] / seconds
+    db = (usage["db_cpu"] or 0.0) / seconds
+    broker = usage["broker_cpu"] / seconds
+    machine = usage["machine_busy"] / seconds / cores
+    where = (
+        f"at {step['processes'] // 2} worker(s): machine {machine:.0%} busy, workers "
+        f"{workers:.2f} cores, PostgreSQL {db:.2f}, Redis {broker:.2f}"
+    )
+    if index + 1 < len(steps):
+        following = steps[index + 1]
+        gain = following["drain_per_second"] / step["drain_per_second"] - 1
+        where += f"; {following['processes'] // 2} workers drained only {gain:+.0%} faster"
+    if broker >= SATURATED:
+        return f"the broker (Redis, one core) - {where}"
+    if machine >= SATURATED:
+        name = "the worker CPU" if workers >= db else "the DB CPU"
+        return f"{name} (the machine's {cores} cores are busy, mostly {name[4:]}) - {where}"
+    utilisation = {
+        "the worker CPU": workers / min(step["processes"], cores),
+        "the DB CPU": db / cores,
+        "the broker": broker,
+    }
+    name = max(utilisation, key=lambda k: utilisation[k])
+    return f"{name} (nearest its limit, {utilisation[name]:.0%}; none saturated) - {where}"
+
+
+# -- shared with benchmarks.mode and benchmarks.recovery ------------------------------------------
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -180,10 +475,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def start_worker(log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_worker(
+    log_path: Path,
+    env: dict[str, str],
+    *,
+    queues: str | None = None,
+    hostname: str | None = None,
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "celery", "-A", "benchmarks.app", "worker", "-P", "prefork",
         "-c", "2", "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        *(["-Q", queues] if queues else []), *(["-n", hostname] if hostname else []),
     ]  # fmt: skip
     with log_path.open("wb") as log:
         return subprocess.Popen(

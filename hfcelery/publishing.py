@@ -28,26 +28,51 @@ def publish_many(app: Celery, dispatches: Sequence[Dispatch]) -> None:
     ``Producer.batch()`` (one Redis pipeline per :data:`PUBLISH_BATCH_SIZE` messages); other
     transports publish as usual (RabbitMQ's publishes do not wait for the broker anyway).
     Raises kombu's ``BatchPublishError`` when a batch's outcome is uncertain."""
+    amqp = app.amqp
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
         for dispatch in dispatches:
-            publish(app, dispatch, producer=producer)
+            # Celery's own message and send path (its publish signals and events included),
+            # without send_task's per-message routing and retry wrapper: a batch fails, or
+            # not, as it is flushed.
+            message = amqp.create_task_message(
+                dispatch.id,
+                dispatch.task_name,
+                _message_args(dispatch),
+                from_json(dispatch.kwargs_json),
+            )
+            amqp.send_task_message(
+                producer,
+                dispatch.task_name,
+                message,
+                queue=dispatch.queue,
+                headers=_headers(dispatch),
+                retry=False,
+            )
+
+
+def _message_args(dispatch: Dispatch) -> list[Any]:
+    args: list[Any] = from_json(dispatch.args_json)
+    if dispatch.task_name == PERFORM_TASK_NAME:
+        args = [dispatch.function, *args]
+    return args
+
+
+def _headers(dispatch: Dispatch) -> dict[str, bool]:
+    headers = {JOB_HEADER: True}
+    if dispatch.tracked:
+        headers[TRACKED_HEADER] = True
+    return headers
 
 
 def publish(app: Celery, dispatch: Dispatch, *, producer: Any = None) -> None:
     """Send a job's Celery message, with the job id as the task id."""
-    args = from_json(dispatch.args_json)
-    if dispatch.task_name == PERFORM_TASK_NAME:
-        args = [dispatch.function, *args]
-    headers = {JOB_HEADER: True}
-    if dispatch.tracked:
-        headers[TRACKED_HEADER] = True
     app.send_task(
         dispatch.task_name,
-        args=args,
+        args=_message_args(dispatch),
         kwargs=from_json(dispatch.kwargs_json),
         task_id=dispatch.id,
         queue=dispatch.queue,
-        headers=headers,
+        headers=_headers(dispatch),
         retry_policy=PUBLISH_RETRY_POLICY,
         producer=producer,
     )
