@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from hfcelery.calls import JOB_HEADER, PERFORM_TASK_NAME, TRACKED_HEADER
-from hfcelery.jsonutil import from_json
+from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import Dispatch
 
 #: How hard a publish tries before the broker counts as unreachable (and a worker publishes
@@ -30,15 +30,20 @@ def publish_many(app: Celery, dispatches: Sequence[Dispatch]) -> None:
     Raises kombu's ``BatchPublishError`` when a batch's outcome is uncertain."""
     amqp = app.amqp
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+        # Each queue is declared once per batch, not once per message.
+        for name in dict.fromkeys(d.queue for d in dispatches):
+            producer.maybe_declare(amqp.queues[name])
         for dispatch in dispatches:
             # Celery's own message and send path (its publish signals and events included),
             # without send_task's per-message routing and retry wrapper: a batch fails, or
-            # not, as it is flushed.
+            # not, as it is flushed. The arguments' repr shown by monitors is their JSON text.
             message = amqp.create_task_message(
                 dispatch.id,
                 dispatch.task_name,
                 _message_args(dispatch),
                 from_json(dispatch.kwargs_json),
+                argsrepr=_args_text(dispatch)[:ARGS_REPR_CHARS],
+                kwargsrepr=dispatch.kwargs_json[:ARGS_REPR_CHARS],
             )
             amqp.send_task_message(
                 producer,
@@ -47,7 +52,19 @@ def publish_many(app: Celery, dispatches: Sequence[Dispatch]) -> None:
                 queue=dispatch.queue,
                 headers=_headers(dispatch),
                 retry=False,
+                declare=[],
             )
+
+
+#: How much of the arguments' text a batched message carries for monitors (Celery's default).
+ARGS_REPR_CHARS = 1024
+
+
+def _args_text(dispatch: Dispatch) -> str:
+    if dispatch.task_name != PERFORM_TASK_NAME:
+        return dispatch.args_json
+    rest = dispatch.args_json[1:].strip()
+    return f"[{to_json(dispatch.function)}{', ' + rest if rest != ']' else ']'}"
 
 
 def _message_args(dispatch: Dispatch) -> list[Any]:

@@ -73,3 +73,20 @@ def test_jobs_whose_queue_rabbitmq_forgot_are_sent_again(
             what=f"lost job {job_id} to be sent again and succeed",
         )
     assert side_effects.llen(f"hftests:{token}") == len(job_ids)
+
+
+def test_enqueue_many_declares_a_new_queue_and_sends_every_message(rabbit_app: Celery) -> None:
+    """A batch to a queue RabbitMQ does not know yet: declared once, before the messages (an
+    undeclared queue would drop them), and every message arrives."""
+    queue = f"{rabbit_app.conf.task_default_queue}-batch-{uuid.uuid4().hex[:6]}"
+    ids = BackgroundJobClient(rabbit_app).enqueue_many(
+        (call(jobs.multiply, i, 2) for i in range(25)), queue=queue
+    )
+    assert len(ids) == 25
+    with rabbit_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        try:
+            _, count, _ = channel.queue_declare(queue=queue, passive=True)
+            assert count == 25
+        finally:
+            channel.queue_delete(queue=queue)
