@@ -21,7 +21,7 @@ from hfcelery.monitoring import Monitoring
 from hfcelery.records import Dispatch
 from hfcelery.store import Store, count_statements
 from tests import jobs
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, new_postgres_database, wait_for
 from tests.test_store import new_job
 
 
@@ -55,13 +55,17 @@ def test_create_jobs_keeps_the_jobs_when_the_broker_is_away(store: Store) -> Non
 
 @pytest.fixture
 def redis_app(redis_url: str, postgres_url: str) -> Iterator[Celery]:
-    app = Celery("batch", broker=redis_url, set_as_current=False)
-    app.conf.task_default_queue = f"hftests-batch-{id(app)}"
-    hfcelery.init_app(app, store_url=postgres_url, allowed_modules=["tests.jobs"])
-    yield app
-    with app.connection_for_write() as conn:
-        conn.default_channel.client.delete(app.conf.task_default_queue)
-    extension_of(app).store.dispose()
+    """An app with a database of its own: the jobs it leaves Enqueued (their queue is deleted
+    afterwards) must not reach the acceptance tests' workers, which would send them again."""
+    with new_postgres_database("hfcelery_batch") as store_url:
+        app = Celery("batch", broker=redis_url, set_as_current=False)
+        app.conf.task_default_queue = f"hftests-batch-{id(app)}"
+        hfcelery.init_app(app, store_url=store_url, allowed_modules=["tests.jobs"])
+        extension_of(app).store.migrate()
+        yield app
+        with app.connection_for_write() as conn:
+            conn.default_channel.client.delete(app.conf.task_default_queue)
+        extension_of(app).store.dispose()
 
 
 def queued(app: Celery) -> int:

@@ -41,7 +41,7 @@ from hfcelery.filters import (
 )
 from hfcelery.monitoring import Monitoring
 from tests import jobs
-from tests.conftest import WorkerProcess, history, token, wait_state
+from tests.conftest import WorkerProcess, history, new_postgres_database, token, wait_state
 
 # ---------------------------------------------------------------------------------------------
 # The pipeline, without a store
@@ -316,10 +316,14 @@ def client_app(store_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A store of its own (the acceptance tests' workers never see these jobs)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'filters.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+        yield f"sqlite:///{tmp_path / 'filters.db'}"
+        return
+    request.getfixturevalue("postgres_url")  # PostgreSQL is there (or the test is skipped)
+    with new_postgres_database("hfcelery_filters") as url:
+        yield url
 
 
 @pytest.fixture

@@ -83,6 +83,7 @@ def test_enqueue_many_declares_a_new_queue_and_sends_every_message(rabbit_app: C
         (call(jobs.multiply, i, 2) for i in range(25)), queue=queue
     )
     assert len(ids) == 25
+    client = BackgroundJobClient(rabbit_app)
     with rabbit_app.connection_for_write() as conn:
         channel = conn.default_channel
         try:
@@ -90,3 +91,5 @@ def test_enqueue_many_declares_a_new_queue_and_sends_every_message(rabbit_app: C
             assert count == 25
         finally:
             channel.queue_delete(queue=queue)
+            # Deleted: no worker sends them again (which would declare the queue anew).
+            assert all(client.delete(job_id) for job_id in ids)
