@@ -10,9 +10,11 @@ from uuid import uuid4
 
 from celery import Celery, Task
 
-from hfcelery.calls import Invocation, to_invocation
+from hfcelery import filters as filters_module
+from hfcelery.calls import PERFORM_TASK_NAME, Invocation, load_function, to_invocation
 from hfcelery.continuations import JobContinuationOptions
 from hfcelery.errors import (
+    HfceleryError,
     InvalidArgumentError,
     InvalidCallError,
     InvalidScheduleError,
@@ -21,6 +23,7 @@ from hfcelery.errors import (
 )
 from hfcelery.extension import default_app, extension_of
 from hfcelery.filters import (
+    TASK_FILTERS_ATTRIBUTE,
     ApplyStateContext,
     CandidateState,
     ClientFilterError,
@@ -421,21 +424,19 @@ class BackgroundJobClient:
         ``hfcelery.cancellation_requested()``, or, with ``terminate=True``, until the worker
         running it kills its process (within its maintenance interval).
         """
-        return self._extension.store.delete_job(
+        return self._by_request(
             check_job_id(job_id),
-            reason="Deleted by request",
-            expected_state=_state_or_none(expected_state),
-            retention=timedelta(seconds=self._extension.config.deleted_retention_seconds),
+            CandidateState(State.DELETED, "Deleted by request"),
+            _state_or_none(expected_state),
             terminate=terminate,
         )
 
     def requeue(self, job_id: str, *, expected_state: State | str | None = None) -> bool:
         """Move a job to Enqueued and send it again; True if applied."""
-        return self._extension.store.requeue_job(
+        return self._by_request(
             check_job_id(job_id),
-            reason="Requeued by request",
-            expected_state=_state_or_none(expected_state),
-            publish=self._publish,
+            CandidateState(State.ENQUEUED, "Requeued by request"),
+            _state_or_none(expected_state),
         )
 
     def enqueue_now(self, job_id: str) -> bool:
@@ -452,12 +453,96 @@ class BackgroundJobClient:
         """Move a job to Scheduled, due after ``delay`` (or at an aware datetime); True if
         applied."""
         due_at = due_time(delay)
-        return self._extension.store.reschedule_job(
+        return self._by_request(
             check_job_id(job_id),
-            due_at,
-            reason="Rescheduled by request",
-            expected_state=_state_or_none(expected_state),
+            CandidateState(State.SCHEDULED, "Rescheduled by request", {}, due_at),
+            _state_or_none(expected_state),
         )
+
+    def _by_request(
+        self,
+        job_id: str,
+        candidate: CandidateState,
+        expected_state: State | None,
+        *,
+        terminate: bool = False,
+    ) -> bool:
+        """Apply a change asked for by a caller (or the pages): its elect-state filters may
+        change the state (Enqueued, Scheduled or Deleted), its apply-state filters see it once
+        it is committed. The change applies only if the job is still in the state the filters
+        saw."""
+        store = self._extension.store
+        filters = filters_for(None)
+        head = None
+        if filters.creation_elect_filters or filters.apply_filters or self._own_filters():
+            head = store.job_head(job_id)
+            if head is None:
+                return False
+            filters = self._filters_of_stored(head.function, head.task_name)
+            if expected_state is not None and head.state != expected_state:
+                return False
+        elected = candidate
+        if head is not None and filters.creation_elect_filters:
+            context = ElectStateContext(
+                job_id, head.function, head.state, candidate, config=self._extension.config
+            )
+            elected = filters.elect(context)
+            if elected.state not in (State.ENQUEUED, State.SCHEDULED, State.DELETED):
+                raise InvalidArgumentError(
+                    f"a filter elected {elected.state.value} for job {job_id}: a change by "
+                    "request leads to Enqueued, Scheduled or Deleted"
+                )
+        expected = head.state if head is not None else expected_state
+        if elected.state is State.DELETED:
+            applied = store.delete_job(
+                job_id,
+                reason=elected.reason or "Deleted by request",
+                expected_state=expected,
+                retention=timedelta(seconds=self._extension.config.deleted_retention_seconds),
+                terminate=terminate,
+            )
+        elif elected.state is State.ENQUEUED:
+            applied = store.requeue_job(
+                job_id,
+                reason=elected.reason or "Requeued by request",
+                expected_state=expected,
+                publish=self._publish,
+            )
+        else:
+            if elected.due_at is None:
+                raise InvalidArgumentError("a filter elected Scheduled without a due time")
+            applied = store.reschedule_job(
+                job_id,
+                elected.due_at,
+                reason=elected.reason or "Rescheduled by request",
+                expected_state=expected,
+            )
+        if applied and head is not None and filters.apply_filters:
+            filters.applied(
+                ApplyStateContext(
+                    job_id, head.function, head.state, elected.state, elected.reason,
+                    dict(elected.data),
+                )
+            )  # fmt: skip
+        return applied
+
+    def _own_filters(self) -> bool:
+        """Whether any function or task of this process has filters of its own."""
+        return filters_module.decorated_filters_exist or any(
+            getattr(type(task), TASK_FILTERS_ATTRIBUTE, None) for task in self.app.tasks.values()
+        )
+
+    def _filters_of_stored(self, function: str, task_name: str) -> FilterSet:
+        """The filters of a stored job: its Celery task's, or its function's when this process
+        may load it (an allowed module); else the global ones."""
+        if task_name != PERFORM_TASK_NAME:
+            task = self.app.tasks.get(task_name)
+            return filters_for(task, type(task)) if task is not None else filters_for(None)
+        try:
+            func = load_function(function, self._extension.module_allowed)
+        except HfceleryError:
+            return filters_for(None)
+        return filters_for(func)
 
     def new_job(
         self,

@@ -192,10 +192,17 @@ def _order(instance: object, order: int | None) -> int:
     return value if isinstance(value, int) else -1
 
 
+#: Whether ``job_filter`` was used in this process (changes by request then look up the job's
+#: own filters; otherwise the global ones suffice, without reading the job).
+decorated_filters_exist = False
+
+
 def job_filter(*filters: object) -> Callable[[F], F]:
     """Add filters for the jobs of the decorated function or Celery task."""
+    global decorated_filters_exist
     for instance in filters:
         _check_filter(instance)
+    decorated_filters_exist = True
 
     def decorate(target: F) -> F:
         current = tuple(getattr(target, FILTERS_ATTRIBUTE, ()))
@@ -277,6 +284,22 @@ class PerformingContext(_Parameters):
     @cached_property
     def parameters(self) -> dict[str, Any]:  # type: ignore[override]
         return dict(self.parameter_store.all()) if self.parameter_store is not None else {}
+
+    def performed(self, **outcome: Any) -> PerformedContext:
+        """The context ``on_performed`` sees, with the job's ``result`` or ``exception``."""
+        post = PerformedContext(
+            self.job_id,
+            self.function,
+            self.args,
+            self.kwargs,
+            self.attempt,
+            self.parameter_store,
+            items=self.items,
+            **outcome,
+        )
+        if "parameters" in self.__dict__:  # read already: shared, not read again
+            post.__dict__["parameters"] = self.parameters
+        return post
 
     def set_parameter(self, name: str, value: Any) -> None:
         """Store ``value`` with the job now."""
@@ -461,20 +484,7 @@ class FilterSet:
         JobPerformanceError, one of the job as it is (unless a filter handled it)."""
         filters = self.server_filters
 
-        def performed(**extra: Any) -> PerformedContext:
-            post = PerformedContext(
-                context.job_id,
-                context.function,
-                context.args,
-                context.kwargs,
-                context.attempt,
-                context.parameter_store,
-                items=context.items,
-                **extra,
-            )
-            if "parameters" in context.__dict__:
-                post.__dict__["parameters"] = context.parameters
-            return post
+        performed = context.performed
 
         def invoke(index: int) -> PerformedContext:
             if index == len(filters):

@@ -33,6 +33,15 @@ class NewJob:
 
 
 @dataclass(frozen=True, slots=True)
+class JobHead:
+    """What a change by request needs of a job: its state and what it runs."""
+
+    state: State
+    function: str
+    task_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class StateRecord:
     """One entry of a job's state history."""
 

@@ -146,3 +146,35 @@ def replace_with_group(self, token: str) -> None:  # type: ignore[no-untyped-def
     from celery import group
 
     raise self.replace(group(record.s(token, "a"), record.s(token, "b")))
+
+
+class TraceFilter(hfcelery.JobFilter):
+    """Server and apply-state filter on a Celery task (its class's ``hfcelery_filters``)."""
+
+    def on_performing(self, context: hfcelery.PerformingContext) -> None:
+        _side_effects().rpush(f"hftests:{context.args[0]}", "performing")
+
+    def on_performed(self, context: hfcelery.PerformedContext) -> None:
+        outcome = (
+            f"error:{type(context.exception).__name__}" if context.exception else context.result
+        )
+        _side_effects().rpush(f"hftests:{context.args[0]}", f"performed:{outcome}")
+
+
+class CancelFilter(hfcelery.JobFilter):
+    def on_performing(self, context: hfcelery.PerformingContext) -> None:
+        if context.args[1] == "cancel":
+            context.canceled = True
+
+
+class FilteredTask(Task):  # type: ignore[misc]
+    hfcelery_filters = [TraceFilter()]
+
+
+@app.task(name="tests.filtered", base=FilteredTask)
+@hfcelery.job_filter(CancelFilter())
+def filtered(token: str, what: str) -> str:
+    _side_effects().rpush(f"hftests:{token}", "ran")
+    if what == "fail":
+        raise ValueError("filtered task failed")
+    return what

@@ -520,3 +520,70 @@ def test_a_continuation_receives_the_parents_exception_and_can_be_scheduled(
     done = wait_state(api, later)
     assert [h.state for h in done.history][:2] == [State.AWAITING, State.SCHEDULED]
     assert done.history[-1].data["result"] == [10, None]
+
+
+def test_filters_of_a_celery_task_class_and_decorator_run_around_it(
+    worker: WorkerProcess, api: Monitoring, side_effects: redis.Redis
+) -> None:
+    from tests.app import filtered
+
+    ok, failing, canceled = token(), token(), token()
+    ok_id = BackgroundJob.enqueue(filtered.s(ok, "fine"))
+    failing_id = filtered.apply_async((failing, "fail")).id  # sent the plain Celery way
+    canceled_id = BackgroundJob.enqueue(filtered.s(canceled, "cancel"))
+    assert wait_state(api, ok_id).state is State.SUCCEEDED
+    assert side_effects.lrange(f"hftests:{ok}", 0, -1) == ["performing", "ran", "performed:fine"]
+    failed = wait_state(api, failing_id, (State.FAILED,))
+    assert failed.history[-1].data["exception_type"] == "builtins.ValueError"
+    assert side_effects.lrange(f"hftests:{failing}", 0, -1) == [
+        "performing", "ran", "performed:error:ValueError",
+    ]  # fmt: skip
+    deleted = wait_state(api, canceled_id)
+    assert deleted.state is State.DELETED
+    assert deleted.history[-1].reason == "Canceled by filter 'CancelFilter'"
+    # The task class's filter runs first (scope order) and, as in Hangfire, sees on_performed
+    # when the decorator's filter after it cancels; the task never runs.
+    assert side_effects.lrange(f"hftests:{canceled}", 0, -1) == ["performing", "performed:None"]
+
+
+class Protect(JobFilter):
+    """Elect-state and apply-state filter for changes by request: a deletion asked for a job
+    of ``jobs.multiply`` postpones it instead; every change applied is noted."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[State | None, State, str | None]] = []
+
+    def on_state_election(self, context: ElectStateContext) -> None:
+        if (
+            context.current_state is not None
+            and context.candidate_state.state is State.DELETED
+            and context.function == "tests.jobs:multiply"
+        ):
+            context.candidate_state = CandidateState.scheduled(timedelta(hours=2), "Protected")
+
+    def on_state_applied(self, context: Any) -> None:
+        self.applied.append((context.old_state, context.new_state, context.reason))
+
+
+def test_changes_by_request_go_through_elect_and_apply_state_filters(
+    client_app: Any, global_filter: Any
+) -> None:
+    client = hfcelery.BackgroundJobClient(client_app)
+    protected = client.schedule(call(jobs.multiply, 1, 1), timedelta(hours=1))
+    other = client.schedule(call(jobs.record, "x"), timedelta(hours=1))
+    protect = global_filter(Protect())
+    assert client.delete(protected)
+    assert client.delete(other)
+    api = hfcelery.monitoring(client_app)
+    kept = api.job(protected)
+    assert (kept.state, kept.history[-1].reason) == (State.SCHEDULED, "Protected")
+    assert kept.due_at is not None and kept.due_at > datetime.now(UTC) + timedelta(minutes=119)
+    assert api.job(other).state is State.DELETED
+    assert client.reschedule(other, timedelta(minutes=5))
+    assert protect.applied == [
+        (State.SCHEDULED, State.SCHEDULED, "Protected"),
+        (State.SCHEDULED, State.DELETED, "Deleted by request"),
+        (State.DELETED, State.SCHEDULED, "Rescheduled by request"),
+    ]
+    assert not client.delete("no-such-job")
+    assert not client.requeue(other, expected_state="Enqueued")  # not in that state

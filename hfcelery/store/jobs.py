@@ -31,6 +31,7 @@ from hfcelery.jsonutil import from_json_or_raw, to_json
 from hfcelery.records import (
     Claim,
     Dispatch,
+    JobHead,
     NewJob,
 )
 from hfcelery.states import TRANSITIONS, State, sources
@@ -876,3 +877,9 @@ class JobStore(ContinuationStore):
         stmt = select(Job.state, Job.server_id).where(Job.id == job_id)
         row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
         return None if row is None else (State(row.state), row.server_id)
+
+    def job_head(self, job_id: str) -> JobHead | None:
+        """A job's state, function and task (for the filters of a change by request)."""
+        stmt = select(Job.state, Job.function, Job.task_name).where(Job.id == job_id)
+        row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
+        return None if row is None else JobHead(State(row.state), row.function, row.task_name)

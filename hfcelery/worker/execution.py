@@ -238,11 +238,14 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     if filters.server_filters:
         # A Celery task runs Celery's way: its server filters are called around it (here and
         # as it ends), and an exception they mark handled stays Celery's failure.
+        # As in Hangfire, on_performed runs only for the filters whose on_performing ran.
         context = job.performing = _performing_context(extension, task, task.name, args, kwargs)
         for instance in filters.server_filters:
+            job.performed_filters = (instance, *job.performed_filters)
             call_server_filter(instance, "on_performing", context)
             if context.canceled:
                 context.items.setdefault("canceled_by", type(instance).__name__)
+                _performed_filters(task, canceled=True, skip=instance)
                 _cancel_by_filter(extension, task, context)
 
 
@@ -526,7 +529,12 @@ def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
 
 
 def _performed_filters(
-    task: Task, *, result: Any = None, exception: BaseException | None = None
+    task: Task,
+    *,
+    result: Any = None,
+    exception: BaseException | None = None,
+    canceled: bool = False,
+    skip: object = None,
 ) -> PerformedContext | None:
     """The ``on_performed`` half of a Celery task's server filters (see before_start), in
     reverse order; an exception of a filter is logged (the task's outcome stands)."""
@@ -535,18 +543,10 @@ def _performed_filters(
     if job is None or context is None or job.filters is None:
         return None
     job.performing = None
-    performed = PerformedContext(
-        context.job_id,
-        context.function,
-        context.args,
-        context.kwargs,
-        context.attempt,
-        context.parameter_store,
-        items=context.items,
-        result=result,
-        exception=exception,
-    )
-    for instance in reversed(job.filters.server_filters):
+    performed = context.performed(result=result, exception=exception, canceled=canceled)
+    for instance in job.performed_filters:  # the latest first
+        if instance is skip:  # the filter that canceled: no on_performed, as in Hangfire
+            continue
         try:
             call_server_filter(instance, "on_performed", performed)
         except JobPerformanceError:

@@ -34,6 +34,8 @@ class RunningJob:
     lock: str | None = None
     #: A Celery task's server filters between ``on_performing`` and ``on_performed``.
     performing: PerformingContext | None = None
+    #: The server filters whose ``on_performing`` ran, the latest first.
+    performed_filters: tuple[Any, ...] = ()
     #: A Celery ``self.retry()`` recorded as its message was published.
     retry_recorded: bool = False
     #: The job's parameters and ``current_job()`` context, made on first use.
