@@ -46,6 +46,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CRASH_WINDOW_SECONDS = 1.0
 
 
+def in_crash_window(done_at: float, fault: Fault) -> bool:
+    """Whether a job that completed at ``done_at`` falls in ``fault``'s crash window: within
+    :data:`CRASH_WINDOW_SECONDS` before it struck, or, for a PostgreSQL crash, while the server
+    was going down (``pg_ctl stop -m immediate`` takes a moment, during which asynchronous
+    commits still happen and are then forgotten)."""
+    end = fault.at
+    if fault.kind == "pg_crash" and fault.back_at is not None:
+        end = max(end, fault.back_at - PG_CRASH_PAUSE_SECONDS)
+    return fault.at - CRASH_WINDOW_SECONDS <= done_at <= end
+
+
+#: How long a PostgreSQL crash keeps the server down before it is started again.
+PG_CRASH_PAUSE_SECONDS = 1.0
+
+
 @dataclass
 class Settings:
     jobs: int
@@ -315,7 +330,7 @@ def run_faults(
             postgres.start()
         elif kind == "pg_crash":
             postgres.stop("immediate")
-            time.sleep(1)
+            time.sleep(PG_CRASH_PAUSE_SECONDS)
             postgres.start()
         fault.back_at = time.time()
         faults.append(fault)
@@ -376,10 +391,7 @@ def account(
         if (
             state == "missing"
             and len(done) == 1
-            and any(
-                f.kind == "pg_crash" and done[0] <= f.at <= done[0] + CRASH_WINDOW_SECONDS
-                for f in faults
-            )
+            and any(f.kind == "pg_crash" and in_crash_window(done[0], f) for f in faults)
         ):
             result.forgotten_in_window.append(f"{item.job_id} ({item.kind}) ran once")
             continue
@@ -392,7 +404,7 @@ def account(
             result.lost.append(f"{item.job_id} ({item.kind}) was Deleted")
         if len(done) > 1:
             first = done[0]
-            in_window = any(first <= fault.at <= first + CRASH_WINDOW_SECONDS for fault in crashes)
+            in_window = any(in_crash_window(first, fault) for fault in crashes)
             (result.doubles_in_window if in_window else result.doubles_outside).append(
                 f"{item.job_id} ({item.kind}) completed {len(done)} times"
             )
