@@ -10,7 +10,6 @@ from uuid import uuid4
 
 from celery import Celery, Task
 
-from hfcelery import filters as filters_module
 from hfcelery.calls import PERFORM_TASK_NAME, Invocation, load_function, to_invocation
 from hfcelery.continuations import JobContinuationOptions
 from hfcelery.errors import (
@@ -31,6 +30,7 @@ from hfcelery.filters import (
     CreatingContext,
     ElectStateContext,
     FilterSet,
+    decorated_filters_exist,
     filters_for,
 )
 from hfcelery.jsonutil import from_json
@@ -528,7 +528,7 @@ class BackgroundJobClient:
 
     def _own_filters(self) -> bool:
         """Whether any function or task of this process has filters of its own."""
-        return filters_module.decorated_filters_exist or any(
+        return decorated_filters_exist() or any(
             getattr(type(task), TASK_FILTERS_ATTRIBUTE, None) for task in self.app.tasks.values()
         )
 

@@ -194,15 +194,18 @@ def _order(instance: object, order: int | None) -> int:
 
 #: Whether ``job_filter`` was used in this process (changes by request then look up the job's
 #: own filters; otherwise the global ones suffice, without reading the job).
-decorated_filters_exist = False
+_decorated = [False]
+
+
+def decorated_filters_exist() -> bool:
+    return _decorated[0]
 
 
 def job_filter(*filters: object) -> Callable[[F], F]:
     """Add filters for the jobs of the decorated function or Celery task."""
-    global decorated_filters_exist
     for instance in filters:
         _check_filter(instance)
-    decorated_filters_exist = True
+    _decorated[0] = True
 
     def decorate(target: F) -> F:
         current = tuple(getattr(target, FILTERS_ATTRIBUTE, ()))

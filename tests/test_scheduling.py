@@ -116,6 +116,9 @@ def test_celery_self_retry_is_shown_as_scheduled(worker: WorkerProcess, api: Mon
         State.ENQUEUED, State.PROCESSING, State.SCHEDULED, State.PROCESSING, State.SUCCEEDED,
     ]  # fmt: skip
     assert (job.history[2].reason or "").startswith("Celery retry attempt 1")
+    scheduled = job.history[2].data
+    assert "enqueue_at" in scheduled and "due_at" not in scheduled  # one key for the due time
+    assert "scheduled_at" in scheduled
     assert job.history[-1].data["result"] == 2
 
 

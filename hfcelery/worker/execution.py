@@ -720,7 +720,7 @@ def record_celery_retry(job_id: object, eta: object, retries: object) -> None:
         storable_text(
             f"Celery retry attempt {retries}{cause}", extension.config.max_stored_text_chars
         ),
-        {"attempt": retries, "due_at": due_at.isoformat()},
+        {"attempt": retries, "enqueue_at": due_at.isoformat()},
         worker=worker_id(),
         claim=_job(task).claim,
         due_at=due_at,
@@ -743,7 +743,7 @@ def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: An
         request.id,
         State.SCHEDULED,
         f"Celery retry attempt {attempt}: {getattr(reason, 'exc', None) or reason}",
-        {"attempt": attempt, "due_at": due_at.isoformat()},
+        {"attempt": attempt, "enqueue_at": due_at.isoformat()},
         worker=worker_id(),
         claim=_job(sender).claim,
         due_at=due_at,
