@@ -82,9 +82,9 @@ TRANSITIONS: Mapping[str, Transition] = {
             "a plain Celery send (new, or the id re-sent)",
         ),
         _t("recurring_fire", (), (S.ENQUEUED,), "beat, once per occurrence"),
-        # Processing on a dead server, and Scheduled for an earlier attempt once due (a Celery
-        # self.retry()'s message), are claimed too: the statement checks those conditions.
-        _t("claim", (S.ENQUEUED, S.PROCESSING, S.SCHEDULED), (S.PROCESSING,), "worker"),
+        # Scheduled for an earlier attempt once due (a Celery self.retry()'s message) is claimed
+        # too: the statement checks that condition. Processing never is (see statements).
+        _t("claim", (S.ENQUEUED, S.SCHEDULED), (S.PROCESSING,), "worker"),
         _t("finish", (S.PROCESSING,), (S.SUCCEEDED, S.FAILED, S.DELETED, S.SCHEDULED), "worker"),
         _t("finish_elected", (S.PROCESSING,), _ALL - {S.PROCESSING, S.AWAITING}, "worker"),
         _t("retry", (S.PROCESSING,), (S.SCHEDULED, S.ENQUEUED), "worker (automatic retry)"),

@@ -154,11 +154,22 @@ def test_finished_jobs_are_not_claimed_again(store: Store, final: State) -> None
     assert states_of(store, job.id) == [State.ENQUEUED, State.PROCESSING, final]
 
 
-def test_job_on_dead_server_can_be_claimed(store: Store) -> None:
+def test_a_processing_job_is_never_taken_over_by_a_message(store: Store) -> None:
+    """Even when its server's heartbeat looks old (as every heartbeat does right after a store
+    outage): a live run would be doubled. The maintenance loop requeues a dead server's jobs,
+    and their new message claims them."""
     store.register_server(server("dead", heartbeat_age=timedelta(minutes=1)))
     job = new_job()
     store.create_job(job)
     claim(store, job.id, server_id="dead")
+    assert claim(store, job.id, server_id="s2") is None
+    with store.engine.begin() as conn:  # it started long ago
+        conn.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(state_changed_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+    assert store.recover_dead_servers(TIMEOUT) == [job.id]
     assert claim(store, job.id, server_id="s2") is not None
     details = store.job(job.id)
     assert details is not None and details.server_id == "s2"

@@ -90,7 +90,7 @@ def test_claim_and_the_scheduler_follow_the_table(store: Store) -> None:
         job = new_job()
         store.create_job(job)
         put_in(store, job.id, state)
-        if state is State.PROCESSING:  # on a dead server: taken over
+        if state is State.PROCESSING:  # on a dead server: not taken over all the same
             stmt = update(Job).where(Job.id == job.id).values(server_id="dead")
             store._run(lambda conn, stmt=stmt: conn.execute(stmt))
         claimed = claim(store, job.id, attempt=1) is not None

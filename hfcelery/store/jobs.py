@@ -282,9 +282,10 @@ class JobStore(ContinuationStore):
     ) -> Claim | None:
         """Move a job to Processing if it may start; None means skip it.
 
-        A job may start when it is Enqueued, or Processing on a server whose heartbeat stopped,
-        or Scheduled for an earlier ``attempt`` and due (the message of a Celery
-        ``self.retry()``, give or take :data:`DUE_TOLERANCE`).
+        A job may start when it is Enqueued, or Scheduled for an earlier ``attempt`` and due
+        (the message of a Celery ``self.retry()``, give or take :data:`DUE_TOLERANCE`). A job
+        Processing is never taken over (``server_timeout`` is no longer used here): the
+        maintenance loop requeues a dead server's jobs.
         ``stamp`` is the message's send stamp (plain Celery tasks): a message from an older send
         of the same id never starts the job.
         ``untracked`` returns the description of a job that has a message but no row (its
@@ -297,7 +298,6 @@ class JobStore(ContinuationStore):
             "p_server": server_id,
             "p_worker": worker_id,
             "p_now": now,
-            "p_alive_after": now - server_timeout,
             "p_attempt": attempt,
             "p_due_by": now + DUE_TOLERANCE,
             "p_stamp": stamp,

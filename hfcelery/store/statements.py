@@ -12,7 +12,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    exists,
     insert,
     or_,
     select,
@@ -26,7 +25,6 @@ from hfcelery.states import State
 from hfcelery.store.models import (
     Job,
     JobState,
-    Server,
     UTCDateTime,
 )
 
@@ -83,17 +81,12 @@ _CLAIM = (
             Job.sent_stamp.is_(None),
             Job.sent_stamp == _param("p_stamp", Job.sent_stamp.type),
         ),
+        # A job Processing is never taken over by a message, even when its server's heartbeat
+        # looks old: right after a store outage every heartbeat does, and a live run would be
+        # doubled. A dead server's jobs are requeued (and sent at once) by the maintenance loop,
+        # which judges servers dead only once the store was reachable for a whole timeout.
         or_(
             Job.state == State.ENQUEUED,
-            and_(
-                Job.state == State.PROCESSING,
-                ~exists(
-                    select(Server.id).where(
-                        Server.id == Job.server_id,
-                        Server.heartbeat_at >= _param("p_alive_after", UTCDateTime()),
-                    )
-                ),
-            ),
             # The message of a later attempt of a Celery self.retry(), once it is due. The job
             # was recorded Scheduled before that message left (see tracking), so a message
             # claiming a later attempt of a job still Processing, or one not due yet, is forged

@@ -344,7 +344,7 @@ def _skipped(extension: Extension, task_id: str) -> SkippedMessage:
         outcome = None
     state, reason = outcome if outcome is not None else (None, None)
     if state is State.PROCESSING:
-        why = "it is running on a live worker"
+        why = "it is Processing (were its worker dead, maintenance requeues it)"
     elif state is not None and state.is_final:
         why = f"it is {state.value}"
     else:
