@@ -588,15 +588,17 @@ def sorted_filters(registered: Iterable[RegisteredFilter]) -> tuple[Any, ...]:
 #: change the default retry for every job.
 global_filters = JobFilterCollection()
 
-_cache: dict[tuple[int, int, int], FilterSet] = {}
+#: Filter sets by (function or task, task class, global version). The entry keeps its key
+#: objects alive, so an id is never reused for another function while its entry stands.
+_cache: dict[tuple[int, int, int], tuple[object, object, FilterSet]] = {}
 
 
 def filters_for(target: object, task_class: type | None = None) -> FilterSet:
     """The sorted filters of a job: the global ones, its Celery task class's, its function's."""
     key = (id(target), id(task_class), global_filters.version)
     found = _cache.get(key)
-    if found is not None:
-        return found
+    if found is not None and found[0] is target and found[1] is task_class:
+        return found[2]
     registered = global_filters.registered()
     for instance in getattr(task_class, TASK_FILTERS_ATTRIBUTE, None) or ():
         _check_filter(instance)
@@ -612,7 +614,7 @@ def filters_for(target: object, task_class: type | None = None) -> FilterSet:
     result = FilterSet(sorted_filters(registered))
     if len(_cache) > 4096:
         _cache.clear()
-    _cache[key] = result
+    _cache[key] = (target, task_class, result)
     return result
 
 
