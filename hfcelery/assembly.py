@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 
 from hfcelery.config import HfConfig
+from hfcelery.elections import StoredJobFilters
 from hfcelery.errors import ConfigurationError
 from hfcelery.extension import Extension, find_extension, register, set_default
 from hfcelery.worker import install
@@ -37,6 +38,7 @@ def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension
         return existing
     HfConfig.from_app({}, options)  # reject unknown or invalid options now, not at first use
     extension = Extension(app, dict(options))
+    extension.state_filters = StoredJobFilters(extension)
     register(app, extension)
     install(app)
     if default:

@@ -10,10 +10,15 @@ from uuid import uuid4
 
 from celery import Celery, Task
 
-from hfcelery.calls import PERFORM_TASK_NAME, Invocation, load_function, to_invocation
+from hfcelery.calls import Invocation, to_invocation
 from hfcelery.continuations import JobContinuationOptions
+from hfcelery.elections import (
+    StoredJobFilters,
+    create_through_filters,
+    creating_context,
+    elect_first_state,
+)
 from hfcelery.errors import (
-    HfceleryError,
     InvalidArgumentError,
     InvalidCallError,
     InvalidScheduleError,
@@ -22,18 +27,14 @@ from hfcelery.errors import (
 )
 from hfcelery.extension import default_app, extension_of
 from hfcelery.filters import (
-    TASK_FILTERS_ATTRIBUTE,
     ApplyStateContext,
     CandidateState,
-    ClientFilterError,
     CreatedContext,
     CreatingContext,
     ElectStateContext,
     FilterSet,
-    decorated_filters_exist,
     filters_for,
 )
-from hfcelery.jsonutil import from_json
 from hfcelery.publishing import publish, publish_many
 from hfcelery.records import Dispatch, NewJob
 from hfcelery.states import State, parse_state
@@ -50,6 +51,7 @@ class BackgroundJobClient:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self._extension = extension_of(app)
+        self._stored = StoredJobFilters(self._extension)
 
     def enqueue(self, the_call: object, *, queue: str | None = None) -> str:
         """Create a fire-and-forget job and send it to a worker; return its id.
@@ -86,7 +88,7 @@ class BackgroundJobClient:
             if not (filters.client_filters or filters.creation_elect_filters):
                 jobs.append(job)
                 continue
-            context = self._creating_context(job)
+            context = creating_context(job)
             for instance in filters.client_filters:
                 try:
                     instance.on_creating(context)
@@ -97,7 +99,11 @@ class BackgroundJobClient:
                 if context.canceled:
                     raise JobCreationCanceledError(type(instance).__name__, job.function)
             jobs.append(
-                self._elect_first_state(replace(job, parameters=dict(context.parameters)), filters)
+                elect_first_state(
+                    replace(job, parameters=dict(context.parameters)),
+                    filters,
+                    self._extension.config,
+                )
             )
             pending.append((filters, context))
         store = self._extension.store
@@ -329,87 +335,24 @@ class BackgroundJobClient:
         if not (filters.client_filters or filters.creation_elect_filters or filters.apply_filters):
             write(job)
             return job.id
-        context = self._creating_context(job)
-        written: list[NewJob] = []
 
-        def elect_and_write() -> str:
-            final = self._elect_first_state(
-                replace(job, parameters=dict(context.parameters)), filters
-            )
-            write(final)
-            written.append(final)
-            return final.id
+        def written(job: NewJob) -> bool:
+            write(job)
+            return True
 
-        try:
-            created = filters.create(context, elect_and_write)
-        except ClientFilterError as exc:
-            raise JobCreationError(
-                f"Background job creation failed: a client filter raised {exc.__cause__!r}"
-            ) from exc.__cause__
-        if created.canceled or created.job_id is None:
-            raise JobCreationCanceledError(str(context.items.get("canceled_by", "?")), job.function)
-        if written and filters.apply_filters:
-            final = written[0]
+        final = create_through_filters(job, filters, self._extension.config, written)
+        if final is not None and filters.apply_filters:
             filters.applied(
                 ApplyStateContext(
                     final.id, final.function, None, final.state, final.reason, final.data
                 )
             )
-        return created.job_id
+        return job.id
 
     @staticmethod
     def _filters(invocation: Invocation) -> FilterSet:
         runs = invocation.runs
         return filters_for(runs, type(runs) if isinstance(runs, Task) else None)
-
-    @staticmethod
-    def _creating_context(job: NewJob) -> CreatingContext:
-        return CreatingContext(
-            job.id,
-            job.function,
-            job.task_name,
-            from_json(job.args_json),
-            from_json(job.kwargs_json),
-            job.queue,
-            job.state,
-        )
-
-    def _elect_first_state(self, job: NewJob, filters: FilterSet) -> NewJob:
-        """Let elect-state filters change a new job's first state: Enqueued or Scheduled
-        (one waiting for parents stays Awaiting)."""
-        if not filters.creation_elect_filters:
-            return job
-        candidate = CandidateState(job.state, job.reason, dict(job.data), job.due_at)
-        context = ElectStateContext(
-            job.id, job.function, None, candidate, config=self._extension.config
-        )
-        context.__dict__["parameters"] = job.parameters
-        try:
-            elected = filters.elect(context)
-        except Exception as exc:
-            raise JobCreationError(
-                f"Background job creation failed: an elect-state filter raised {exc!r}"
-            ) from exc
-        if elected is candidate:
-            return job
-        if job.state is State.AWAITING or elected.state not in (State.ENQUEUED, State.SCHEDULED):
-            raise InvalidArgumentError(
-                f"a filter elected {elected.state.value} as the first state of a new "
-                f"{job.state.value} job; a new job can start Enqueued or Scheduled"
-            )
-        data = {**elected.data, "queue": job.queue}
-        due_at = elected.due_at
-        if elected.state is State.SCHEDULED:
-            if due_at is None:
-                raise InvalidArgumentError("a filter elected Scheduled without a due time")
-            data.setdefault("enqueue_at", due_at.isoformat())
-        return replace(
-            job,
-            state=elected.state,
-            reason=elected.reason,
-            data=data,
-            due_at=due_at if elected.state is State.SCHEDULED else None,
-        )
 
     def delete(
         self,
@@ -474,11 +417,15 @@ class BackgroundJobClient:
         store = self._extension.store
         filters = filters_for(None)
         head = None
-        if filters.creation_elect_filters or filters.apply_filters or self._own_filters():
+        if (
+            filters.creation_elect_filters
+            or filters.apply_filters
+            or self._stored.own_filters_exist()
+        ):
             head = store.job_head(job_id)
             if head is None:
                 return False
-            filters = self._filters_of_stored(head.function, head.task_name)
+            filters = self._stored.of(head.function, head.task_name)
             if expected_state is not None and head.state != expected_state:
                 return False
         elected = candidate
@@ -525,24 +472,6 @@ class BackgroundJobClient:
                 )
             )  # fmt: skip
         return applied
-
-    def _own_filters(self) -> bool:
-        """Whether any function or task of this process has filters of its own."""
-        return decorated_filters_exist() or any(
-            getattr(type(task), TASK_FILTERS_ATTRIBUTE, None) for task in self.app.tasks.values()
-        )
-
-    def _filters_of_stored(self, function: str, task_name: str) -> FilterSet:
-        """The filters of a stored job: its Celery task's, or its function's when this process
-        may load it (an allowed module); else the global ones."""
-        if task_name != PERFORM_TASK_NAME:
-            task = self.app.tasks.get(task_name)
-            return filters_for(task, type(task)) if task is not None else filters_for(None)
-        try:
-            func = load_function(function, self._extension.module_allowed)
-        except HfceleryError:
-            return filters_for(None)
-        return filters_for(func)
 
     def new_job(
         self,

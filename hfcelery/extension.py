@@ -16,6 +16,7 @@ from hfcelery.config import RELIABLE_CELERY_DEFAULTS, HfConfig
 from hfcelery.errors import NotInitializedError
 from hfcelery.publishing import publish
 from hfcelery.store import Store
+from hfcelery.store.base import StateFilters
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Extension:
         self.options = options
         #: Set in a worker (before its pool forks) to the id under which it heartbeats.
         self.server_id: str | None = None
+        #: The filters of the changes the store makes by itself (set by ``init_app``).
+        self.state_filters: StateFilters | None = None
 
     @cached_property
     def config(self) -> HfConfig:
@@ -40,11 +43,13 @@ class Extension:
 
     @cached_property
     def store(self) -> Store:
-        return Store(
+        store = Store(
             self.config.store_url,
             publisher=functools.partial(publish, self.app),
             deleted_retention=timedelta(seconds=self.config.deleted_retention_seconds),
         )
+        store.state_filters = self.state_filters
+        return store
 
     @cached_property
     def _own_task_modules(self) -> frozenset[str]:

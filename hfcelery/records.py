@@ -33,6 +33,25 @@ class NewJob:
 
 
 @dataclass(frozen=True, slots=True)
+class StateChange:
+    """A change of one job's state that the store makes by itself: the scheduler's, a
+    continuation's release, a recurring occurrence's, a requeue of a lost job. The store hands
+    it to the job's elect-state filters (which may answer another one) and, once committed, to
+    its apply-state filters."""
+
+    job_id: str
+    function: str
+    task_name: str
+    #: None for a job the change creates (a recurring occurrence).
+    old_state: State | None
+    new_state: State
+    reason: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+    #: When a Scheduled job falls due.
+    due_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JobHead:
     """What a change by request needs of a job: its state and what it runs."""
 

@@ -587,3 +587,200 @@ def test_changes_by_request_go_through_elect_and_apply_state_filters(
     ]
     assert not client.delete("no-such-job")
     assert not client.requeue(other, expected_state="Enqueued")  # not in that state
+
+
+# ---------------------------------------------------------------------------------------------
+# The store's own changes: the scheduler, continuation releases, recurring occurrences and
+# requeues of lost jobs go through the jobs' filters as well (SQLite and PostgreSQL).
+
+
+class Watch(JobFilter):
+    """Elects per a table of (function, old state, candidate state) -> CandidateState, and
+    records every applied change as (job id, old, new, reason)."""
+
+    def __init__(self, elect: dict[tuple[str, Any, State], Any] | None = None) -> None:
+        self.elect = elect or {}
+        self.applied: list[tuple[str, Any, State, Any]] = []
+        self.unapplied: list[tuple[str, State]] = []
+
+    def on_state_election(self, context: ElectStateContext) -> None:
+        key = (context.function, context.current_state, context.candidate_state.state)
+        elected = self.elect.get(key)
+        if isinstance(elected, Exception):
+            raise elected
+        if elected is not None:
+            context.candidate_state = elected
+
+    def on_state_applied(self, context: Any) -> None:
+        self.applied.append((context.job_id, context.old_state, context.new_state, context.reason))
+
+    def on_state_unapplied(self, context: Any) -> None:
+        self.unapplied.append((context.job_id, context.old_state))
+
+
+def make_due(store: Any, *job_ids: str) -> None:
+    from sqlalchemy import update
+
+    from hfcelery.store.models import Job
+
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    with store.engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id.in_(job_ids)).values(due_at=past))
+
+
+def reasons(api: Monitoring, job_id: str) -> list[tuple[State, str | None]]:
+    return [(h.state, h.reason) for h in api.job(job_id).history]
+
+
+MULTIPLY, RECORD = "tests.jobs:multiply", "tests.jobs:record"
+SCHEDULER = "Triggered by DelayedJobScheduler"
+
+
+def test_the_scheduler_goes_through_elect_and_apply_state_filters(
+    client_app: Any, global_filter: Any
+) -> None:
+    client = hfcelery.BackgroundJobClient(client_app)
+    store, api = extension_of(client_app).store, hfcelery.monitoring(client_app)
+    stopped = client.schedule(call(jobs.multiply, 1, 1), timedelta(hours=1))
+    runs = client.schedule(call(jobs.record, "x"), timedelta(hours=1))
+    broken = client.schedule(call(jobs.echo, 1), timedelta(hours=1))
+    make_due(store, stopped, runs, broken)
+    watch = global_filter(
+        Watch(
+            {
+                (MULTIPLY, State.SCHEDULED, State.ENQUEUED): CandidateState.deleted("Not today"),
+                ("tests.jobs:echo", State.SCHEDULED, State.ENQUEUED): KeyError("broken filter"),
+            }
+        )
+    )
+    sent: list[Any] = []
+    assert store.enqueue_due(limit=100, grace=timedelta(minutes=5), publish=sent.append) == 3
+
+    # The elected state follows the scheduler's in the history, and is not sent.
+    assert reasons(api, stopped)[-2:] == [
+        (State.ENQUEUED, SCHEDULER),
+        (State.DELETED, "Not today"),
+    ]
+    assert api.job(stopped).expire_at is not None  # kept as long as Deleted jobs are
+    # A filter that raises leaves the scheduler's change standing (the job runs).
+    assert {d.id for d in sent} == {runs, broken}
+    assert api.job(runs).state is api.job(broken).state is State.ENQUEUED
+    assert api.job(runs).history[-1].data["queue"] == api.job(runs).queue
+    assert sorted(watch.applied) == sorted(
+        [
+            (stopped, State.SCHEDULED, State.DELETED, "Not today"),
+            (runs, State.SCHEDULED, State.ENQUEUED, SCHEDULER),
+            (broken, State.SCHEDULED, State.ENQUEUED, SCHEDULER),
+        ]
+    )
+    assert sorted(watch.unapplied) == sorted(
+        [(stopped, State.SCHEDULED), (runs, State.SCHEDULED), (broken, State.SCHEDULED)]
+    )
+
+
+def test_a_filter_may_elect_another_due_time_for_the_scheduler(
+    client_app: Any, global_filter: Any
+) -> None:
+    client = hfcelery.BackgroundJobClient(client_app)
+    store, api = extension_of(client_app).store, hfcelery.monitoring(client_app)
+    job_id = client.schedule(call(jobs.multiply, 1, 1), timedelta(hours=1))
+    make_due(store, job_id)
+    later = CandidateState.scheduled(timedelta(hours=3), "Quiet hours")
+    global_filter(Watch({(MULTIPLY, State.SCHEDULED, State.ENQUEUED): later}))
+    sent: list[Any] = []
+    store.enqueue_due(limit=100, grace=timedelta(minutes=5), publish=sent.append)
+    job = api.job(job_id)
+    assert sent == [] and job.state is State.SCHEDULED
+    assert job.due_at is not None and job.due_at > datetime.now(UTC) + timedelta(
+        hours=2, minutes=59
+    )
+    assert job.history[-1].reason == "Quiet hours" and "enqueue_at" in job.history[-1].data
+    # Not due again: the next pass leaves it alone.
+    assert store.enqueue_due(limit=100, grace=timedelta(minutes=5), publish=sent.append) == 0
+
+
+def test_continuation_releases_go_through_elect_and_apply_state_filters(
+    client_app: Any, global_filter: Any
+) -> None:
+    from hfcelery import JobContinuationOptions
+
+    client = hfcelery.BackgroundJobClient(client_app)
+    api = hfcelery.monitoring(client_app)
+    any_end = JobContinuationOptions.ON_ANY_FINISHED_STATE
+    parent = client.schedule(call(jobs.record, "p"), timedelta(hours=1))
+    held = client.continue_job_with(parent, call(jobs.multiply, 2, 2), options=any_end)
+    grandchild = client.continue_job_with(held, call(jobs.record, "g"), options=any_end)
+    plain = client.continue_job_with(parent, call(jobs.record, "c"), options=any_end)
+    watch = global_filter(
+        Watch({(MULTIPLY, State.AWAITING, State.ENQUEUED): CandidateState.deleted("Skipped")})
+    )
+    assert client.delete(parent)
+    # The child a filter deleted is final: its own continuation is released in turn.
+    assert reasons(api, held)[-2:] == [
+        (State.ENQUEUED, f"Continuation of {parent}"),
+        (State.DELETED, "Skipped"),
+    ]
+    assert api.job(grandchild).state is State.ENQUEUED
+    assert api.job(grandchild).history[-1].reason == f"Continuation of {held}"
+    assert api.job(plain).state is State.ENQUEUED
+    applied = {(job, old, new) for job, old, new, _ in watch.applied}
+    assert {
+        (parent, State.SCHEDULED, State.DELETED),
+        (held, State.AWAITING, State.DELETED),
+        (grandchild, State.AWAITING, State.ENQUEUED),
+        (plain, State.AWAITING, State.ENQUEUED),
+    } == applied
+
+
+def test_requeues_of_lost_jobs_are_seen_by_apply_state_filters_only(
+    client_app: Any, global_filter: Any
+) -> None:
+    from tests.test_store import claim, server
+
+    client = hfcelery.BackgroundJobClient(client_app)
+    store, api = extension_of(client_app).store, hfcelery.monitoring(client_app)
+    job_id = client.enqueue(call(jobs.multiply, 3, 3))
+    store.register_server(server("gone"))
+    assert claim(store, job_id, server_id="gone") is not None
+    # A filter may not keep a lost job from running again: no election for a requeue.
+    watch = global_filter(
+        Watch({(MULTIPLY, State.PROCESSING, State.ENQUEUED): CandidateState.deleted("No")})
+    )
+    assert store.remove_server("gone", reason="Server stopped") == [job_id]
+    assert api.job(job_id).state is State.ENQUEUED
+    assert watch.applied == [(job_id, State.PROCESSING, State.ENQUEUED, "Server stopped")]
+    assert watch.unapplied == [(job_id, State.PROCESSING)]
+
+
+def test_recurring_occurrences_go_through_client_elect_and_apply_state_filters(
+    client_app: Any, global_filter: Any
+) -> None:
+    from hfcelery.recurring.fire import fire
+
+    manager = hfcelery.RecurringJobManager(client_app)
+    api = hfcelery.monitoring(client_app)
+    manager.add_or_update("nightly", call(jobs.multiply, 4, 5), "* * * * *")
+    manager.add_or_update("vetoed", call(jobs.multiply, -1, 5), "* * * * *")
+    global_filter(Tenant())
+    watch = global_filter(Watch())
+    job_id = manager.trigger("nightly")
+    assert extension_of(client_app).store.job_parameters(job_id) == {"tenant": "acme"}
+    assert watch.applied == [(job_id, None, State.ENQUEUED, "Triggered by request")]
+
+    # Beat's occurrence: a veto writes nothing and the fire task returns None.
+    global_filter(Veto())
+    task = client_app.tasks["hfcelery.recurring.fire"]
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    assert fire(task, "vetoed", minute.isoformat()) is None
+    assert api.recurring_job("vetoed").last_job_id is None
+    with pytest.raises(JobCreationCanceledError):
+        manager.trigger("vetoed")
+    fired = fire(task, "nightly", minute.isoformat())
+    assert fired is not None and api.job(fired).state is State.ENQUEUED
+    assert api.job(fired).history[-1].reason == "Triggered by recurring job scheduler"
+
+    # An elect-state filter may hold an occurrence back.
+    global_filter(ScheduleEverything())
+    held = manager.trigger("nightly")
+    assert api.job(held).state is State.SCHEDULED
+    assert api.job(held).history[-1].reason == "Held back"

@@ -13,7 +13,13 @@ from uuid import uuid4
 
 from celery import Task
 
-from hfcelery.errors import HfceleryError, StoreUnavailableError
+from hfcelery.errors import (
+    HfceleryError,
+    InvalidArgumentError,
+    JobCreationCanceledError,
+    JobCreationError,
+    StoreUnavailableError,
+)
 from hfcelery.extension import extension_of
 from hfcelery.publishing import publish
 from hfcelery.recurring.cron import CronExpression
@@ -48,14 +54,21 @@ def fire(task: Task, recurring_id: str, scheduled_for: str) -> str | None:
             problem,
         )
         return None
-    job_id = extension.store.create_recurring_job(
-        recurring_id,
-        job_id=str(uuid4()),
-        scheduled_for=occurrence,
-        reason="Triggered by recurring job scheduler",
-        publish=functools.partial(publish, task.app),
-    )
-    return job_id
+    try:
+        return extension.store.create_recurring_job(
+            recurring_id,
+            job_id=str(uuid4()),
+            scheduled_for=occurrence,
+            reason="Triggered by recurring job scheduler",
+            publish=functools.partial(publish, task.app),
+        )
+    except JobCreationCanceledError as exc:
+        # A client filter vetoed this occurrence: nothing was written, the next one comes.
+        logger.info("hfcelery recurring job %r, %s: %s", recurring_id, occurrence.isoformat(), exc)
+    except (JobCreationError, InvalidArgumentError) as exc:  # a filter's error
+        logger.error("hfcelery recurring job %r, %s: %s", recurring_id, occurrence.isoformat(), exc)
+        extension.store.record_recurring_error(recurring_id, str(exc))
+    return None
 
 
 #: How far ahead of an occurrence its fire message may arrive (clocks of beat and worker).

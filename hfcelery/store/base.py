@@ -6,8 +6,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import (
@@ -30,6 +31,7 @@ from hfcelery.jsonutil import to_json
 from hfcelery.records import (
     Dispatch,
     NewJob,
+    StateChange,
 )
 from hfcelery.states import State
 from hfcelery.store import schema
@@ -54,6 +56,42 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
 DEFAULT_DELETED_RETENTION = timedelta(days=1)
+
+
+class StateFilters(Protocol):
+    """The elect- and apply-state filters of stored jobs, as the store calls them for the
+    changes it makes by itself (see :class:`~hfcelery.records.StateChange`); the extension
+    gives its store one (``hfcelery.elections``), the store never imports filters."""
+
+    def active(self) -> bool:
+        """Whether any job may have such filters (False: the store skips them, cheaply)."""
+
+    def elect(self, change: StateChange) -> StateChange | None:
+        """Called in the change's transaction: another change to make instead, or None."""
+
+    def applied(self, changes: Sequence[StateChange]) -> None:
+        """Called after the commit, with every change it made."""
+
+    def retention(self, state: State) -> timedelta | None:
+        """How long a job kept in final ``state`` is kept."""
+
+    def create(self, job: NewJob, write: Callable[[NewJob], bool]) -> NewJob | None:
+        """Run a new job's ``write`` through its client filters and its first state's
+        election (in the store's transaction); the job as written, or None. A veto or a
+        filter's error is raised, and rolls the transaction back."""
+
+
+@dataclass
+class Changes:
+    """What one store transaction changed besides its own job: the Enqueued jobs to publish
+    after the commit, and the state changes for the apply-state filters."""
+
+    dispatches: list[Dispatch] = field(default_factory=list)
+    applied: list[StateChange] = field(default_factory=list)
+
+    def clear(self) -> None:  # a transaction retried on a new connection starts over
+        self.dispatches.clear()
+        self.applied.clear()
 
 
 ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
@@ -93,6 +131,8 @@ class StoreBase:
         #: Sends the messages of continuations released by a store operation (without one,
         #: they wait, unpublished, for a worker's maintenance loop).
         self.publisher = publisher
+        #: The filters of the changes the store makes by itself (None: there are none).
+        self.state_filters: StateFilters | None = None
         self.dialect = self.url.get_backend_name()
         self.auto_upgrade = self.dialect == "sqlite" if auto_upgrade is None else auto_upgrade
         self._engine: Engine | None = None
@@ -267,7 +307,11 @@ class StoreBase:
         return len(sent)
 
     def _requeue_where(self, conditions: list[Any], *, reason: str, published: bool) -> list[str]:
-        """Move the jobs that meet ``conditions`` back to Enqueued; return their ids."""
+        """Move the jobs that meet ``conditions`` back to Enqueued; return their ids.
+
+        Their apply-state filters see the change; their elect-state filters are not asked: a
+        job whose run was lost runs again, whatever a filter would elect (a filter that should
+        not let it can act as it is performed)."""
         now = utcnow()
         stmt = (
             update(Job)
@@ -279,11 +323,30 @@ class StoreBase:
                 state_changed_at=now,
                 published=published,
             )
-            .returning(Job.id, Job.queue)
+            .returning(Job.id, Job.queue, Job.function, Job.task_name)
         )
 
         rows = self._run(lambda conn: self._change(conn, stmt, State.ENQUEUED, reason, {}, now))
+        if rows and self._filtered():
+            self._apply_filters(
+                [
+                    StateChange(
+                        row.id, row.function, row.task_name, State.PROCESSING, State.ENQUEUED,
+                        reason, {"queue": row.queue},
+                    )
+                    for row in rows
+                ]
+            )  # fmt: skip
         return [row[0] for row in rows]
+
+    def _filtered(self) -> bool:
+        """Whether the changes the store makes by itself go through state filters."""
+        return self.state_filters is not None and self.state_filters.active()
+
+    def _apply_filters(self, changes: Sequence[StateChange]) -> None:
+        """The apply-state filters of committed changes (their errors are logged by them)."""
+        if changes and self.state_filters is not None:
+            self.state_filters.applied(changes)
 
     def _insert_parameters(self, conn: Connection, job: NewJob) -> None:
         """Write the parameters a new job was created with (by client filters)."""

@@ -18,12 +18,13 @@ from hfcelery.continuations import JobContinuationOptions
 from hfcelery.errors import JobNotFoundError
 from hfcelery.jsonutil import from_json_or_raw, to_json
 from hfcelery.records import (
-    Dispatch,
     NewJob,
+    StateChange,
 )
 from hfcelery.states import State
 from hfcelery.store.base import (
     _DISPATCH_COLUMNS,
+    Changes,
     StoreBase,
     _dispatch_from_row,
     _job_row,
@@ -62,9 +63,10 @@ class ContinuationStore(StoreBase):
         state the job is in when this returns.
         """
         now = utcnow()
-        released: list[Dispatch] = []
+        released = Changes()
 
         def work(conn: Connection) -> State:
+            released.clear()
             waiting = 0
             finished: dict[str, bool] = {}
             for parent_id in sorted(set(parent_ids)):
@@ -103,10 +105,7 @@ class ContinuationStore(StoreBase):
             )
             if waiting:
                 return State.AWAITING
-            dispatch, state = self._release(conn, job.id, now, "Its parents had already finished")
-            if dispatch is not None:
-                released.append(dispatch)
-            return state
+            return self._release(conn, job.id, now, "Its parents had already finished", released)
 
         # Durable: a continuation has no message to be rebuilt from. A JobNotFoundError rolls
         # everything back.
@@ -115,12 +114,12 @@ class ContinuationStore(StoreBase):
         return final_state
 
     def _release_children(
-        self, conn: Connection, parent_ids: list[str], now: datetime
-    ) -> list[Dispatch]:
+        self, conn: Connection, parent_ids: list[str], now: datetime, into: Changes
+    ) -> None:
         """Count finished parents down for their Awaiting continuations; release those with
         none left (Enqueued, or Deleted when the condition was not met, which finishes them
-        too and so releases their own). Returns the Enqueued ones, to publish after commit."""
-        to_publish: list[Dispatch] = []
+        too and so releases their own). The Enqueued ones go to ``into``, to publish after
+        commit."""
         frontier = list(parent_ids)
         while frontier:
             parent_id = frontier.pop()
@@ -146,19 +145,16 @@ class ContinuationStore(StoreBase):
             for child_id, waiting in ready:
                 if waiting > 0:
                     continue
-                reason = f"Continuation of {parent_id}"
-                dispatch, state = self._release(conn, child_id, now, reason)
-                if dispatch is not None:
-                    to_publish.append(dispatch)
-                elif state is State.DELETED:
+                state = self._release(conn, child_id, now, f"Continuation of {parent_id}", into)
+                if state.is_final:
                     frontier.append(child_id)
-        return to_publish
 
     def _release(
-        self, conn: Connection, child_id: str, now: datetime, reason: str
-    ) -> tuple[Dispatch | None, State]:
+        self, conn: Connection, child_id: str, now: datetime, reason: str, into: Changes
+    ) -> State:
         """Release an Awaiting job whose parents have all finished: to its next state
-        (Enqueued, or Scheduled after its delay) if the condition is met, else Deleted."""
+        (Enqueued, or Scheduled after its delay) if the condition is met, else Deleted, or to
+        the state its elect-state filters elect instead. Returns the state it is in."""
         parents = conn.execute(
             select(
                 Job.id,
@@ -205,13 +201,103 @@ class ContinuationStore(StoreBase):
             .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
         ).first()
         if row is None:
-            return None, State.AWAITING
-        if values["state"] is State.ENQUEUED:
+            return State.AWAITING
+        state: State = values["state"]
+        if state is State.ENQUEUED:
             data["queue"] = row.queue
-        conn.execute(insert(JobState), [_state_row(child_id, values["state"], reason, data, now)])
-        if values["state"] is State.ENQUEUED:
-            return _dispatch_from_row(row), State.ENQUEUED
-        return None, values["state"]
+        conn.execute(insert(JobState), [_state_row(child_id, state, reason, data, now)])
+        change = StateChange(
+            child_id, row.function, row.task_name, State.AWAITING, state, reason, data,
+            values.get("due_at"),
+        )  # fmt: skip
+        kept = self._elect_moved(conn, [(row, change)], now, into)
+        if not kept:
+            # A filter elected another state (written, with its own releases, by the election).
+            return into.applied[-1].new_state if into.applied else state
+        if state is State.ENQUEUED:
+            into.dispatches.append(_dispatch_from_row(row))
+        return state
+
+    def _elect_moved(
+        self,
+        conn: Connection,
+        moved: Sequence[tuple[Any, StateChange]],
+        now: datetime,
+        into: Changes,
+    ) -> list[Any]:
+        """Ask the elect-state filters of jobs this transaction just moved (``moved``: each
+        one's row and change). A job for which a filter elects another state is moved on to it
+        here, with both states in its history (as a worker's election writes them), and left
+        out of the rows returned; the caller publishes the rest. Every change is kept in
+        ``into`` for the apply-state filters. A filter that raises is logged and the store's
+        own change stands: a scheduler pass must not stop at one job."""
+        if not moved or not self._filtered():
+            return [row for row, _ in moved]
+        assert self.state_filters is not None
+        kept = []
+        for row, change in moved:
+            try:
+                elected = self.state_filters.elect(change)
+            except Exception:
+                logger.exception(
+                    "hfcelery: an elect-state filter failed for job %s (%s kept)",
+                    change.job_id,
+                    change.new_state,
+                )
+                elected = None
+            if elected is None or not self._move_on(conn, change, elected, now, into):
+                kept.append(row)
+                into.applied.append(change)
+                continue
+            into.applied.append(elected)
+        return kept
+
+    def _move_on(
+        self, conn: Connection, change: StateChange, elected: StateChange, now: datetime,
+        into: Changes,
+    ) -> bool:  # fmt: skip
+        """Write the state a filter elected instead of ``change`` (in the same transaction);
+        False when there is none to write (the elected one is a state no store change may
+        lead to; it is logged, and the change stands)."""
+        state = elected.new_state
+        if state in (State.PROCESSING, State.AWAITING) or (
+            state is State.SCHEDULED and elected.due_at is None
+        ):
+            logger.error(
+                "hfcelery: a filter elected %s%s for job %s; kept %s",
+                state,
+                " without a due time" if state is State.SCHEDULED else "",
+                change.job_id,
+                change.new_state,
+            )
+            return False
+        retention = self.state_filters.retention(state) if self.state_filters else None
+        data = dict(elected.data)
+        if state is State.SCHEDULED:
+            assert elected.due_at is not None
+            data.setdefault("enqueue_at", elected.due_at.isoformat())
+        row = conn.execute(
+            update(Job)
+            .where(Job.id == change.job_id, Job.state == change.new_state)
+            .values(
+                state=state,
+                state_changed_at=now,
+                published=False,
+                due_at=elected.due_at if state is State.SCHEDULED else None,
+                expire_at=now + retention if state.is_final and retention else None,
+            )
+            .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
+        ).first()
+        if row is None:
+            return False
+        if state is State.ENQUEUED:
+            data.setdefault("queue", row.queue)
+            into.dispatches.append(_dispatch_from_row(row))
+        entry = _state_row(change.job_id, state, elected.reason, data, now)
+        conn.execute(insert(JobState), [entry])
+        if state.is_final and row.continuation_count:
+            self._release_children(conn, [change.job_id], now, into)
+        return True
 
     def _args_with_outcomes(
         self,
@@ -261,6 +347,9 @@ class ContinuationStore(StoreBase):
             args.append(found_exceptions if as_list else found_exceptions[0])
         return to_json(args)
 
-    def _send_released(self, released: Sequence[Dispatch]) -> None:
-        if released and self.publisher is not None:
-            self._send(released, self.publisher)
+    def _send_released(self, released: Changes) -> None:
+        """After the commit: publish the jobs a transaction released, and call the
+        apply-state filters of what it changed by itself."""
+        if released.dispatches and self.publisher is not None:
+            self._send(released.dispatches, self.publisher)
+        self._apply_filters(released.applied)

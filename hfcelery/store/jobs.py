@@ -33,11 +33,13 @@ from hfcelery.records import (
     Dispatch,
     JobHead,
     NewJob,
+    StateChange,
 )
 from hfcelery.states import TRANSITIONS, State, sources
 from hfcelery.store.base import (
     _DISPATCH_COLUMNS,
     BROKER_UNAVAILABLE,
+    Changes,
     _dispatch_from_row,
     _dispatch_of,
     _job_row,
@@ -440,12 +442,13 @@ class JobStore(ContinuationStore):
     ) -> bool:
         """The finish of a job that has continuations: released in the same transaction."""
         unrestricted = finish.where(Job.continuation_count > 0)  # the fast path's complement
-        released: list[Dispatch] = []
+        released = Changes()
 
         def work(conn: Connection) -> bool:
+            released.clear()
             rows = self._change(conn, unrestricted, state, reason, data, now, params)
             if rows and state.is_final:
-                released.extend(self._release_children(conn, [rows[0][0]], now))
+                self._release_children(conn, [rows[0][0]], now, released)
             return bool(rows)
 
         finished = self._run(work)
@@ -500,12 +503,13 @@ class JobStore(ContinuationStore):
             .returning(*_DISPATCH_COLUMNS, Job.continuation_count)
         )
 
-        released: list[Dispatch] = []
+        released = Changes()
 
         def work(conn: Connection) -> Sequence[Row[Any]]:
+            released.clear()
             rows = self._change(conn, stmt, state, reason, data or {}, now)
             if rows and state.is_final and rows[0].continuation_count:
-                released.extend(self._release_children(conn, [job_id], now))
+                self._release_children(conn, [job_id], now, released)
             return rows
 
         rows = self._run(work, durable=True)
@@ -697,9 +701,10 @@ class JobStore(ContinuationStore):
             .returning(Job.retry_count, Job.continuation_count, *_DISPATCH_COLUMNS)
         )
         sent: list[Dispatch] = []
-        released: list[Dispatch] = []
+        released = Changes()
 
         def work(conn: Connection) -> bool:
+            released.clear()
             row = conn.execute(stmt).first()
             if row is None:
                 return False
@@ -717,7 +722,7 @@ class JobStore(ContinuationStore):
             if final is State.ENQUEUED:
                 sent.append(_dispatch_from_row(row))
             if final.is_final and row.continuation_count:
-                released.extend(self._release_children(conn, [job_id], now))
+                self._release_children(conn, [job_id], now, released)
             return True
 
         applied = self._run(work)
@@ -765,14 +770,29 @@ class JobStore(ContinuationStore):
             .returning(*_DISPATCH_COLUMNS)
         )
 
-        rows = self._run(
-            lambda conn: self._change(
-                conn, move, State.ENQUEUED, "Triggered by DelayedJobScheduler", {}, now
+        reason = "Triggered by DelayedJobScheduler"
+        changes = Changes()
+
+        def work(conn: Connection) -> int:
+            changes.clear()
+            rows = self._change(conn, move, State.ENQUEUED, reason, {}, now)
+            moved = [
+                (row, StateChange(
+                    row.id, row.function, row.task_name, State.SCHEDULED, State.ENQUEUED,
+                    reason, {"queue": row.queue},
+                ))
+                for row in rows
+            ]  # fmt: skip
+            changes.dispatches.extend(
+                _dispatch_from_row(row) for row in self._elect_moved(conn, moved, now, changes)
             )
-        )
+            return len(rows)
+
+        moved = self._run(work)
         # Should this process die before publishing, the maintenance loop publishes them.
-        self._send([_dispatch_from_row(row) for row in rows], publish)
-        return len(rows)
+        self._send(changes.dispatches, publish)
+        self._apply_filters(changes.applied)
+        return moved
 
     def next_due_at(self) -> datetime | None:
         """When the next Scheduled job without a message on its way falls due."""

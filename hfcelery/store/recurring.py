@@ -22,6 +22,7 @@ from hfcelery.records import (
     NewJob,
     RecurringDefinition,
     RecurringJobRecord,
+    StateChange,
 )
 from hfcelery.states import State
 from hfcelery.store.base import (
@@ -140,10 +141,16 @@ class RecurringStore(StoreBase):
     ) -> str | None:
         """Create the job of one occurrence (``scheduled_for``) of a recurring job, or of a
         manual trigger (None). Returns its id; None when that occurrence has a job already,
-        or the recurring job is gone (or paused, unless ``when_paused``)."""
+        or the recurring job is gone (or paused, unless ``when_paused``).
+
+        The job goes through its client filters and the election of its first state, and its
+        apply-state filters see it once committed (see ``hfcelery.elections``): a veto raises
+        ``JobCreationCanceledError`` and a filter's exception ``JobCreationError``, and nothing
+        is written."""
         now = utcnow()
 
         def work(conn: Connection) -> str | None:
+            created.clear()
             definition = conn.execute(
                 select(RecurringJob).where(RecurringJob.id == recurring_id)
             ).first()
@@ -165,25 +172,51 @@ class RecurringStore(StoreBase):
                 },
                 display_name=definition.display_name,
             )
-            row = _job_row(job, now, published=True)
-            row.update(recurring_id=recurring_id, scheduled_for=scheduled_for)
-            if not self._insert_ignoring_conflict(conn, row):
-                return None  # another beat (or a redelivery) created this occurrence's job
-            conn.execute(insert(JobState), [_state_row(job.id, job.state, reason, job.data, now)])
+
+            def insert_job(job: NewJob) -> bool:
+                enqueued = job.state is State.ENQUEUED
+                row = _job_row(job, now, published=enqueued)
+                row.update(recurring_id=recurring_id, scheduled_for=scheduled_for)
+                if not self._insert_ignoring_conflict(conn, row):
+                    return False  # another beat (or a redelivery) created this occurrence's job
+                entry = _state_row(job.id, job.state, job.reason, job.data, now)
+                conn.execute(insert(JobState), [entry])
+                self._insert_parameters(conn, job)
+                return True
+
+            written: NewJob | None = job
+            if filters is None:
+                written = job if insert_job(job) else None
+            else:
+                written = filters.create(job, insert_job)
+            if written is None:
+                return None
+            created.append(written)
             conn.execute(
                 update(RecurringJob)
                 .where(RecurringJob.id == recurring_id)
                 .values(last_execution=now, last_job_id=job.id, last_error=None)
             )
+            if written.state is not State.ENQUEUED:
+                return job.id  # elected Scheduled by a filter: the scheduler sends it
             try:
-                publish(_dispatch_of(job))
+                publish(_dispatch_of(written))
             except BROKER_UNAVAILABLE as exc:
                 _log_unpublished(1, exc)
                 self._make_durable(conn)
                 conn.execute(update(Job).where(Job.id == job.id).values(published=False))
             return job.id
 
-        return self._run(work)
+        filters = self.state_filters if self._filtered() else None
+        created: list[NewJob] = []
+        created_id = self._run(work)
+        if created and filters is not None:
+            new = created[0]
+            change = StateChange(
+                new.id, new.function, new.task_name, None, new.state, new.reason, new.data
+            )
+            self._apply_filters([change])
+        return created_id
 
     def record_recurring_error(self, recurring_id: str, error: str) -> None:
         """Remember why a recurring job could not run (shown in its listing)."""
