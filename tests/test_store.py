@@ -417,6 +417,24 @@ def test_a_job_lock_belongs_to_a_running_job_on_a_live_server(store: Store) -> N
     assert store.try_job_lock("concurrency:f", second.id, TIMEOUT)
 
 
+def test_a_job_lock_released_while_it_is_being_taken_is_not_held_without_a_row(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder's release lands between a waiter's insert (which met the holder's row) and its
+    look at the owner: the waiter must not count the lock as its own without a row, or the next
+    waiter's insert takes it too (two runs at once, seen under load with three workers)."""
+    store.register_server(server("s1"))
+    waiter, next_waiter = new_job(), new_job()
+    for job in (waiter, next_waiter):
+        store.create_job(job)
+        claim(store, job.id)
+    with monkeypatch.context() as patch:  # the insert met a row that is gone by the next look
+        patch.setattr(store, "_insert_ignoring_conflict", lambda *args, **kwargs: False)
+        assert not store.try_job_lock("concurrency:f", waiter.id, TIMEOUT)
+    assert store.try_job_lock("concurrency:f", next_waiter.id, TIMEOUT)
+    assert not store.try_job_lock("concurrency:f", waiter.id, TIMEOUT)  # one holder
+
+
 def test_heartbeat_and_remove_server(store: Store) -> None:
     store.register_server(server("s1", heartbeat_age=timedelta(minutes=1)))
     assert store.heartbeat("s1")

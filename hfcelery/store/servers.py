@@ -216,7 +216,11 @@ class ServerStore(StoreBase):
             owner = conn.execute(
                 select(Lock.owner).where(Lock.name == name).with_for_update()
             ).scalar_one_or_none()
-            if owner is not None and owner != job_id:
+            if owner is None:
+                # Released between the insert and now: taking it here would write no row, and
+                # the next job's insert would take it too. The caller asks again.
+                return False
+            if owner != job_id:
                 holder = conn.execute(
                     select(Job.id)
                     .join(Server, Server.id == Job.server_id)
@@ -228,8 +232,10 @@ class ServerStore(StoreBase):
                 ).first()
                 if holder is not None:
                     return False
-            conn.execute(update(Lock).where(Lock.name == name).values(owner=job_id, expires_at=now))
-            return True
+            taken = conn.execute(
+                update(Lock).where(Lock.name == name).values(owner=job_id, expires_at=now)
+            )
+            return taken.rowcount == 1
 
         return self._run(work)
 
