@@ -34,6 +34,9 @@ class Extension:
         self.options = options
         #: Set in a worker (before its pool forks) to the id under which it heartbeats.
         self.server_id: str | None = None
+        #: The worker's hooks for this app (``hfcelery.worker.hooks.WorkerHooks``, set by
+        #: ``init_app``).
+        self.worker_hooks: Any = None
         #: The filters of the changes the store makes by itself (set by ``init_app``).
         self.state_filters: StateFilters | None = None
 

@@ -197,3 +197,40 @@ def test_celery_defaults_off_leaves_every_celery_setting_alone(tmp_path: Path) -
     assert app.conf.task_acks_late is False  # Celery's own default
     assert app.conf.worker_prefetch_multiplier == 4
     assert app.conf.task_reject_on_worker_lost is None
+
+
+def test_each_app_has_its_own_worker_hooks_answering_for_its_own_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery import signals
+
+    from hfcelery.worker import execution
+    from hfcelery.worker.compose import compose_task
+
+    seen: list[object] = []
+    monkeypatch.setattr(
+        execution, "on_task_success", lambda extension, sender, result: seen.append(extension)
+    )
+    apps = [Celery(f"app{i}", broker="memory://", set_as_current=False) for i in range(2)]
+    extensions = [
+        hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / f'{i}.db'}")
+        for i, app in enumerate(apps)
+    ]
+    hooks = [extension.worker_hooks for extension in extensions]
+    assert hooks[0] is not hooks[1] and {h.extension for h in hooks} == set(extensions)
+
+    def noop() -> None:
+        """A task of each app."""
+
+    for app in apps:
+        app.task(name="tests.hooks.noop", shared=False)(noop)
+    tasks = [app.tasks["tests.hooks.noop"] for app in apps]
+    signals.task_success.send(sender=tasks[1], result=1)
+    assert seen == [extensions[1]]  # only the hooks of the task's own app answered
+    # A worker's task class claims through the hooks of its own app.
+    compose_task(tasks[0], hooks[0])
+    assert type(tasks[0]).hfcelery_hooks is hooks[0]
+    for h in hooks:
+        h.disconnect()
+    signals.task_success.send(sender=tasks[0], result=1)
+    assert seen == [extensions[1]]

@@ -5,27 +5,17 @@ from __future__ import annotations
 from celery import Celery, signals
 
 from hfcelery.calls import PERFORM_TASK_NAME
+from hfcelery.extension import extension_of
 from hfcelery.recurring.fire import FIRE_TASK_OPTIONS, fire
 from hfcelery.tracking import after_task_publish, before_task_publish
-from hfcelery.worker.execution import (
-    on_task_failure,
-    on_task_postrun,
-    on_task_retry,
-    on_task_revoked,
-    on_task_success,
-    on_task_unknown,
-    perform,
-)
+from hfcelery.worker.execution import perform
 from hfcelery.worker.guard import MessageGuard
+from hfcelery.worker.hooks import WorkerHooks
 from hfcelery.worker.server import ServerStep
 
-_SIGNAL_HANDLERS = (
-    (signals.task_success, on_task_success),
-    (signals.task_failure, on_task_failure),
-    (signals.task_retry, on_task_retry),
-    (signals.task_revoked, on_task_revoked),
-    (signals.task_postrun, on_task_postrun),
-    (signals.task_unknown, on_task_unknown),
+#: The publishing side's handlers: one connection serves every app (they find the app of
+#: the message's task).
+_PUBLISH_HANDLERS = (
     (signals.before_task_publish, before_task_publish),
     (signals.after_task_publish, after_task_publish),
 )
@@ -45,6 +35,8 @@ def install(app: Celery) -> None:
     app.task(**FIRE_TASK_OPTIONS)(fire)
     app.steps["worker"].add(ServerStep)
     app.steps["consumer"].add(MessageGuard)
-    for signal, handler in _SIGNAL_HANDLERS:
-        # Handlers look up the extension of the sender's app, so one connection serves all apps.
+    extension = extension_of(app)
+    extension.worker_hooks = WorkerHooks(extension)
+    extension.worker_hooks.connect()
+    for signal, handler in _PUBLISH_HANDLERS:
         signal.connect(handler, weak=False, dispatch_uid=f"hfcelery.{handler.__name__}")

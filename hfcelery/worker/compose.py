@@ -14,25 +14,30 @@ from typing import Any
 from celery import Celery, Task
 from kombu.utils.imports import symbol_by_name
 
-from hfcelery.worker.execution import JobRequestMixin, before_start
+from hfcelery.worker.execution import JobRequestMixin
+from hfcelery.worker.hooks import WorkerHooks
 
 
 class JobTaskMixin:
     """hfcelery's claim before the task's own ``before_start``."""
 
+    #: The hooks of the app the task belongs to (set on each composed class).
+    hfcelery_hooks: WorkerHooks
+
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        before_start(self, task_id, args, kwargs)  # raises Ignore to skip the message
+        # Raises Ignore to skip the message.
+        self.hfcelery_hooks.before_start(self, task_id, args, kwargs)
         super().before_start(task_id, args, kwargs)  # type: ignore[misc]
 
 
-def compose_task_classes(app: Celery) -> None:
+def compose_task_classes(app: Celery, hooks: WorkerHooks) -> None:
     """Give every task registered in ``app`` hfcelery's hooks (once; in the worker, before its
     pool starts and before Celery builds the tasks' strategies and tracers)."""
     for task in list(app.tasks.values()):
-        compose_task(task)
+        compose_task(task, hooks)
 
 
-def compose_task(task: Task) -> None:
+def compose_task(task: Task, hooks: WorkerHooks) -> None:
     cls = type(task)
     if issubclass(cls, JobTaskMixin):
         return
@@ -46,5 +51,10 @@ def compose_task(task: Task) -> None:
     task.__class__ = type(
         cls.__name__,
         (JobTaskMixin, cls),
-        {"Request": request_cls, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        {
+            "Request": request_cls,
+            "hfcelery_hooks": hooks,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        },
     )

@@ -110,8 +110,8 @@ def perform(task: Task, function_path: str, /, *args: Any, **kwargs: Any) -> Any
         return _call(func, args, kwargs)
     job.options = options_of(func)
     filters = job.filters = filters_for(func)
-    _check_latency(task, job.options)
-    _take_concurrency_lock(task, job.options, function_path, args, kwargs)
+    _check_latency(extension, task, job.options)
+    _take_concurrency_lock(extension, task, job.options, function_path, args, kwargs)
     if not filters.server_filters:
         return _call(func, args, kwargs)
     context = _performing_context(extension, task, function_path, args, kwargs)
@@ -185,11 +185,10 @@ def worker_id() -> str:
     return f"{os.getpid()}.{threading.get_native_id()}"
 
 
-def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
+def before_start(extension: Extension, task: Task, task_id: str, args: Any, kwargs: Any) -> None:
     """Claim the job before the task runs; raise Ignore to skip it (the message is acked)."""
-    extension = find_extension(task.app)
     request = task.request
-    if extension is None or extension.server_id is None or request.is_eager:
+    if extension.server_id is None or request.is_eager:
         return
     if task.name in INTERNAL_TASK_NAMES or task.name.startswith(CELERY_TASK_PREFIX):
         # Celery's own tasks (chord_unlock, accumulate, ...) are never jobs, even when Celery
@@ -232,8 +231,8 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
         return  # the function's options and filters are read in perform()
     options = job.options = options_of(task)
     if options is not None:  # a Celery task's own decorators
-        _check_latency(task, options)
-        _take_concurrency_lock(task, options, task.name, args, kwargs)
+        _check_latency(extension, task, options)
+        _take_concurrency_lock(extension, task, options, task.name, args, kwargs)
     filters = job.filters = filters_for(task, type(task))
     if filters.server_filters:
         # A Celery task runs Celery's way: its server filters are called around it (here and
@@ -249,13 +248,12 @@ def before_start(task: Task, task_id: str, args: Any, kwargs: Any) -> None:
                 _cancel_by_filter(extension, task, context)
 
 
-def _check_latency(task: Task, options: JobOptions | None) -> None:
+def _check_latency(extension: Extension, task: Task, options: JobOptions | None) -> None:
     """``@latency_timeout``: a job that started too long after it was created is Deleted
     instead of run (Hangfire's wording in the reason)."""
     limit = options.latency_timeout if options is not None else None
-    extension = _claimed(task)
     request = task.request
-    if limit is None or extension is None:
+    if limit is None or running_job(request) is None:
         return
     job = _job(task)
     waited = datetime.now(UTC) - job.created_at
@@ -279,13 +277,17 @@ CONCURRENCY_POLL_SECONDS = 0.25
 
 
 def _take_concurrency_lock(
-    task: Task, options: JobOptions | None, function: str, args: Any, kwargs: Any
+    extension: Extension,
+    task: Task,
+    options: JobOptions | None,
+    function: str,
+    args: Any,
+    kwargs: Any,
 ) -> None:
     """Hold the store lock of ``@disable_concurrent_execution`` for this run, waiting up to
     its timeout; raise ConcurrentExecutionTimeoutError (retried by automatic retry) after."""
     limit = options.concurrency if options is not None else None
-    extension = _claimed(task)
-    if limit is None or extension is None:
+    if limit is None or running_job(task.request) is None:
         return
     resource = function
     if limit.key is not None:
@@ -509,9 +511,9 @@ def cancellation_requested() -> bool:
     return holder is None or holder != (State.PROCESSING, extension.server_id)
 
 
-def on_task_success(sender: Task, result: Any = None, **_: Any) -> None:
-    extension = _claimed(sender)
-    if extension is None or extension.server_id is None:
+def on_task_success(extension: Extension, sender: Task, result: Any) -> None:
+    """A task returned: the job is Succeeded, or what its elect-state filters elect."""
+    if running_job(sender.request) is None or extension.server_id is None:
         return
     job = _job(sender)
     duration_ms = round((time.monotonic() - job.started) * 1000, 3)
@@ -555,15 +557,14 @@ def _performed_filters(
 
 
 def on_task_failure(
+    extension: Extension,
     sender: Task,
     task_id: str,
     exception: BaseException,
-    einfo: ExceptionInfo | None = None,
-    **_: Any,
+    einfo: ExceptionInfo | None,
 ) -> None:
     """Record Failed, in the child (task raised) or the main process (lost, time limit)."""
-    extension = find_extension(sender.app)
-    if extension is None or extension.server_id is None or sender.name in INTERNAL_TASK_NAMES:
+    if extension.server_id is None or sender.name in INTERNAL_TASK_NAMES:
         return
     request = sender.request
     in_child = running_job(request) is not None and request.id == task_id
@@ -728,11 +729,10 @@ def record_celery_retry(job_id: object, eta: object, retries: object) -> None:
     _job(task).retry_recorded = True
 
 
-def on_task_retry(sender: Task, request: Any = None, reason: Any = None, **_: Any) -> None:
+def on_task_retry(extension: Extension, sender: Task, request: Any, reason: Any) -> None:
     """A Celery ``self.retry()`` whose message went out without being recorded (it is recorded
     as the message is published, see :func:`record_celery_retry`): Scheduled now."""
-    extension = _claimed(sender)
-    if extension is None or extension.server_id is None or request is None:
+    if running_job(sender.request) is None or extension.server_id is None or request is None:
         return
     if _job(sender).retry_recorded:
         return
@@ -765,7 +765,7 @@ def _retry_due_at(when: Any) -> datetime:
 
 
 def on_task_postrun(
-    sender: Task, task_id: str = "", retval: Any = None, state: str = "", **_: Any
+    extension: Extension, sender: Task, task_id: str, retval: Any, state: str
 ) -> None:
     """A task that ended by raising ``Reject`` or ``Ignore`` (no success or failure signal).
 
@@ -774,9 +774,8 @@ def on_task_postrun(
     was taken away meanwhile (``self.replace()`` sends the job again before it ignores), or
     ``self.replace()`` put a group in its place: Succeeded, as Celery's result says.
     """
-    extension = _claimed(sender)
     request = sender.request
-    if extension is None or extension.server_id is None or request.id != task_id:
+    if running_job(request) is None or extension.server_id is None or request.id != task_id:
         return
     lock = _job(sender).lock
     if lock is not None:  # free anyway once the job leaves Processing; this tidies the row
@@ -817,10 +816,9 @@ def on_task_postrun(
         )  # fmt: skip
 
 
-def on_task_revoked(sender: Task, request: Any = None, terminated: bool = False, **_: Any) -> None:
+def on_task_revoked(extension: Extension, request: Any, terminated: bool) -> None:
     """A revoked message is not run (or was terminated): the job is Deleted."""
-    extension = find_extension(getattr(sender, "app", None))
-    if extension is None or request is None:
+    if request is None:
         return
     extension.store.revoke(
         request.id,
@@ -829,10 +827,9 @@ def on_task_revoked(sender: Task, request: Any = None, terminated: bool = False,
     )
 
 
-def on_task_unknown(sender: Any = None, name: str = "", id: str = "", **_: Any) -> None:
+def on_task_unknown(extension: Extension, name: str, id: str) -> None:
     """A message for a task this worker does not know: its job, if any, fails."""
-    extension = find_extension(getattr(sender, "app", None))
-    if extension is None or not id:
+    if not id:
         return
     extension.store.fail_enqueued(
         id,

@@ -55,7 +55,7 @@ class ServerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.server: Server | None = None
         if self.extension is not None:
             self.extension.server_id = f"{worker.hostname}:{uuid4().hex[:12]}"
-            compose_task_classes(worker.app)
+            compose_task_classes(worker.app, self.extension.worker_hooks)
 
     def include_if(self, worker: Any) -> bool:
         return self.extension is not None
