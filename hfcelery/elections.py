@@ -165,11 +165,17 @@ def creating_context(job: NewJob) -> CreatingContext:
 
 
 def create_through_filters(
-    job: NewJob, filters: FilterSet, config: HfConfig | None, write: Callable[[NewJob], bool]
+    job: NewJob,
+    filters: FilterSet,
+    config: HfConfig | None,
+    write: Callable[[NewJob], bool],
+    *,
+    elect: bool = True,
 ) -> NewJob | None:
     """Write a new job through its client filters, its first state elected by its
-    elect-state filters: ``on_creating``, the election, ``write``, ``on_created``. Returns the
-    job as written; None when ``write`` wrote nothing (it was there already).
+    elect-state filters (unless not ``elect``): ``on_creating``, the election, ``write``,
+    ``on_created``. Returns the job as written; None when ``write`` wrote nothing (it was
+    there already).
 
     A veto raises :class:`JobCreationCanceledError`, a filter's exception
     :class:`JobCreationError`; either way nothing is written.

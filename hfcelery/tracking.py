@@ -10,18 +10,23 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery._state import get_current_app, get_current_task
 
 from hfcelery.calls import JOB_HEADER, STAMP_HEADER
-from hfcelery.errors import HfceleryError
+from hfcelery.elections import create_through_filters
+from hfcelery.errors import HfceleryError, JobCreationCanceledError, JobCreationError
 from hfcelery.extension import Extension, extension_for_task, find_extension
+from hfcelery.filters import ApplyStateContext, filters_for
 from hfcelery.jsonutil import to_json_or_repr
 from hfcelery.records import NewJob
 from hfcelery.states import State
-from hfcelery.validation import problem_with_function_path, problem_with_job_id
+from hfcelery.store import Store
+from hfcelery.validation import problem_with_function_path, problem_with_job_id, storable_text
 from hfcelery.worker.execution import record_celery_retry
 
 logger = logging.getLogger(__name__)
@@ -87,12 +92,58 @@ def before_task_publish(
         due_at=eta,
     )
     try:
-        extension.store.record_celery_send(job)
+        _record_through_filters(extension, job)
     except HfceleryError as exc:
         logger.warning("hfcelery could not record task %s before sending it: %s", job_id, exc)
         return
     pending: set[str] = _pending.__dict__.setdefault("ids", set())
     pending.add(job_id)
+
+
+def _record_through_filters(extension: Extension, job: NewJob) -> None:
+    """Write a plain Celery send's job through its task's client filters (and apply-state
+    filters after). Its message leaves whatever they say (Celery swallows a signal handler's
+    error), so a veto writes the job Deleted, and a filter's error Failed: the worker that
+    receives the message skips it, and the pages show why. Its first state is not put to
+    election: its message is on its way."""
+    task = extension.app.tasks.get(job.task_name)
+    filters = filters_for(task, type(task)) if task is not None else filters_for(None)
+    store = extension.store
+    if not (filters.client_filters or filters.apply_filters):
+        store.record_celery_send(job)
+        return
+    retention: timedelta | None = None
+    try:
+        written = create_through_filters(job, filters, None, _writer(store), elect=False)
+    except JobCreationCanceledError as exc:
+        logger.info("hfcelery: Celery task %s (%s) was vetoed: %s", job.id, job.task_name, exc)
+        reason = f"Canceled by filter '{exc.filter_name}'"
+        written = replace(job, state=State.DELETED, reason=reason, data={})
+        retention = timedelta(seconds=extension.config.deleted_retention_seconds)
+    except JobCreationError as exc:
+        logger.error("hfcelery: Celery task %s (%s): %s", job.id, job.task_name, exc)
+        cause = exc.__cause__ or exc
+        reason = storable_text(f"A client filter failed: {type(cause).__name__}: {cause}")
+        written = replace(job, state=State.FAILED, reason=reason, data={"queue": job.queue})
+    else:
+        if written is None:
+            return
+    if written.state is not State.ENQUEUED:
+        store.record_celery_send(written, retention)
+    if filters.apply_filters:
+        filters.applied(
+            ApplyStateContext(
+                written.id, written.function, None, written.state, written.reason, written.data
+            )
+        )
+
+
+def _writer(store: Store) -> Callable[[NewJob], bool]:
+    def write(job: NewJob) -> bool:
+        store.record_celery_send(job)
+        return True
+
+    return write
 
 
 def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -111,13 +162,14 @@ def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 def publishing_extension(task_name: str | None) -> Extension | None:
-    """The extension of the app publishing ``task_name``: the current app's, or, in a thread
-    where Celery knows no current app (a web server's request thread), the hfcelery app that
-    has that task."""
-    extension = find_extension(get_current_app())
-    if extension is None and isinstance(task_name, str):
-        extension = extension_for_task(task_name)
-    return extension
+    """The extension of the app publishing ``task_name``: the current app's when it has that
+    task (or when no hfcelery app has it: a task sent by name to other workers); else the
+    hfcelery app that has it (a web server's request thread, where Celery knows no current
+    app, or a task of another app than the current one)."""
+    current = find_extension(get_current_app())
+    if not isinstance(task_name, str) or (current is not None and task_name in current.app.tasks):
+        return current
+    return extension_for_task(task_name) or current
 
 
 def _eta(value: Any) -> datetime | None:

@@ -784,3 +784,46 @@ def test_recurring_occurrences_go_through_client_elect_and_apply_state_filters(
     held = manager.trigger("nightly")
     assert api.job(held).state is State.SCHEDULED
     assert api.job(held).history[-1].reason == "Held back"
+
+
+def test_plain_celery_sends_go_through_client_and_apply_state_filters(
+    client_app: Any, global_filter: Any
+) -> None:
+    import uuid
+
+    name = f"tests.filters.plain_{uuid.uuid4().hex[:8]}"
+
+    @client_app.task(name=name, shared=False)
+    def plain(x: int) -> int:
+        return x
+
+    task = client_app.tasks[name]
+    store, api = extension_of(client_app).store, hfcelery.monitoring(client_app)
+    global_filter(Tenant())
+    global_filter(Veto())
+    watch = global_filter(Watch())
+
+    sent = task.apply_async((1,))
+    assert api.job(sent.id).state is State.ENQUEUED
+    assert store.job_parameters(sent.id) == {"tenant": "acme"}
+    # The message leaves whatever a filter says (Celery swallows a signal handler's error):
+    # a vetoed send is written Deleted, which no worker claims.
+    vetoed = task.apply_async((-1,))
+    job = api.job(vetoed.id)
+    assert (job.state, job.history[-1].reason) == (State.DELETED, "Canceled by filter 'Veto'")
+    assert job.expire_at is not None
+    broken = global_filter(Broken())
+    failed = task.apply_async((2,))
+    job = api.job(failed.id)
+    assert job.state is State.FAILED
+    assert job.history[-1].reason == "A client filter failed: KeyError: 'tenant missing'"
+    assert watch.applied == [
+        (sent.id, None, State.ENQUEUED, "Sent as a Celery task"),
+        (vetoed.id, None, State.DELETED, "Canceled by filter 'Veto'"),
+        (failed.id, None, State.FAILED, "A client filter failed: KeyError: 'tenant missing'"),
+    ]
+    # Sent again with the same id (Celery's replace, a re-used id): parameters are replaced.
+    global_filters.remove(broken)
+    again = task.apply_async((3,), task_id=sent.id)
+    assert api.job(again.id).state is State.ENQUEUED
+    assert store.job_parameters(again.id) == {"tenant": "acme"}

@@ -348,16 +348,28 @@ class StoreBase:
         if changes and self.state_filters is not None:
             self.state_filters.applied(changes)
 
-    def _insert_parameters(self, conn: Connection, job: NewJob) -> None:
-        """Write the parameters a new job was created with (by client filters)."""
-        if job.parameters:
-            conn.execute(
-                insert(JobParameter),
-                [
-                    {"job_id": job.id, "name": name, "value": to_json(value)}
-                    for name, value in job.parameters.items()
-                ],
-            )
+    def _insert_parameters(self, conn: Connection, job: NewJob, *, replace: bool = False) -> None:
+        """Write the parameters a new job was created with (by client filters); ``replace``
+        those of the same names it has already (a job sent again)."""
+        if not job.parameters:
+            return
+        rows = [
+            {"job_id": job.id, "name": name, "value": to_json(value)}
+            for name, value in job.parameters.items()
+        ]
+        if replace:
+            self._upsert_parameters(conn, rows)
+        else:
+            conn.execute(insert(JobParameter), rows)
+
+    def _upsert_parameters(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(JobParameter)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[JobParameter.job_id, JobParameter.name],
+            set_={"value": stmt.excluded.value},
+        )
+        conn.execute(stmt, rows)
 
     def _job_exists(self, conn: Connection, job_id: str) -> bool:
         return conn.execute(select(Job.id).where(Job.id == job_id)).first() is not None

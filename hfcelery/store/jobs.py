@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import Select
@@ -207,17 +207,11 @@ class JobStore(ContinuationStore):
         """Store a job parameter (Hangfire's ``SetJobParameter``), replacing one of that name.
         Raises JobNotFoundError if there is no such job."""
         row = {"job_id": job_id, "name": name, "value": to_json(value)}
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(JobParameter).values(**row)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[JobParameter.job_id, JobParameter.name],
-            set_={"value": stmt.excluded.value},
-        )
 
         def work(conn: Connection) -> None:
             if not self._job_exists(conn, job_id):
                 raise JobNotFoundError(job_id)
-            conn.execute(stmt)
+            self._upsert_parameters(conn, [row])
 
         self._run(work)
 
@@ -227,20 +221,23 @@ class JobStore(ContinuationStore):
         rows = self._run(lambda conn: conn.execute(stmt).all(), single=True)
         return {name: from_json_or_raw(value) for name, value in rows}
 
-    def record_celery_send(self, job: NewJob) -> bool:
+    def record_celery_send(self, job: NewJob, retention: timedelta | None = None) -> bool:
         """Write the job of a plain Celery task about to be sent; True if it is new.
 
         A job with the same id exists when Celery sends it again on purpose (``replace``, a
         chord body dispatched again, a re-applied signature, a user re-using the id): then it
         is Enqueued again, whatever its state, with the new call and send stamp, and its
         history says so. Only a message with the new stamp can start it (see :meth:`claim`).
+        A job written in a final state (a client filter vetoed it, or failed) is kept for
+        ``retention``; its message is skipped by the worker that receives it.
         """
         now = utcnow()
+        expire_at = None if retention is None else now + retention
         resend = (
             update(Job)
             .where(Job.id == job.id)
             .values(
-                state=State.ENQUEUED,
+                state=job.state,
                 function=job.function,
                 task_name=job.task_name,
                 args=job.args_json,
@@ -252,21 +249,25 @@ class JobStore(ContinuationStore):
                 server_id=None,
                 worker_id=None,
                 due_at=job.due_at,
-                expire_at=None,
+                expire_at=expire_at,
                 terminate=False,
                 retry_count=0,
             )
             .returning(Job.id)
         )
+        resent_reason = RESENT_REASON if job.state is State.ENQUEUED else job.reason
 
         def work(conn: Connection) -> bool:
-            if self._insert_ignoring_conflict(conn, _job_row(job, now, published=False)):
+            row = _job_row(job, now, published=False)
+            row["expire_at"] = expire_at
+            if self._insert_ignoring_conflict(conn, row):
                 conn.execute(
                     insert(JobState), [_state_row(job.id, job.state, job.reason, job.data, now)]
                 )
                 self._insert_parameters(conn, job)
                 return True
-            self._change(conn, resend, State.ENQUEUED, RESENT_REASON, job.data, now)
+            self._change(conn, resend, job.state, resent_reason, job.data, now)
+            self._insert_parameters(conn, job, replace=True)
             return False
 
         return self._run(work)
