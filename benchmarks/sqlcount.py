@@ -4,8 +4,9 @@ statement count test).
 Import this module in a worker's main process (``benchmarks.app`` does; a worker of another app
 takes ``--include benchmarks.sqlcount``) and set ``BENCH_SQL_COUNT_DIR``: each pool process then
 counts every SQL statement any SQLAlchemy engine executes in it (hfcelery's store, or Celery's
-database result backend), the transactions it commits (a statement on a connection in autocommit
-mode is one, as the server counts it; otherwise each COMMIT), and, for each task it runs, the
+database result backend) and those hfcelery's worker path runs on its own connections, the
+transactions it commits (a statement on a connection in autocommit mode is one, as the server
+counts it; otherwise each COMMIT), and, for each task it runs, the
 statements from ``task_prerun`` to ``task_postrun`` (a process's first task apart: it also does
 the process's one-time work, such as the store's schema check). On exit it writes the counts to
 ``<pid>.json`` in that directory, and :func:`read` adds them up. The worker's main process
@@ -23,6 +24,8 @@ from typing import Any
 
 from celery import signals
 from sqlalchemy import Connection, Engine, event
+
+from hfcelery.store.fast import STATEMENT_OBSERVERS
 
 ENV = "BENCH_SQL_COUNT_DIR"
 
@@ -65,6 +68,12 @@ def _count(conn: Connection, *_: Any) -> None:
         _counts.commits += 1
 
 
+def _count_fast(_sql: str) -> None:
+    """A statement of the store's worker path on its own connection (autocommit)."""
+    _counts.statements += 1
+    _counts.commits += 1
+
+
 def _count_commit(conn: Connection) -> None:
     if not _autocommit(conn):
         _counts.commits += 1
@@ -75,6 +84,7 @@ def _start_counting(**_: Any) -> None:
     if os.environ.get(ENV):
         event.listen(Engine, "before_cursor_execute", _count)
         event.listen(Engine, "commit", _count_commit)
+        STATEMENT_OBSERVERS.append(_count_fast)
         signals.task_prerun.connect(_task_started, weak=False)
         signals.task_postrun.connect(_task_ended, weak=False)
 

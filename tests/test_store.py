@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -18,6 +20,7 @@ from hfcelery.records import Claim, Dispatch, NewJob, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store, count_statements, schema
 from hfcelery.store.models import Base, Job, JobState, Server
+from tests.conftest import truncate
 
 TIMEOUT = timedelta(seconds=15)
 
@@ -795,3 +798,87 @@ def test_only_the_newest_send_of_a_celery_task_starts_it(store: Store) -> None:
     assert states_of(store, first.id) == [
         State.ENQUEUED, State.PROCESSING, State.SUCCEEDED, State.ENQUEUED, State.PROCESSING
     ]  # fmt: skip
+
+
+# -- the worker path's own connections (PostgreSQL) ---------------------------------------------
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[Store]:
+    s = Store(postgres_url)
+    truncate(s)
+    yield s
+    truncate(s)
+    s.dispose()
+
+
+def _fast_backends(store: Store) -> list[int]:
+    """The server pids of the worker path's connections this process opened."""
+    fast = store._fast
+    assert fast is not None
+    return [conn.info.backend_pid for pid, conn in fast._opened if pid == os.getpid()]
+
+
+def test_the_worker_paths_connection_is_replaced_when_the_server_dropped_it(
+    pg_store: Store,
+) -> None:
+    pg_store.register_server(server("s1"))
+    first, second = new_job(), new_job()
+    for job in (first, second):
+        pg_store.create_job(job)
+    assert claim(pg_store, first.id) is not None
+    [backend] = _fast_backends(pg_store)
+    with pg_store.engine.begin() as conn:  # as a database restart would
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
+    # The next statement finds the connection gone, opens another and runs once more.
+    assert pg_store.finish(
+        first.id, server_id="s1", state=State.SUCCEEDED, reason=None, data={}, claim=1
+    )
+    assert claim(pg_store, second.id) is not None
+    assert states_of(pg_store, first.id)[-1] is State.SUCCEEDED
+    assert backend not in _fast_backends(pg_store)
+    pg_store.dispose()  # closes them
+    assert pg_store._fast is not None and _fast_backends(pg_store) == []
+
+
+def test_the_worker_paths_connection_is_per_process_and_thread(pg_store: Store) -> None:
+    import threading
+
+    pg_store.register_server(server("s1"))
+    jobs = [new_job() for _ in range(3)]
+    for job in jobs:
+        pg_store.create_job(job)
+    assert claim(pg_store, jobs[0].id) is not None
+    ours = _fast_backends(pg_store)
+    claimed: list[object] = []
+    thread = threading.Thread(target=lambda: claimed.append(claim(pg_store, jobs[1].id)))
+    thread.start()
+    thread.join()
+    assert claimed[0] is not None and len(_fast_backends(pg_store)) == 2  # one per thread
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a pool process: its own connection, the parent's left alone
+        try:
+            ok = claim(pg_store, jobs[2].id) is not None and _fast_backends(pg_store) != ours
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 1) == b"1"
+    # The parent's connection still works after the child exited.
+    assert pg_store.finish(
+        jobs[0].id, server_id="s1", state=State.SUCCEEDED, reason=None, data={}, claim=1
+    )
+    assert states_of(pg_store, jobs[2].id)[-1] is State.PROCESSING
+
+
+def test_the_worker_path_maps_refused_data_and_outages_to_store_errors(pg_store: Store) -> None:
+    from hfcelery.errors import StoreDataError, StoreUnavailableError
+
+    pg_store.register_server(server("s1"))
+    with pytest.raises(StoreDataError):
+        claim(pg_store, "job\x00id")  # PostgreSQL text holds no NUL
+    broken = Store(pg_store.url.set(port=1))  # nothing listens there
+    broken._schema_checked = True  # the schema check would fail first, on the engine
+    with pytest.raises(StoreUnavailableError):
+        claim(broken, str(uuid4()))

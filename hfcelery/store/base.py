@@ -35,6 +35,7 @@ from hfcelery.records import (
 )
 from hfcelery.states import State
 from hfcelery.store import schema
+from hfcelery.store.fast import STATEMENT_OBSERVERS, FastStatements
 from hfcelery.store.models import (
     Job,
     JobParameter,
@@ -136,6 +137,7 @@ class StoreBase:
         self.dialect = self.url.get_backend_name()
         self.auto_upgrade = self.dialect == "sqlite" if auto_upgrade is None else auto_upgrade
         self._engine: Engine | None = None
+        self._fast: FastStatements | None = None
         self._pid = 0
         self._schema_checked = False
 
@@ -180,6 +182,8 @@ class StoreBase:
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine = None
+        if self._fast is not None:
+            self._fast.close()
 
     def schema_revision(self) -> str | None:
         """The schema version the store is at (None before the first migration)."""
@@ -265,6 +269,36 @@ class StoreBase:
         statement = with_history if with_history is not None else _with_history(job_update)
         history = {f"h_{key}": value for key, value in entry.items() if key != "job_id"}
         return conn.execute(statement, {**(params or {}), **history}).all()
+
+    def _change_alone(
+        self,
+        job_update: ReturningDML,
+        with_history: Select[Any],
+        state: State,
+        reason: str | None,
+        data: dict[str, Any],
+        now: datetime,
+        params: dict[str, Any],
+    ) -> Sequence[Any]:
+        """One job's change and its history entry, autocommitted: the worker path. On
+        PostgreSQL, one statement on this thread's own connection (see ``store.fast``)."""
+        if self.dialect != "postgresql" or (state is State.ENQUEUED and "queue" not in data):
+            return self._run(
+                lambda conn: self._change(
+                    conn, job_update, state, reason, data, now, params, with_history
+                ),
+                single=True,
+            )
+        entry = _state_row(None, state, reason, data, now)
+        history = {f"h_{key}": value for key, value in entry.items() if key != "job_id"}
+        return self._fast_statements().execute(with_history, {**params, **history})
+
+    def _fast_statements(self) -> FastStatements:
+        engine = self.engine  # the schema is checked once per process
+        if self._fast is None:
+            options = None if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS["options"]
+            self._fast = FastStatements(self.url, engine.dialect, options)
+        return self._fast
 
     def mark_published(self, job_ids: Sequence[str]) -> None:
         """Record that the messages of Enqueued jobs reached the broker."""
@@ -491,7 +525,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
 @contextmanager
 def count_statements(engine: Engine) -> Iterator[list[str]]:
-    """Collect the SQL statements ``engine`` executes inside the block (tests, benchmarks)."""
+    """Collect the SQL statements ``engine`` executes inside the block (tests, benchmarks), and
+    those of the worker path's own connections (of any store of the process)."""
     seen: list[str] = []
 
     def _count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -499,7 +534,9 @@ def count_statements(engine: Engine) -> Iterator[list[str]]:
             seen.append(statement)
 
     event.listen(engine, "before_cursor_execute", _count)
+    STATEMENT_OBSERVERS.append(seen.append)  # the worker path's own connections (store.fast)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", _count)
+        STATEMENT_OBSERVERS.remove(seen.append)

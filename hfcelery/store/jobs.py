@@ -308,12 +308,7 @@ class JobStore(ContinuationStore):
         data = {"server_id": server_id, "worker_id": worker_id, "started_at": now.isoformat()}
 
         def claim_once() -> Claim | None:
-            rows = self._run(
-                lambda conn: self._change(
-                    conn, _CLAIM, State.PROCESSING, None, data, now, params, _CLAIM_H
-                ),
-                single=True,
-            )
+            rows = self._change_alone(_CLAIM, _CLAIM_H, State.PROCESSING, None, data, now, params)
             return Claim(rows[0].created_at, rows[0].retry_count, rows[0].claims) if rows else None
 
         def record(conn: Connection) -> bool:
@@ -376,14 +371,7 @@ class JobStore(ContinuationStore):
         }
 
         def apply(change: ReturningDML, with_history: Select[Any]) -> bool:
-            return bool(
-                self._run(
-                    lambda conn: self._change(
-                        conn, change, state, reason, data, now, params, with_history
-                    ),
-                    single=True,
-                )
-            )
+            return bool(self._change_alone(change, with_history, state, reason, data, now, params))
 
         if apply(_FINISH_ALONE, _FINISH_ALONE_H) or self._finish_with_continuations(
             _FINISH, state, reason, data, now, params
