@@ -1,22 +1,23 @@
 """The worker path's statements on PostgreSQL, without SQLAlchemy's per-execution work.
 
-A job's claim and its finish are one autocommitted statement each (``statements``). Through a
-SQLAlchemy connection each costs about as much client CPU again as the rest of the job's
-bookkeeping: a pool checkout and return (with its reset), the isolation level set and reset,
-parameter and result processing. Here each process and thread keeps one psycopg connection of
-its own, in autocommit mode with the store's asynchronous commit, and runs the statements as
-SQLAlchemy compiled them (once), prepared on the server. ``make bench`` shows the difference.
+A job's claim and its finish are one autocommitted statement each (``statements``), and a new
+job's insert one statement in the transaction around its publish. Through a SQLAlchemy
+connection each costs about as much client CPU again as the rest of the job's bookkeeping: a
+pool checkout and return (with its reset), the isolation level set and reset, parameter and
+result processing. Here a small pool of plain psycopg connections (autocommit, with the
+store's asynchronous commit) runs them as SQLAlchemy compiled them (once), prepared on the
+server. ``make bench`` shows the difference.
 
-The connection behaves as the engine's do: a connection the server dropped (a restart) is
-replaced and the statement tried once more; after a fork the child opens its own.
+The connections behave as the engine's do: one the server dropped (a restart) is replaced and
+the statement tried once more; after a fork the child opens its own.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,10 @@ from sqlalchemy.sql import ClauseElement
 
 from hfcelery.errors import StoreDataError, StoreUnavailableError
 
+#: Connections kept open when not in use, per store and process: a worker process uses one at a
+#: time; threads that write at once (a web server's) open more, closed once they are done.
+MAX_IDLE_CONNECTIONS = 2
+
 #: Called with each statement's SQL as it is sent (statement counts of tests and benchmarks);
 #: each one is also a commit (autocommit).
 STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
@@ -38,9 +43,14 @@ class _Compiled:
     sql: str
     compiled: Any
     processors: dict[str, Callable[[Any], Any]]
+    #: Columns an INSERT fills from their (scalar) Python-side defaults.
+    defaults: dict[str, Any]
 
     def bind(self, params: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = self.compiled.construct_params(params)
+        for name, default in self.defaults.items():
+            if values.get(name) is None:
+                values[name] = default
         for name, process in self.processors.items():
             if values.get(name) is not None:
                 values[name] = process(values[name])
@@ -55,9 +65,12 @@ class FastStatements:
         self._options = options
         self._dialect = dialect
         self._compiled: dict[int, tuple[ClauseElement, _Compiled]] = {}
-        self._local = threading.local()
-        #: Every connection opened, by any thread: closed with the store (or when it is
-        #: collected, or at exit), in the process that opened them.
+        #: Connections not in use, the latest last, with the process that opened them (a
+        #: fork's child skips its parent's). list.append and list.pop are atomic: no lock that
+        #: a fork could inherit held.
+        self._idle: list[tuple[int, psycopg.Connection[Any]]] = []
+        #: Every connection opened: closed with the store (or when it is collected, or at
+        #: exit), in the process that opened them.
         self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
         weakref.finalize(self, _close, self._opened)
 
@@ -66,7 +79,7 @@ class FastStatements:
         compiled = self._compile(statement)
         values = compiled.bind(params)
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._acquire()
             try:
                 for observe in STATEMENT_OBSERVERS:
                     observe(compiled.sql)
@@ -74,16 +87,51 @@ class FastStatements:
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 raise StoreDataError(f"the store refused the data: {_summary(exc)}") from exc
             except psycopg.Error as exc:
-                if conn.broken or conn.closed:
-                    self._local.conn = None
-                    if attempt == 1 and isinstance(exc, psycopg.OperationalError):
-                        continue  # a connection the server dropped: once more on a new one
+                if attempt == 1 and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
+                    continue  # a connection the server dropped: once more on a new one
                 raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
+            finally:
+                self._release(conn)
             return [_in_utc(row) for row in rows]
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def transaction(self) -> Iterator[Callable[[ClauseElement, dict[str, Any]], Sequence[Any]]]:
+        """A transaction on a connection of the pool; yields ``run(statement, params) -> rows``.
+
+        The BEGIN goes out with the first statement and the COMMIT alone: two round trips for
+        one statement. Raises :class:`StaleConnectionError` when the first statement found the
+        connection dropped by the server (nothing was written): the caller may start again.
+        """
+        conn = self._acquire()
+        first = True
+
+        def run(statement: ClauseElement, params: dict[str, Any]) -> Sequence[Any]:
+            nonlocal first
+            compiled = self._compile(statement)
+            for observe in STATEMENT_OBSERVERS:
+                observe(compiled.sql)
+            cursor = conn.execute(compiled.sql, compiled.bind(params), prepare=True)
+            pipeline.sync()
+            first = False
+            return [_in_utc(row) for row in cursor.fetchall()] if cursor.description else []
+
+        try:
+            with conn.pipeline() as pipeline, conn.transaction():
+                yield run
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise StoreDataError(f"the store refused the data: {_summary(exc)}") from exc
+        except psycopg.Error as exc:
+            if first and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
+                raise StaleConnectionError(_summary(exc)) from exc
+            raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
+        finally:
+            self._release(conn)
+
     def close(self) -> None:
-        """Close every connection this process opened; threads open new ones on next use."""
+        """Close every connection this process opened (new ones are opened on next use)."""
+        pid = os.getpid()
+        self._idle[:] = [(owner, conn) for owner, conn in self._idle if owner != pid]
         _close(self._opened)
 
     def _compile(self, statement: ClauseElement) -> _Compiled:
@@ -96,16 +144,26 @@ class FastStatements:
             process = bind.type.bind_processor(self._dialect)
             if process is not None:
                 processors[name] = process
-        result = _Compiled(str(compiled), compiled, processors)
+        defaults = {}
+        if getattr(compiled, "update_prefetch", None):
+            raise TypeError(f"{compiled.update_prefetch} need defaults computed in Python")
+        for column in getattr(compiled, "insert_prefetch", ()):
+            if not (column.default is not None and column.default.is_scalar):
+                raise TypeError(f"{column} has a default the worker path cannot compute")
+            defaults[column.key] = column.default.arg
+        result = _Compiled(str(compiled), compiled, processors, defaults)
         self._compiled[id(statement)] = (statement, result)  # keeps the statement alive
         return result
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid() and not conn.closed:
-            return conn
-        # A parent's connection is left alone after a fork (psycopg does not close it when it
-        # is collected in another process).
+    def _acquire(self) -> psycopg.Connection[Any]:
+        pid = os.getpid()
+        while True:
+            try:
+                owner, conn = self._idle.pop()
+            except IndexError:
+                break
+            if owner == pid and not conn.closed:
+                return conn
         extra: dict[str, Any] = {"options": self._options} if self._options else {}
         try:
             conn = psycopg.connect(
@@ -113,9 +171,18 @@ class FastStatements:
             )
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
-        self._local.conn, self._local.pid = conn, os.getpid()
-        self._opened.append((os.getpid(), conn))  # atomic; no lock to be inherited by a fork
+        self._opened.append((pid, conn))
         return conn
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to the idle ones, unless it is broken or enough are idle already."""
+        pid = os.getpid()
+        if not _dropped(conn) and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append((pid, conn))
+            return
+        conn.close()
+        with suppress(ValueError):  # closed with the store meanwhile
+            self._opened.remove((pid, conn))
 
 
 def _close(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
@@ -124,6 +191,15 @@ def _close(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
         if owner == pid:
             conn.close()
             opened.remove((owner, conn))
+
+
+class StaleConnectionError(StoreUnavailableError):
+    """A transaction's first statement found its connection dropped by the server (a
+    restart); nothing was written."""
+
+
+def _dropped(conn: psycopg.Connection[Any]) -> bool:
+    return bool(conn.broken or conn.closed)
 
 
 def _in_utc(row: Any) -> Any:

@@ -48,6 +48,7 @@ from hfcelery.store.base import (
     utcnow,
 )
 from hfcelery.store.continuations import ContinuationStore
+from hfcelery.store.fast import StaleConnectionError
 from hfcelery.store.models import (
     Job,
     JobParameter,
@@ -65,6 +66,8 @@ from hfcelery.store.statements import (
     _INSERT_JOB,
     _INSERT_JOB_H,
     _NEW_JOB_COLUMNS,
+    _SYNCHRONOUS_COMMIT,
+    _UNPUBLISHED,
     ReturningDML,
 )
 
@@ -141,6 +144,8 @@ class JobStore(ContinuationStore):
         """
         now = utcnow()
         row = {f"p_{k}": v for k, v in _job_row(job, now, published=publish is not None).items()}
+        if publish is not None and not job.parameters and self.dialect == "postgresql":
+            return self._create_and_publish(job, row, publish, now)
 
         def work(conn: Connection) -> bool:
             self._change(
@@ -160,6 +165,31 @@ class JobStore(ContinuationStore):
 
         # Without a message the store is the job's only record: commit it durably.
         return self._run(work, durable=publish is None)
+
+    def _create_and_publish(
+        self, job: NewJob, row: dict[str, Any], publish: Callable[[Dispatch], None], now: datetime
+    ) -> bool:
+        """:meth:`create_job` on PostgreSQL, on this thread's own connection (``store.fast``):
+        the insert (with its BEGIN), the publish, the COMMIT."""
+        entry = _state_row(None, job.state, job.reason, job.data, now)
+        params = {**row, **{f"h_{key}": value for key, value in entry.items() if key != "job_id"}}
+        fast = self._fast_statements()
+        for attempt in (1, 2):
+            try:
+                with fast.transaction() as run:
+                    run(_INSERT_JOB_H, params)
+                    try:
+                        publish(_dispatch_of(job))
+                    except BROKER_UNAVAILABLE as exc:
+                        _log_unpublished(1, exc)
+                        run(_SYNCHRONOUS_COMMIT, {})
+                        run(_UNPUBLISHED, {"p_id": job.id})
+                        return False
+                    return True
+            except StaleConnectionError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def create_jobs(
         self,

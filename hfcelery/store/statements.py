@@ -15,6 +15,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.sql.dml import UpdateBase
@@ -168,6 +169,14 @@ _FINISH_LOST_CLAIM_ALONE = _FINISH_LOST_CLAIM.where(Job.continuation_count == 0)
 
 
 _INSERT_JOB_H = _with_history(_INSERT_JOB)
+
+
+#: A job whose message could not be sent: the store is its only record.
+_UNPUBLISHED = update(Job).where(Job.id == _param("p_id", Job.id.type)).values(published=False)
+
+
+#: Makes the transaction's commit durable (the store's connections commit asynchronously).
+_SYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit TO ON")
 
 
 _CLAIM_H = _with_history(_CLAIM)
