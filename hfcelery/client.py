@@ -45,6 +45,11 @@ from hfcelery.validation import check_job_id, check_job_queue, check_queue, prob
 LATEST_DUE_AT = datetime(9998, 12, 31, tzinfo=UTC)
 
 
+#: How often a change by request goes through the job's filters again when the job moved to
+#: another state while they ran.
+REQUEST_ATTEMPTS = 5
+
+
 class BackgroundJobClient:
     """Creates and manages jobs for one Celery app (which must have ``init_app`` applied)."""
 
@@ -413,65 +418,69 @@ class BackgroundJobClient:
         """Apply a change asked for by a caller (or the pages): its elect-state filters may
         change the state (Enqueued, Scheduled or Deleted), its apply-state filters see it once
         it is committed. The change applies only if the job is still in the state the filters
-        saw."""
-        store = self._extension.store
+        saw; when it moved meanwhile (a worker claimed or finished it), the filters are asked
+        again about the state it is in now, unless the caller named an ``expected_state``."""
         filters = filters_for(None)
-        head = None
-        if (
+        if not (
             filters.creation_elect_filters
             or filters.apply_filters
             or self._stored.own_filters_exist()
         ):
-            head = store.job_head(job_id)
-            if head is None:
+            return self._apply_by_request(job_id, candidate, expected_state, terminate)
+        for _ in range(REQUEST_ATTEMPTS):
+            head = self._extension.store.job_head(job_id)
+            if head is None or (expected_state is not None and head.state != expected_state):
                 return False
             filters = self._stored.of(head.function, head.task_name)
-            if expected_state is not None and head.state != expected_state:
-                return False
-        elected = candidate
-        if head is not None and filters.creation_elect_filters:
-            context = ElectStateContext(
-                job_id, head.function, head.state, candidate, config=self._extension.config
-            )
-            elected = filters.elect(context)
-            if elected.state not in (State.ENQUEUED, State.SCHEDULED, State.DELETED):
-                raise InvalidArgumentError(
-                    f"a filter elected {elected.state.value} for job {job_id}: a change by "
-                    "request leads to Enqueued, Scheduled or Deleted"
+            elected = candidate
+            if filters.creation_elect_filters:
+                context = ElectStateContext(
+                    job_id, head.function, head.state, candidate, config=self._extension.config
                 )
-        expected = head.state if head is not None else expected_state
+                elected = filters.elect(context)
+                if elected.state not in (State.ENQUEUED, State.SCHEDULED, State.DELETED):
+                    raise InvalidArgumentError(
+                        f"a filter elected {elected.state.value} for job {job_id}: a change by "
+                        "request leads to Enqueued, Scheduled or Deleted"
+                    )
+            if self._apply_by_request(job_id, elected, head.state, terminate):
+                if filters.apply_filters:
+                    filters.applied(
+                        ApplyStateContext(
+                            job_id, head.function, head.state, elected.state, elected.reason,
+                            dict(elected.data),
+                        )
+                    )  # fmt: skip
+                return True
+        return False
+
+    def _apply_by_request(
+        self, job_id: str, elected: CandidateState, expected: State | None, terminate: bool
+    ) -> bool:
+        store = self._extension.store
         if elected.state is State.DELETED:
-            applied = store.delete_job(
+            return store.delete_job(
                 job_id,
                 reason=elected.reason or "Deleted by request",
                 expected_state=expected,
                 retention=timedelta(seconds=self._extension.config.deleted_retention_seconds),
                 terminate=terminate,
             )
-        elif elected.state is State.ENQUEUED:
-            applied = store.requeue_job(
+        if elected.state is State.ENQUEUED:
+            return store.requeue_job(
                 job_id,
                 reason=elected.reason or "Requeued by request",
                 expected_state=expected,
                 publish=self._publish,
             )
-        else:
-            if elected.due_at is None:
-                raise InvalidArgumentError("a filter elected Scheduled without a due time")
-            applied = store.reschedule_job(
-                job_id,
-                elected.due_at,
-                reason=elected.reason or "Rescheduled by request",
-                expected_state=expected,
-            )
-        if applied and head is not None and filters.apply_filters:
-            filters.applied(
-                ApplyStateContext(
-                    job_id, head.function, head.state, elected.state, elected.reason,
-                    dict(elected.data),
-                )
-            )  # fmt: skip
-        return applied
+        if elected.due_at is None:
+            raise InvalidArgumentError("a filter elected Scheduled without a due time")
+        return store.reschedule_job(
+            job_id,
+            elected.due_at,
+            reason=elected.reason or "Rescheduled by request",
+            expected_state=expected,
+        )
 
     def new_job(
         self,

@@ -827,3 +827,38 @@ def test_plain_celery_sends_go_through_client_and_apply_state_filters(
     again = task.apply_async((3,), task_id=sent.id)
     assert api.job(again.id).state is State.ENQUEUED
     assert store.job_parameters(again.id) == {"tenant": "acme"}
+
+
+def test_a_change_by_request_goes_through_when_the_job_moved_while_filters_ran(
+    client_app: Any, global_filter: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker claims the job between the filters' look at it and the change: the filters are
+    asked again about the state it is in now (Hangfire holds a job lock instead)."""
+    from dataclasses import replace as replaced
+
+    from tests.test_store import claim, server
+
+    client = hfcelery.BackgroundJobClient(client_app)
+    store, api = extension_of(client_app).store, hfcelery.monitoring(client_app)
+    watch = global_filter(Watch())
+    job_id = client.enqueue(call(jobs.multiply, 2, 2))
+    store.register_server(server("s1"))
+    real_head = store.job_head
+    looks: list[State] = []
+
+    def stale_head(job: str) -> Any:
+        head = real_head(job)
+        if not looks:  # the first look sees it Enqueued; then a worker claims it
+            assert claim(store, job) is not None
+        looks.append(head.state)
+        return head if len(looks) > 1 else replaced(head, state=State.ENQUEUED)
+
+    monkeypatch.setattr(store, "job_head", stale_head)
+    assert client.delete(job_id)
+    assert looks == [State.ENQUEUED, State.PROCESSING]
+    assert api.job(job_id).state is State.DELETED
+    assert watch.applied[-1] == (job_id, State.PROCESSING, State.DELETED, "Deleted by request")
+    # With an expected state, a job found in another one is left alone.
+    other = client.enqueue(call(jobs.multiply, 3, 3))
+    looks.clear()
+    assert not client.delete(other, expected_state=State.SCHEDULED)

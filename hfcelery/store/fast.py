@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-from psycopg.rows import namedtuple_row
+try:
+    import psycopg
+    from psycopg.rows import namedtuple_row
+except ImportError:  # pragma: no cover - an install for SQLite only (psycopg is an extra)
+    psycopg = None  # type: ignore[assignment]
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.sql import ClauseElement
 
