@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hfcelery.calls import PERFORM_TASK_NAME, load_function
 from hfcelery.errors import (
@@ -42,6 +42,7 @@ from hfcelery.filters import (
     filters_for,
 )
 from hfcelery.jsonutil import from_json
+from hfcelery.parameters import JobParameterStore
 from hfcelery.records import NewJob, StateChange
 from hfcelery.states import State
 
@@ -96,7 +97,7 @@ class StoredJobFilters:
             change.function,
             change.old_state,
             candidate,
-            parameter_store=_StoredParameters(self._extension, change.job_id),
+            parameter_store=JobParameterStore(self._extension, change.job_id),
             config=self._extension.config,
         )
         elected = filters.elect(context)
@@ -135,21 +136,6 @@ class StoredJobFilters:
         election of its first state (see :func:`create_through_filters`)."""
         filters = self.of(job.function, job.task_name)
         return create_through_filters(job, filters, self._extension.config, write)
-
-
-class _StoredParameters:
-    """A stored job's parameters, read on first use (what ``ElectStateContext`` asks of
-    its ``parameter_store``)."""
-
-    def __init__(self, extension: Extension, job_id: str) -> None:
-        self._extension = extension
-        self._job_id = job_id
-        self._values: dict[str, Any] | None = None
-
-    def all(self) -> dict[str, Any]:
-        if self._values is None:
-            self._values = self._extension.store.job_parameters(self._job_id)
-        return self._values
 
 
 def creating_context(job: NewJob) -> CreatingContext:

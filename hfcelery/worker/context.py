@@ -12,8 +12,8 @@ from celery._state import get_current_task
 
 from hfcelery.errors import JobAbortedError, StoreError
 from hfcelery.extension import Extension, find_extension
+from hfcelery.parameters import JobParameterStore
 from hfcelery.states import State
-from hfcelery.validation import check_parameter
 from hfcelery.worker.running import running_job
 
 logger = logging.getLogger(__name__)
@@ -51,28 +51,6 @@ class CancellationToken:
         """Raise :class:`~hfcelery.errors.JobAbortedError` if the job should stop."""
         if self.is_cancellation_requested:
             raise JobAbortedError(self._job_id)
-
-
-class JobParameterStore:
-    """The running job's parameters: read from the store on first use, written through."""
-
-    def __init__(self, extension: Extension, job_id: str) -> None:
-        self._extension = extension
-        self._job_id = job_id
-        self._values: dict[str, Any] | None = None
-
-    def all(self) -> dict[str, Any]:
-        if self._values is None:
-            self._values = self._extension.store.job_parameters(self._job_id)
-        return self._values
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.all().get(name, default)
-
-    def set(self, name: str, value: Any) -> None:
-        check_parameter(name, value)
-        self._extension.store.set_job_parameter(self._job_id, name, value)
-        self.all()[name] = value
 
 
 def parameter_store(extension: Extension, request: Any) -> JobParameterStore:
