@@ -204,3 +204,35 @@ def test_django_example_enqueues_from_a_view_with_pages_at_jobs(
         serving([sys.executable, "-c", serve], env, port, tmp_path / "web.log") as base,
     ):
         _job_runs_and_its_page_shows(base, "/reports/eu/", {"x-staff-user": "ops"}, env)
+
+
+def test_filters_project_stamps_tenants_vetoes_and_alerts(
+    redis_url: str, acceptance_store_url: str, tmp_path: Path
+) -> None:
+    """The filters example (docs/filters.md): a client filter stamps the tenant and vetoes a
+    suspended one, a server filter runs the job as its tenant, an apply-state filter alerts on
+    Failed; with a real worker."""
+    queue = f"filters-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_url,
+        "FILTERS_PROJECT_QUEUE": queue,
+        "HFCELERY_STORE_URL": acceptance_store_url,
+    }
+    log = tmp_path / "worker.log"
+    with celery_worker("examples.filters_project.app", env, queue, log):
+        ran = subprocess.run(
+            [sys.executable, "-m", "examples.filters_project"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        result = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert result["report"] == ["Succeeded", "2026-11 report of acme", {"tenant": "acme"}]
+        state, reason = result["charge"]
+        assert state == "Failed" and reason == "RuntimeError: card declined for 100"
+        assert result["suspended"].startswith("vetoed: ")
+        deadline = time.monotonic() + 10
+        while "ALERT job" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+    assert "card declined for 100" in log.read_text(errors="replace")

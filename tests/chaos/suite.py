@@ -483,6 +483,18 @@ def report(result: Account, workers: Workers) -> str:
     return "\n".join(lines)
 
 
+def history_of(store: Any, job_id: str) -> str:
+    """A job's state history, for the report of an anomaly."""
+    details = store.job(job_id)
+    if details is None:
+        return f"history of {job_id}: no such job"
+    lines = [f"history of {job_id}:"]
+    for entry in details.history:
+        lines.append(f"  {entry.created_at:%H:%M:%S.%f} {entry.state.value} {entry.reason} "
+                     f"{entry.data}")  # fmt: skip
+    return "\n".join(lines)
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -547,6 +559,8 @@ def run(settings: Settings, logs: Path) -> Account:
             result = account(created, refused[0] if refused else 0, faults, states, effects)
             effects.close()
             print(report(result, workers))
+            for item in (result.lost + result.stuck + result.doubles_outside)[:5]:
+                print(history_of(store, str(item).split()[0]))
             return result
         finally:
             workers.stop_all()
