@@ -84,18 +84,16 @@ class FastStatements:
         for attempt in (1, 2):
             conn = self._acquire()
             try:
-                for observe in STATEMENT_OBSERVERS:
-                    observe(compiled.sql)
-                rows = conn.execute(compiled.sql, values, prepare=True).fetchall()
+                rows = _rows(_send(conn, compiled, values))
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                raise StoreDataError(f"the store refused the data: {_summary(exc)}") from exc
+                raise _refused(exc) from exc
             except psycopg.Error as exc:
                 if attempt == 1 and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
                     continue  # a connection the server dropped: once more on a new one
                 raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
             finally:
                 self._release(conn)
-            return [_in_utc(row) for row in rows]
+            return rows
         raise AssertionError("unreachable")
 
     @contextmanager
@@ -112,18 +110,16 @@ class FastStatements:
         def run(statement: ClauseElement, params: dict[str, Any]) -> Sequence[Any]:
             nonlocal first
             compiled = self._compile(statement)
-            for observe in STATEMENT_OBSERVERS:
-                observe(compiled.sql)
-            cursor = conn.execute(compiled.sql, compiled.bind(params), prepare=True)
+            cursor = _send(conn, compiled, compiled.bind(params))
             pipeline.sync()
             first = False
-            return [_in_utc(row) for row in cursor.fetchall()] if cursor.description else []
+            return _rows(cursor)
 
         try:
             with conn.pipeline() as pipeline, conn.transaction():
                 yield run
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            raise StoreDataError(f"the store refused the data: {_summary(exc)}") from exc
+            raise _refused(exc) from exc
         except psycopg.Error as exc:
             if first and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
                 raise StaleConnectionError(_summary(exc)) from exc
@@ -199,6 +195,22 @@ def _close(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
 class StaleConnectionError(StoreUnavailableError):
     """A transaction's first statement found its connection dropped by the server (a
     restart); nothing was written."""
+
+
+def _send(conn: psycopg.Connection[Any], compiled: _Compiled, values: dict[str, Any]) -> Any:
+    """Run one compiled statement (prepared on the server), telling the observers."""
+    for observe in STATEMENT_OBSERVERS:
+        observe(compiled.sql)
+    return conn.execute(compiled.sql, values, prepare=True)
+
+
+def _rows(cursor: Any) -> list[Any]:
+    """A statement's rows, timestamps in UTC (none for a statement that returns nothing)."""
+    return [_in_utc(row) for row in cursor.fetchall()] if cursor.description else []
+
+
+def _refused(exc: BaseException) -> StoreDataError:
+    return StoreDataError(f"the store refused the data: {_summary(exc)}")
 
 
 def _dropped(conn: psycopg.Connection[Any]) -> bool:
