@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -15,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import inspect, update
 
-from hfcelery.errors import SchemaOutOfDateError
+from hfcelery.errors import SchemaOutOfDateError, StoreDataError
 from hfcelery.records import Claim, Dispatch, NewJob, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store, count_statements, schema
@@ -883,6 +884,52 @@ def test_the_worker_paths_connections_are_pooled_per_process(pg_store: Store) ->
         jobs[0].id, server_id="s1", state=State.SUCCEEDED, reason=None, data={}, claim=1
     )
     assert states_of(pg_store, jobs[5].id)[-1] is State.PROCESSING
+
+
+def test_the_enqueues_transaction_leaves_its_connection_clean(pg_store: Store) -> None:
+    """A new job's insert, publish and commit run on a pooled connection: whatever happens in
+    between (a publish error, the broker away, the server dropping the connection), the job
+    is written or not as a whole, and the connection is back idle, not in a transaction."""
+    import psycopg
+
+    def fast_connections() -> list[psycopg.Connection[object]]:
+        fast = pg_store._fast
+        assert fast is not None
+        return [conn for pid, conn in fast._opened if pid == os.getpid()]
+
+    def broken(_: Dispatch) -> None:
+        raise ValueError("bad routing")
+
+    def broker_down(_: Dispatch) -> None:
+        raise BrokerUnavailable("connection refused")
+
+    sent: list[Dispatch] = []
+    first = new_job()
+    assert pg_store.create_job(first, sent.append) is True
+    [backend] = _fast_backends(pg_store)
+    rolled_back = new_job()
+    with pytest.raises(ValueError, match="bad routing"):
+        pg_store.create_job(rolled_back, broken)
+    assert pg_store.job(rolled_back.id) is None
+    kept = new_job()
+    assert pg_store.create_job(kept, broker_down) is False
+    assert [d.id for d in pg_store.unpublished_jobs(timedelta(0), 10)] == [kept.id]
+    # One connection served all three, and it is idle between them.
+    assert _fast_backends(pg_store) == [backend]
+    idle = psycopg.pq.TransactionStatus.IDLE
+    assert [conn.info.transaction_status for conn in fast_connections()] == [idle]
+    # A data error inside the transaction: refused, nothing written, the connection idle.
+    with pytest.raises(StoreDataError):
+        pg_store.create_job(replace(new_job(), function="f\x00"), sent.append)
+    assert [conn.info.transaction_status for conn in fast_connections()] == [idle]
+    # The server drops the connection (a restart): the next enqueue starts again on another.
+    with pg_store.engine.begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
+    again = new_job()
+    assert pg_store.create_job(again, sent.append) is True
+    assert [d.id for d in sent] == [first.id, again.id]
+    assert states_of(pg_store, again.id) == [State.ENQUEUED]
+    assert backend not in _fast_backends(pg_store)
 
 
 def test_the_worker_path_maps_refused_data_and_outages_to_store_errors(pg_store: Store) -> None:

@@ -41,6 +41,10 @@ MAX_IDLE_CONNECTIONS = 2
 STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
 
 
+_BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
+_IDLE = psycopg.pq.TransactionStatus.IDLE if psycopg is not None else None
+
+
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
@@ -101,23 +105,38 @@ class FastStatements:
         """A transaction on a connection of the pool; yields ``run(statement, params) -> rows``.
 
         The BEGIN goes out with the first statement and the COMMIT alone: two round trips for
-        one statement. Raises :class:`StaleConnectionError` when the first statement found the
-        connection dropped by the server (nothing was written): the caller may start again.
+        one statement. They are sent in pipeline mode as plain statements, without psycopg's
+        transaction blocks, which cost as much client time again as the round trips.
+        Raises :class:`StaleConnectionError` when the first statement found the connection
+        dropped by the server (nothing was written): the caller may start again.
         """
         conn = self._acquire()
-        first = True
+        began = False  # the BEGIN was sent
+        first = True  # no statement has completed yet
 
         def run(statement: ClauseElement, params: dict[str, Any]) -> Sequence[Any]:
-            nonlocal first
+            nonlocal began, first
             compiled = self._compile(statement)
+            if not began:
+                conn.execute(_BEGIN, prepare=False)
+                began = True
             cursor = _send(conn, compiled, compiled.bind(params))
             pipeline.sync()
             first = False
             return _rows(cursor)
 
         try:
-            with conn.pipeline() as pipeline, conn.transaction():
-                yield run
+            with conn.pipeline() as pipeline:
+                try:
+                    yield run
+                except BaseException:
+                    if began:
+                        with suppress(psycopg.Error):
+                            conn.execute(_ROLLBACK, prepare=False)
+                            pipeline.sync()
+                    raise
+                if began:
+                    conn.execute(_COMMIT, prepare=False)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise _refused(exc) from exc
         except psycopg.Error as exc:
@@ -176,7 +195,8 @@ class FastStatements:
     def _release(self, conn: psycopg.Connection[Any]) -> None:
         """Back to the idle ones, unless it is broken or enough are idle already."""
         pid = os.getpid()
-        if not _dropped(conn) and len(self._idle) < MAX_IDLE_CONNECTIONS:
+        idle = conn.info.transaction_status == _IDLE
+        if idle and not _dropped(conn) and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append((pid, conn))
             return
         conn.close()
