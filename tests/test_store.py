@@ -886,6 +886,55 @@ def test_the_worker_paths_connections_are_pooled_per_process(pg_store: Store) ->
     assert states_of(pg_store, jobs[5].id)[-1] is State.PROCESSING
 
 
+def test_the_worker_paths_statements_read_and_refuse_as_the_engine_does(pg_store: Store) -> None:
+    """A claim and a finish go straight through libpq (text parameters, typed columns): what
+    they read back matches what the engine reads, the server's refusals are the same typed
+    errors, a prepared statement the session lost is prepared again, and a statement whose
+    values or columns that path does not know runs through psycopg instead."""
+    from sqlalchemy import text
+
+    from hfcelery.errors import StoreDataError
+
+    pg_store.register_server(server("s1"))
+    job = new_job()
+    pg_store.create_job(job)
+    claimed = pg_store.claim(
+        job.id, server_id="s1", worker_id="w1", server_timeout=TIMEOUT, attempt=0, stamp=None
+    )
+    assert claimed is not None
+    details = pg_store.job(job.id)
+    assert details is not None
+    assert claimed.created_at == details.created_at  # the same instant, in UTC
+    assert claimed.created_at.utcoffset() == timedelta(0)
+    assert (claimed.retry_count, claimed.number) == (0, 1)
+    # The server refuses a worker id longer than its column: a data error, nothing written.
+    other = new_job()
+    pg_store.create_job(other)
+    with pytest.raises(StoreDataError, match="too long"):
+        pg_store.claim(other.id, server_id="s1", worker_id="w" * 65, server_timeout=TIMEOUT)
+    assert states_of(pg_store, other.id) == [State.ENQUEUED]
+    # A pooler's DISCARD ALL (or DEALLOCATE) drops the session's prepared statements.
+    fast = pg_store._fast
+    assert fast is not None
+    for pid, conn in fast._opened:
+        if pid == os.getpid():
+            conn.execute("DEALLOCATE ALL")
+    assert claim(pg_store, other.id) is not None  # the claim's statement, prepared again
+    assert pg_store.finish(
+        job.id, server_id="s1", worker_id="w1", state=State.SUCCEEDED, reason=None,
+        data={"result": 6}, claim=1,
+    )  # fmt: skip
+    assert states_of(pg_store, job.id) == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    # Values and columns of types the text path does not handle go through psycopg.
+    halved = text("SELECT CAST(:x AS float8) / 2 AS half, CAST(:y AS text) AS same")
+    assert [tuple(row) for row in fast.execute(halved, {"x": 3.0, "y": "a"})] == [(1.5, "a")]
+    assert [tuple(row) for row in fast.execute(halved, {"x": "5", "y": "b"})] == [(2.5, "b")]
+    stamped = text("SELECT CAST(:at AS timestamptz) AS at, CAST(:n AS bigint) + 1 AS n")
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    [row] = fast.execute(stamped, {"at": moment, "n": 41})
+    assert (row.at, row.n) == (moment, 42)
+
+
 def test_the_enqueues_transaction_leaves_its_connection_clean(pg_store: Store) -> None:
     """A new job's insert, publish and commit run on a pooled connection: whatever happens in
     between (a publish error, the broker away, the server dropping the connection), the job

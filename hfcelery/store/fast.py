@@ -8,6 +8,11 @@ result processing. Here a small pool of plain psycopg connections (autocommit, w
 store's asynchronous commit) runs them as SQLAlchemy compiled them (once), prepared on the
 server. ``make bench`` shows the difference.
 
+The autocommitted statements (a claim, a finish) go further and skip psycopg's adaptation and
+cursors too: their parameters are sent as text and their few result columns read back by type,
+straight through libpq (``psycopg.pq``), which halves the client's time per statement again.
+A value of a type that path does not know is sent through psycopg instead.
+
 The connections behave as the engine's do: one the server dropped (a restart) is replaced and
 the statement tried once more; after a fork the child opens its own.
 """
@@ -15,7 +20,9 @@ the statement tried once more; after a fork the child opens its own.
 from __future__ import annotations
 
 import os
+import re
 import weakref
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ from typing import Any
 
 try:
     import psycopg
+    from psycopg import pq
     from psycopg.rows import namedtuple_row
 except ImportError:  # pragma: no cover - an install for SQLite only (psycopg is an extra)
     psycopg = None  # type: ignore[assignment]
@@ -52,6 +60,11 @@ class _Compiled:
     processors: dict[str, Callable[[Any], Any]]
     #: Columns an INSERT fills from their (scalar) Python-side defaults.
     defaults: dict[str, Any]
+    #: The name it is prepared under on each connection, its SQL with ``$n`` placeholders,
+    #: and the parameter behind each placeholder (libpq's path, see ``_execute_raw``).
+    name: bytes
+    numbered_sql: bytes
+    order: tuple[str, ...]
 
     def bind(self, params: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = self.compiled.construct_params(params)
@@ -79,26 +92,69 @@ class FastStatements:
         #: Every connection opened: closed with the store (or when it is collected, or at
         #: exit), in the process that opened them.
         self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
+        #: The statements prepared on each connection by libpq's path.
+        #: The statements prepared on each connection by libpq's path, and whether that path
+        #: can read their columns.
+        self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[bytes, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
         weakref.finalize(self, _close, self._opened)
 
     def execute(self, statement: ClauseElement, params: dict[str, Any]) -> Sequence[Any]:
         """Run one statement (autocommitted) and return its rows, timestamps in UTC."""
         compiled = self._compile(statement)
         values = compiled.bind(params)
+        try:
+            texts = [_as_text(values[name]) for name in compiled.order]
+        except _NotText:
+            texts = None  # a value only psycopg can adapt
         for attempt in (1, 2):
             conn = self._acquire()
             try:
-                rows = _rows(_send(conn, compiled, values))
+                try:
+                    if texts is None:
+                        raise _NotText(compiled.sql)
+                    rows = self._execute_raw(conn, compiled, texts)
+                except _NotText:
+                    rows = _rows(_send(conn, compiled, values))
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 raise _refused(exc) from exc
+            except _Dropped as exc:
+                if attempt == 1:
+                    continue  # a connection the server dropped: once more on a new one
+                raise StoreUnavailableError(f"the store is unavailable: {exc}") from exc
             except psycopg.Error as exc:
                 if attempt == 1 and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
-                    continue  # a connection the server dropped: once more on a new one
+                    continue
                 raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
             finally:
                 self._release(conn)
             return rows
         raise AssertionError("unreachable")
+
+    def _execute_raw(
+        self, conn: psycopg.Connection[Any], compiled: _Compiled, texts: list[bytes | None]
+    ) -> list[Any]:
+        """Run a prepared statement through libpq with text parameters; read its rows back by
+        column type. Raises :class:`_NotText` (before anything ran) for a statement whose
+        columns it cannot read, and :class:`_Dropped` for a connection the server dropped."""
+        pgconn = conn.pgconn
+        prepared = self._prepared.setdefault(conn, {})
+        readable = prepared.get(compiled.name)
+        if readable is None:
+            readable = prepared[compiled.name] = _prepare(pgconn, compiled)
+        if not readable:
+            raise _NotText(compiled.sql)
+        for observe in STATEMENT_OBSERVERS:
+            observe(compiled.sql)
+        result = pgconn.exec_prepared(compiled.name, texts)  # type: ignore[arg-type]
+        if result.status == pq.ExecStatus.FATAL_ERROR and _sqlstate(result) == _NO_SUCH_STATEMENT:
+            # Prepared statements are per session: one that is gone (a pooler's DISCARD ALL)
+            # is prepared again.
+            _prepare(pgconn, compiled)
+            result = pgconn.exec_prepared(compiled.name, texts)  # type: ignore[arg-type]
+        _check(pgconn, result)
+        return _read_rows(result)
 
     @contextmanager
     def transaction(self) -> Iterator[Callable[[ClauseElement, dict[str, Any]], Sequence[Any]]]:
@@ -169,7 +225,10 @@ class FastStatements:
             if not (column.default is not None and column.default.is_scalar):
                 raise TypeError(f"{column} has a default the worker path cannot compute")
             defaults[column.key] = column.default.arg
-        result = _Compiled(str(compiled), compiled, processors, defaults)
+        sql = str(compiled)
+        numbered, order = _numbered(sql)
+        name = f"hfcelery_{len(self._compiled) + 1}".encode()
+        result = _Compiled(sql, compiled, processors, defaults, name, numbered.encode(), order)
         self._compiled[id(statement)] = (statement, result)  # keeps the statement alive
         return result
 
@@ -251,3 +310,121 @@ def _in_utc(row: Any) -> Any:
 
 def _summary(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# -- libpq's path: text parameters in, typed columns out ------------------------------------------
+
+
+class _NotText(Exception):
+    """A value the text path does not send (psycopg adapts it instead)."""
+
+
+class _Dropped(Exception):
+    """The server dropped the connection (a restart): nothing was written."""
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """SQLAlchemy's ``%(name)s`` placeholders as libpq's ``$n``, and the name behind each n."""
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"  # a literal percent sign, escaped
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(number, sql), tuple(order)
+
+
+def _as_text(value: Any) -> bytes | None:
+    """A parameter in PostgreSQL's text format (the statements cast each one to its type)."""
+    if value is None:
+        return None
+    if value is True or value is False:
+        return b"t" if value else b"f"
+    if isinstance(value, str):  # a StrEnum too: its value
+        if "\x00" in value:
+            raise StoreDataError("the store refused the data: PostgreSQL text cannot hold NUL")
+        return str.encode(value)
+    if type(value) is int:
+        return str(value).encode()
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.isoformat().encode()
+    raise _NotText(type(value).__name__)
+
+
+def _prepare(pgconn: Any, compiled: _Compiled) -> bool:
+    """Prepare the statement on the connection; whether libpq's path can read its columns."""
+    _check(pgconn, pgconn.prepare(compiled.name, compiled.numbered_sql))
+    description = pgconn.describe_prepared(compiled.name)
+    _check(pgconn, description)
+    return all(description.ftype(i) in _READERS for i in range(description.nfields))
+
+
+def _check(pgconn: Any, result: Any) -> None:
+    """Raise for a result that is an error: the data's, the connection's, or the store's."""
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return
+    message = (result.error_message or pgconn.error_message or b"").decode("utf-8", "replace")
+    summary = (message.strip().splitlines() or ["unknown error"])[0]
+    if pgconn.status == pq.ConnStatus.BAD:
+        raise _Dropped(summary)
+    state = _sqlstate(result)
+    if state[:2] in (b"22", b"23"):  # data exception, integrity constraint violation
+        raise StoreDataError(f"the store refused the data: {summary}")
+    raise StoreUnavailableError(f"the store is unavailable: {summary}")
+
+
+def _sqlstate(result: Any) -> bytes:
+    return bytes(result.error_field(pq.DiagnosticField.SQLSTATE) or b"")
+
+
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
+
+
+def _utc_timestamp(text: bytes) -> datetime:
+    return datetime.fromisoformat(text.decode()).astimezone(UTC)
+
+
+#: How a column of each type (by OID) is read back: text, integers, booleans, timestamps.
+_READERS: dict[int, Callable[[bytes], Any]] = {
+    25: bytes.decode,  # text
+    1043: bytes.decode,  # varchar
+    20: int,  # bigint
+    21: int,  # smallint
+    23: int,  # integer
+    16: lambda text: text == b"t",  # boolean
+    1184: _utc_timestamp,  # timestamptz
+}
+
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
+
+
+def _read_rows(result: Any) -> list[Any]:
+    """The result's rows as named tuples (a statement without rows gives none)."""
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        return []
+    fields = tuple(result.fname(i).decode() for i in range(result.nfields))
+    row_type: Any = _ROW_TYPES.get(fields)
+    if row_type is None:
+        row_type = _ROW_TYPES[fields] = namedtuple("Row", fields, rename=True)
+    readers = []
+    for i in range(result.nfields):
+        reader = _READERS.get(result.ftype(i))
+        if reader is None:
+            raise TypeError(f"column {fields[i]} has a type the worker path does not read")
+        readers.append(reader)
+    rows = []
+    for r in range(result.ntuples):
+        values = [result.get_value(r, c) for c in range(result.nfields)]
+        rows.append(
+            row_type._make(
+                read(v) if v is not None else None for v, read in zip(values, readers, strict=True)
+            )
+        )
+    return rows
