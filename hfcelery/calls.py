@@ -8,10 +8,12 @@ arguments. Everything is checked here, before the client writes or sends anythin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import sys
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -247,6 +249,11 @@ def resolve_function(module: str, qualname: str) -> Callable[..., Any]:
     when a name does not exist.
     """
     path = f"{module}:{qualname}"
+    known = _RESOLVED.get(path)
+    if known is not None:
+        found_in, raw_found, resolved = known
+        if sys.modules.get(module) is found_in and vars(found_in).get(qualname) is raw_found:
+            return resolved  # checked before, and the module still holds the same function
     problem = _problem_with_names(module, qualname)
     if problem is not None:
         raise ForbiddenFunctionError(path, module, problem)
@@ -296,8 +303,17 @@ def resolve_function(module: str, qualname: str) -> Callable[..., Any]:
             raise ForbiddenFunctionError(
                 path, module, f"{prefix!r} is not a function defined in {module} under that name"
             )
+        if depth == 0 and inspect.ismodule(namespace):
+            _RESOLVED[path] = (namespace, raw, func)
         return cast("Callable[..., Any]", func)
     raise FunctionNotFoundError(path, "expected 'module:qualname'")
+
+
+#: Module-level functions :func:`resolve_function` found, by path, with the module and the
+#: object it held under that name: found again at once while the module holds that object
+#: (a worker resolves the same few functions for every job). Only functions that passed every
+#: check are kept, so the paths messages name cannot grow it beyond the project's functions.
+_RESOLVED: dict[str, tuple[Any, object, Callable[..., Any]]] = {}
 
 
 def module_allowed(module: str, exact: Iterable[str], prefixes: Iterable[str]) -> bool:
@@ -307,6 +323,7 @@ def module_allowed(module: str, exact: Iterable[str], prefixes: Iterable[str]) -
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
+@functools.lru_cache(maxsize=1024)
 def _problem_with_names(module: str, qualname: str) -> str | None:
     problem = problem_with_function_path(f"{module}:{qualname}")
     if problem is not None:
@@ -379,13 +396,30 @@ def _check_arguments_fit(
     func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], path: str
 ) -> None:
     try:
-        signature = inspect.signature(func)
+        signature = _signature(func)
     except (TypeError, ValueError):
         return  # builtins without a signature: the worker will tell
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise InvalidCallError(f"arguments do not fit {path}{signature}: {exc}") from exc
+
+
+_SIGNATURES: weakref.WeakKeyDictionary[Callable[..., Any], inspect.Signature] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    """``inspect.signature(func)``, kept while the function lives (it is read per enqueue)."""
+    try:
+        return _SIGNATURES[func]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referable
+        pass
+    signature = inspect.signature(func)
+    with contextlib.suppress(TypeError):
+        _SIGNATURES[func] = signature
+    return signature
 
 
 def _build(

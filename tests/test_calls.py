@@ -127,6 +127,45 @@ def test_function_that_does_not_resolve_to_itself_is_rejected() -> None:
         function_path(impostor)
 
 
+def test_a_function_found_before_is_looked_up_again_once_its_module_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resolved functions are remembered per path, but only while their module holds the
+    same object under that name: a replaced, removed or reloaded one is looked up again."""
+    import sys
+    import types
+
+    module = types.ModuleType("hf_resolve_probe")
+
+    def make(body: int) -> object:
+        def job() -> int:
+            return body
+
+        job.__module__, job.__qualname__ = "hf_resolve_probe", "job"
+        return job
+
+    first, second = make(1), make(2)
+    module.job = first  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "hf_resolve_probe", module)
+    everything = lambda _: True  # noqa: E731
+    assert load_function("hf_resolve_probe:job", everything) is first
+    assert function_path(first) == "hf_resolve_probe:job"
+    module.job = second  # type: ignore[attr-defined]  # replaced (a reload, a patch)
+    assert load_function("hf_resolve_probe:job", everything) is second
+    with pytest.raises(InvalidCallError, match="does not name"):
+        function_path(first)
+    del module.job
+    with pytest.raises(FunctionNotFoundError):
+        load_function("hf_resolve_probe:job", everything)
+    reloaded = types.ModuleType("hf_resolve_probe")
+    reloaded.job = second  # type: ignore[attr-defined]  # same object, another module
+    monkeypatch.setitem(sys.modules, "hf_resolve_probe", reloaded)
+    assert load_function("hf_resolve_probe:job", everything) is second
+    # The allow list is asked on every load, remembered or not.
+    with pytest.raises(ForbiddenFunctionError):
+        load_function("hf_resolve_probe:job", lambda _: False)
+
+
 def test_canvas_is_rejected() -> None:
     with pytest.raises(InvalidCallError, match="chain"):
         to_invocation(chain(send_email.s("a"), send_email.si("b")))
