@@ -536,8 +536,10 @@ class BackgroundJobClient:
     def _publish(self, dispatch: Dispatch) -> None:
         publish(self.app, dispatch)
 
-    def _publish_many(self, dispatches: Sequence[Dispatch]) -> None:
-        publish_many(self.app, dispatches)
+    def _publish_many(
+        self, dispatches: Sequence[Dispatch], *, before_flush: Callable[[], object] | None = None
+    ) -> None:
+        publish_many(self.app, dispatches, before_flush=before_flush)
 
     def _default_queue(self, invocation: Invocation) -> str:
         route = self.app.amqp.router.route({}, invocation.task_name, invocation.args)

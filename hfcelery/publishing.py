@@ -5,7 +5,8 @@ It sits below the client, the store's outbox and the worker, which all publish t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -23,13 +24,28 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
 PUBLISH_BATCH_SIZE = 1000
 
 
-def publish_many(app: Celery, dispatches: Sequence[Dispatch]) -> None:
+def publish_many(
+    app: Celery,
+    dispatches: Sequence[Dispatch],
+    *,
+    before_flush: Callable[[], object] | None = None,
+) -> None:
     """Send many jobs' messages in as few broker round trips as the transport allows: kombu's
     ``Producer.batch()`` (one Redis pipeline per :data:`PUBLISH_BATCH_SIZE` messages); other
     transports publish as usual (RabbitMQ's publishes do not wait for the broker anyway).
-    Raises kombu's ``BatchPublishError`` when a batch's outcome is uncertain."""
+    Raises kombu's ``BatchPublishError`` when a batch's outcome is uncertain.
+
+    ``before_flush`` is called before any message leaves: once all are built, on a transport
+    that batches (the store's insert of their jobs runs meanwhile), else before the first.
+    If it raises, nothing is sent.
+    """
     amqp = app.amqp
-    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+    # With before_flush, one batch holds them all: none may leave before it returns.
+    size = PUBLISH_BATCH_SIZE if before_flush is None else sys.maxsize
+    with app.producer_or_acquire() as producer, producer.batch(max_size=size):
+        if before_flush is not None and not _batches(producer):
+            before_flush()
+            before_flush = None
         # Each queue is declared once per batch, not once per message.
         for name in dict.fromkeys(d.queue for d in dispatches):
             producer.maybe_declare(amqp.queues[name])
@@ -54,6 +70,18 @@ def publish_many(app: Celery, dispatches: Sequence[Dispatch]) -> None:
                 retry=False,
                 declare=[],
             )
+        if before_flush is not None:
+            before_flush()
+
+
+def _batches(producer: Any) -> bool:
+    """Whether the producer's transport holds batched messages until the batch is flushed
+    (kombu's rule in ``Producer.batch()``)."""
+    channel = producer.channel
+    return (
+        getattr(channel, "create_publish_batch", None) is not None
+        and getattr(channel, "supports_batch_publish", True) is not False
+    )
 
 
 #: How much of the arguments' text a batched message carries for monitors (Celery's default).

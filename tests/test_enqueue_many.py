@@ -5,6 +5,7 @@ client tests on the machine's Redis, and a real worker running a batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,14 +23,14 @@ from hfcelery.records import Dispatch
 from hfcelery.store import Store, count_statements
 from tests import jobs
 from tests.conftest import WorkerProcess, new_postgres_database, wait_for
-from tests.test_store import new_job
+from tests.test_store import new_job, states_of
 
 
 def test_create_jobs_writes_jobs_and_history_in_one_statement(store: Store) -> None:
     batch = [new_job() for _ in range(1500)]
     sent: list[list[Dispatch]] = []
     with count_statements(store.engine) as statements:
-        assert store.create_jobs(batch, lambda dispatches: sent.append(list(dispatches)))
+        assert store.create_jobs(batch, lambda dispatches, **_: sent.append(list(dispatches)))
     inserts = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "WITH"))]
     # PostgreSQL: one statement per 1,000 jobs (jobs and history together); SQLite: two.
     assert len(inserts) == (2 if store.dialect == "postgresql" else 4)
@@ -44,7 +45,7 @@ def test_create_jobs_writes_jobs_and_history_in_one_statement(store: Store) -> N
 def test_create_jobs_keeps_the_jobs_when_the_broker_is_away(store: Store) -> None:
     from kombu.exceptions import OperationalError
 
-    def unreachable(_: Any) -> None:
+    def unreachable(_: Any, **__: Any) -> None:
         raise OperationalError("connection refused")
 
     batch = [new_job() for _ in range(3)]
@@ -117,6 +118,46 @@ def test_one_bad_call_or_a_veto_writes_nothing(redis_app: Celery) -> None:
         global_filters.remove(veto)
     assert sum(api.state_counts().values()) == before
     assert queued(redis_app) == 0
+
+
+def test_no_message_leaves_before_its_jobs_are_written(redis_app: Celery) -> None:
+    """On PostgreSQL the batch's insert goes out ahead of the messages, which are built
+    meanwhile: none leaves before the insert is done, and one the store refuses sends none."""
+    from functools import partial
+
+    from hfcelery.errors import StoreDataError
+    from hfcelery.publishing import publish_many
+
+    store = extension_of(redis_app).store
+    send = partial(publish_many, redis_app)
+    queue = redis_app.conf.task_default_queue
+    taken = new_job(queue=queue)
+    assert store.create_jobs([taken], send) is True
+    assert queued(redis_app) == 1
+    # An id already taken: the insert fails, nothing of the batch is written or sent.
+    batch = [new_job(queue=queue) for _ in range(20)] + [replace(taken, state=State.ENQUEUED)]
+    with pytest.raises(StoreDataError):
+        store.create_jobs(batch, send)
+    assert queued(redis_app) == 1
+    assert all(store.job(job.id) is None for job in batch[:-1])
+    # Text PostgreSQL cannot hold: refused the same way.
+    with pytest.raises(StoreDataError):
+        store.create_jobs([new_job(queue=queue, function="f\x00")], send)
+    assert queued(redis_app) == 1
+    # The connection is clean for the next batch, whose messages are sent in order.
+    ok = [new_job(queue=queue) for _ in range(5)]
+    seen: list[int] = []
+
+    def watching(dispatches: Any, *, before_flush: Any = None) -> None:
+        def inserted() -> object:
+            seen.append(queued(redis_app))  # nothing of this batch has left yet
+            return before_flush()
+
+        send(dispatches, before_flush=inserted)
+
+    assert store.create_jobs(ok, watching) is True
+    assert seen == [1] and queued(redis_app) == 6
+    assert all(states_of(store, job.id) == [State.ENQUEUED] for job in ok)
 
 
 def test_a_batch_runs_on_a_worker(worker: WorkerProcess, api: Monitoring) -> None:

@@ -93,3 +93,31 @@ def test_enqueue_many_declares_a_new_queue_and_sends_every_message(rabbit_app: C
             channel.queue_delete(queue=queue)
             # Deleted: no worker sends them again (which would declare the queue anew).
             assert all(client.delete(job_id) for job_id in ids)
+
+
+def test_a_batch_the_store_refuses_sends_nothing_through_rabbitmq(rabbit_app: Celery) -> None:
+    """RabbitMQ publishes each message at once (no batch to hold them): the batch's insert is
+    waited for before the first one, so a batch the store refuses sends nothing."""
+    from functools import partial
+
+    from hfcelery.errors import StoreDataError
+    from hfcelery.extension import extension_of
+    from hfcelery.publishing import publish_many
+    from tests.test_store import new_job
+
+    queue = f"{rabbit_app.conf.task_default_queue}-refused-{uuid.uuid4().hex[:6]}"
+    store = extension_of(rabbit_app).store
+    good = new_job(queue=queue)
+    batch = [good, new_job(queue=queue, function="f\x00")]
+    with pytest.raises(StoreDataError):
+        store.create_jobs(batch, partial(publish_many, rabbit_app))
+    assert store.job(good.id) is None
+    with rabbit_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        try:
+            _, count, _ = channel.queue_declare(queue=queue, passive=True)
+            assert count == 0
+        except Exception as exc:  # never declared: nothing was sent either
+            assert "NOT_FOUND" in str(exc) or "404" in str(exc), exc
+        else:
+            channel.queue_delete(queue=queue)

@@ -202,6 +202,52 @@ class FastStatements:
         finally:
             self._release(conn)
 
+    @contextmanager
+    def sent_ahead(self, statement: ClauseElement, params: dict[str, Any]) -> Iterator[SentAhead]:
+        """A transaction whose first statement goes out without waiting for it: the caller
+        works meanwhile (builds the messages), then reads its rows with ``result()``.
+
+        Committed when the block ends, rolled back if it raises. Raises
+        :class:`StaleConnectionError` when the connection was found dropped before anything
+        was sent: the caller may start again. Only text parameters (see ``_as_text``).
+        """
+        compiled = self._compile(statement)
+        values = compiled.bind(params)
+        texts = [_as_text(values[name]) for name in compiled.order]
+        conn = self._acquire()
+        pgconn = conn.pgconn
+        began = False
+        try:
+            prepared = self._prepared.setdefault(conn, {})
+            if compiled.name not in prepared:
+                prepared[compiled.name] = _prepare(pgconn, compiled)
+            _check(pgconn, pgconn.exec_(_BEGIN))
+            began = True
+            for observe in STATEMENT_OBSERVERS:
+                observe(compiled.sql)
+            pgconn.send_query_prepared(compiled.name, texts)
+            ahead = SentAhead(self, conn)
+            try:
+                yield ahead
+                ahead.result()
+                _check(pgconn, pgconn.exec_(_COMMIT))
+            except BaseException:
+                with suppress(Exception):
+                    ahead.result()  # the connection takes a command only once it is read
+                with suppress(Exception):
+                    pgconn.exec_(_ROLLBACK)
+                raise
+        except _Dropped as exc:
+            if not began:
+                raise StaleConnectionError(str(exc)) from exc
+            raise StoreUnavailableError(f"the store is unavailable: {exc}") from exc
+        except psycopg.Error as exc:
+            if not began and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
+                raise StaleConnectionError(_summary(exc)) from exc
+            raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
+        finally:
+            self._release(conn)
+
     def close(self) -> None:
         """Close every connection this process opened (new ones are opened on next use)."""
         pid = os.getpid()
@@ -269,6 +315,52 @@ def _close(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
         if owner == pid:
             conn.close()
             opened.remove((owner, conn))
+
+
+class SentAhead:
+    """The statement :meth:`FastStatements.sent_ahead` sent: its rows, and more statements
+    in its transaction."""
+
+    def __init__(self, fast: FastStatements, conn: psycopg.Connection[Any]) -> None:
+        self._fast = fast
+        self._conn = conn
+        self._rows: list[Any] | None = None
+        self._error: BaseException | None = None
+
+    def result(self) -> list[Any]:
+        """Wait for the statement's rows (raises its error, every time it is asked)."""
+        if self._error is not None:
+            raise self._error
+        if self._rows is None:
+            pgconn = self._conn.pgconn
+            last = None
+            while (result := pgconn.get_result()) is not None:
+                last = result
+            try:
+                if last is None:
+                    raise _Dropped(pgconn.error_message.decode("utf-8", "replace") or "no result")
+                _check(pgconn, last)
+                self._rows = _read_rows(last)
+            except BaseException as exc:
+                self._error = exc
+                raise
+        return self._rows
+
+    def run(self, statement: ClauseElement, params: dict[str, Any]) -> list[Any]:
+        """Another statement in the same transaction (after the first one's rows)."""
+        self.result()
+        compiled = self._fast._compile(statement)
+        values = compiled.bind(params)
+        texts = [_as_text(values[name]) for name in compiled.order]
+        pgconn = self._conn.pgconn
+        prepared = self._fast._prepared.setdefault(self._conn, {})
+        if compiled.name not in prepared:
+            prepared[compiled.name] = _prepare(pgconn, compiled)
+        for observe in STATEMENT_OBSERVERS:
+            observe(compiled.sql)
+        result = pgconn.exec_prepared(compiled.name, texts)  # type: ignore[arg-type]
+        _check(pgconn, result)
+        return _read_rows(result)
 
 
 class StaleConnectionError(StoreUnavailableError):
@@ -350,7 +442,10 @@ def _as_text(value: Any) -> bytes | None:
     if isinstance(value, str):  # a StrEnum too: its value
         if "\x00" in value:
             raise StoreDataError("the store refused the data: PostgreSQL text cannot hold NUL")
-        return str.encode(value)
+        try:
+            return str.encode(value)
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise StoreDataError(f"the store refused the data: {exc}") from exc
     if type(value) is int:
         return str(value).encode()
     if isinstance(value, datetime) and value.tzinfo is not None:
