@@ -161,6 +161,15 @@ def _json_value(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not a column value")
 
 
+def _again_if_stale(write: Callable[[], bool]) -> bool:
+    """Run ``write`` (a new job's transaction on the store's own connections), once more if its
+    connection was found dropped by the server before anything was written (a restart)."""
+    try:
+        return write()
+    except StaleConnectionError:
+        return write()
+
+
 def _columns_of(
     job_rows: Sequence[dict[str, Any]], state_rows: Sequence[dict[str, Any]]
 ) -> dict[str, list[Any]]:
@@ -223,22 +232,20 @@ class JobStore(ContinuationStore):
         entry = _state_row(None, job.state, job.reason, job.data, now)
         params = {**row, **{f"h_{key}": value for key, value in entry.items() if key != "job_id"}}
         fast = self._fast_statements()
-        for attempt in (1, 2):
-            try:
-                with fast.transaction() as run:
-                    run(_INSERT_JOB_H, params)
-                    try:
-                        publish(_dispatch_of(job))
-                    except BROKER_UNAVAILABLE as exc:
-                        _log_unpublished(1, exc)
-                        run(_SYNCHRONOUS_COMMIT, {})
-                        run(_UNPUBLISHED, {"p_id": job.id})
-                        return False
-                    return True
-            except StaleConnectionError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+
+        def attempt() -> bool:
+            with fast.transaction() as run:
+                run(_INSERT_JOB_H, params)
+                try:
+                    publish(_dispatch_of(job))
+                except BROKER_UNAVAILABLE as exc:
+                    _log_unpublished(1, exc)
+                    run(_SYNCHRONOUS_COMMIT, {})
+                    run(_UNPUBLISHED, {"p_id": job.id})
+                    return False
+                return True
+
+        return _again_if_stale(attempt)
 
     def create_jobs(
         self,
@@ -302,26 +309,20 @@ class JobStore(ContinuationStore):
         and the client's overlap."""
         params = {"p_jobs": _rows_json(rows), "p_states": _rows_json(history)}
         fast = self._fast_statements()
-        for attempt in (1, 2):
-            try:
-                with fast.sent_ahead(_INSERT_JOBS_JSON, params) as inserted:
-                    try:
-                        publish_many(
-                            [_dispatch_of(job) for job in jobs], before_flush=inserted.result
-                        )
-                    except (*BROKER_UNAVAILABLE, BatchPublishError) as exc:
-                        inserted.result()  # the jobs themselves were written (or raise)
-                        _log_unpublished(len(jobs), exc)
-                        inserted.run(_SYNCHRONOUS_COMMIT, {})
-                        inserted.run(
-                            _UNPUBLISHED_JSON, {"p_ids": to_json([job.id for job in jobs])}
-                        )
-                        return False
-                    return True
-            except StaleConnectionError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+
+        def attempt() -> bool:
+            with fast.sent_ahead(_INSERT_JOBS_JSON, params) as inserted:
+                try:
+                    publish_many([_dispatch_of(job) for job in jobs], before_flush=inserted.result)
+                except (*BROKER_UNAVAILABLE, BatchPublishError) as exc:
+                    inserted.result()  # the jobs themselves were written (or raise)
+                    _log_unpublished(len(jobs), exc)
+                    inserted.run(_SYNCHRONOUS_COMMIT, {})
+                    inserted.run(_UNPUBLISHED_JSON, {"p_ids": to_json([job.id for job in jobs])})
+                    return False
+                return True
+
+        return _again_if_stale(attempt)
 
     def set_job_parameter(self, job_id: str, name: str, value: Any) -> None:
         """Store a job parameter (Hangfire's ``SetJobParameter``), replacing one of that name.
