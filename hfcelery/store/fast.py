@@ -139,11 +139,7 @@ class FastStatements:
         column type. Raises :class:`_NotText` (before anything ran) for a statement whose
         columns it cannot read, and :class:`_Dropped` for a connection the server dropped."""
         pgconn = conn.pgconn
-        prepared = self._prepared.setdefault(conn, {})
-        readable = prepared.get(compiled.name)
-        if readable is None:
-            readable = prepared[compiled.name] = _prepare(pgconn, compiled)
-        if not readable:
+        if not self._prepared_on(conn, compiled):
             raise _NotText(compiled.sql)
         for observe in STATEMENT_OBSERVERS:
             observe(compiled.sql)
@@ -202,6 +198,15 @@ class FastStatements:
         finally:
             self._release(conn)
 
+    def _prepared_on(self, conn: psycopg.Connection[Any], compiled: _Compiled) -> bool:
+        """Prepare the statement on the connection unless it is; whether libpq's path can read
+        its columns."""
+        prepared = self._prepared.setdefault(conn, {})
+        readable = prepared.get(compiled.name)
+        if readable is None:
+            readable = prepared[compiled.name] = _prepare(conn.pgconn, compiled)
+        return readable
+
     @contextmanager
     def sent_ahead(self, statement: ClauseElement, params: dict[str, Any]) -> Iterator[SentAhead]:
         """A transaction whose first statement goes out without waiting for it: the caller
@@ -218,9 +223,7 @@ class FastStatements:
         pgconn = conn.pgconn
         began = False
         try:
-            prepared = self._prepared.setdefault(conn, {})
-            if compiled.name not in prepared:
-                prepared[compiled.name] = _prepare(pgconn, compiled)
+            self._prepared_on(conn, compiled)
             _check(pgconn, pgconn.exec_(_BEGIN))
             began = True
             for observe in STATEMENT_OBSERVERS:
@@ -352,15 +355,7 @@ class SentAhead:
         compiled = self._fast._compile(statement)
         values = compiled.bind(params)
         texts = [_as_text(values[name]) for name in compiled.order]
-        pgconn = self._conn.pgconn
-        prepared = self._fast._prepared.setdefault(self._conn, {})
-        if compiled.name not in prepared:
-            prepared[compiled.name] = _prepare(pgconn, compiled)
-        for observe in STATEMENT_OBSERVERS:
-            observe(compiled.sql)
-        result = pgconn.exec_prepared(compiled.name, texts)  # type: ignore[arg-type]
-        _check(pgconn, result)
-        return _read_rows(result)
+        return self._fast._execute_raw(self._conn, compiled, texts)
 
 
 class StaleConnectionError(StoreUnavailableError):
