@@ -533,8 +533,10 @@ class BackgroundJobClient:
         )
         return job, invocation
 
-    def _publish(self, dispatch: Dispatch) -> None:
-        publish(self.app, dispatch)
+    def _publish(
+        self, dispatch: Dispatch, *, before_send: Callable[[], object] | None = None
+    ) -> None:
+        publish(self.app, dispatch, before_send=before_send)
 
     def _publish_many(
         self, dispatches: Sequence[Dispatch], *, before_flush: Callable[[], object] | None = None

@@ -109,8 +109,27 @@ def _headers(dispatch: Dispatch) -> dict[str, bool]:
     return headers
 
 
-def publish(app: Celery, dispatch: Dispatch, *, producer: Any = None) -> None:
-    """Send a job's Celery message, with the job id as the task id."""
+def publish(
+    app: Celery,
+    dispatch: Dispatch,
+    *,
+    producer: Any = None,
+    before_send: Callable[[], object] | None = None,
+) -> None:
+    """Send a job's Celery message, with the job id as the task id.
+
+    ``before_send`` is called once the message is built and routed, right before it leaves
+    (after Celery's ``before_task_publish`` signal): the store's insert of the job runs
+    meanwhile. If it raises, the message is not sent.
+    """
+    if before_send is None:
+        _send_task(app, dispatch, producer)
+        return
+    with app.producer_or_acquire(producer) as acquired:
+        _send_task(app, dispatch, _SendsAfter(acquired, before_send))
+
+
+def _send_task(app: Celery, dispatch: Dispatch, producer: Any) -> None:
     app.send_task(
         dispatch.task_name,
         args=_message_args(dispatch),
@@ -121,3 +140,20 @@ def publish(app: Celery, dispatch: Dispatch, *, producer: Any = None) -> None:
         retry_policy=PUBLISH_RETRY_POLICY,
         producer=producer,
     )
+
+
+class _SendsAfter:
+    """A kombu producer whose ``publish`` calls ``before_send`` first (and otherwise the
+    producer itself): ``send_task`` builds, routes and sends as ever, with its parent and root
+    ids and its connection retry, and the message waits only for ``before_send``."""
+
+    def __init__(self, producer: Any, before_send: Callable[[], object]) -> None:
+        self._producer = producer
+        self._before_send = before_send
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        self._before_send()
+        return self._producer.publish(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)

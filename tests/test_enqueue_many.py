@@ -1,6 +1,7 @@
 """``BackgroundJob.enqueue_many``: many jobs in one statement and one broker round trip, with
-the validation and outbox guarantees of single enqueues. Store tests on SQLite and PostgreSQL,
-client tests on the machine's Redis, and a real worker running a batch."""
+the validation and outbox guarantees of single enqueues (whose insert, too, goes out ahead of
+its message on PostgreSQL). Store tests on SQLite and PostgreSQL, client tests on the
+machine's Redis, and a real worker running a batch."""
 
 from __future__ import annotations
 
@@ -158,6 +159,68 @@ def test_no_message_leaves_before_its_jobs_are_written(redis_app: Celery) -> Non
     assert store.create_jobs(ok, watching) is True
     assert seen == [1] and queued(redis_app) == 6
     assert all(states_of(store, job.id) == [State.ENQUEUED] for job in ok)
+
+
+def test_a_single_enqueue_sends_its_message_only_after_its_insert(redis_app: Celery) -> None:
+    """A single enqueue on PostgreSQL sends its insert ahead too: the message is built
+    meanwhile by Celery's own ``send_task`` and leaves once the insert is done, so an insert
+    the store refuses sends nothing, and the message keeps what ``send_task`` gives it."""
+    import json
+    from functools import partial
+
+    from celery import Task
+    from celery._state import _task_stack
+
+    from hfcelery.errors import StoreDataError
+    from hfcelery.publishing import publish
+
+    store = extension_of(redis_app).store
+    send = partial(publish, redis_app)
+    queue = redis_app.conf.task_default_queue
+    taken = new_job(queue=queue)
+    assert store.create_job(taken, send) is True
+    assert queued(redis_app) == 1
+    with pytest.raises(StoreDataError):  # an id already taken
+        store.create_job(replace(taken, function="tests.jobs:multiply"), send)
+    with pytest.raises(StoreDataError):  # text PostgreSQL cannot hold
+        store.create_job(new_job(queue=queue, function="f\x00"), send)
+    assert queued(redis_app) == 1
+    # The message waits for the insert (not yet committed then) and leaves right after it.
+    ok = new_job(queue=queue)
+    seen: list[tuple[int, bool]] = []
+
+    def watching(dispatch: Dispatch, *, before_send: Any = None) -> None:
+        def inserted() -> object:
+            done = before_send()
+            seen.append((queued(redis_app), store.job(dispatch.id) is None))
+            return done
+
+        send(dispatch, before_send=inserted)
+
+    assert store.create_job(ok, watching) is True
+    assert seen == [(1, True)] and queued(redis_app) == 2
+    assert states_of(store, ok.id) == [State.ENQUEUED]
+
+    # Enqueued by a running task: Celery's parent and root ids, as send_task gives them.
+    def running() -> None:
+        """The task that enqueues."""
+
+    parent: Task = redis_app.task(name="tests.parent", shared=False)(running)
+    parent.push_request(id="parent-id", root_id="root-id", called_directly=False)
+    _task_stack.push(parent)
+    try:
+        child = hfcelery.BackgroundJobClient(redis_app).enqueue(call(jobs.multiply, 2, 3))
+    finally:
+        _task_stack.pop()
+        parent.pop_request()
+    with redis_app.connection_for_write() as conn:
+        raw = conn.default_channel.client.lpop(queue)  # the newest message
+    headers = json.loads(raw)["headers"]
+    assert (headers["id"], headers["parent_id"], headers["root_id"]) == (
+        child,
+        "parent-id",
+        "root-id",
+    )
 
 
 def test_a_batch_runs_on_a_worker(worker: WorkerProcess, api: Monitoring) -> None:

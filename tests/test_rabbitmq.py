@@ -97,12 +97,13 @@ def test_enqueue_many_declares_a_new_queue_and_sends_every_message(rabbit_app: C
 
 def test_a_batch_the_store_refuses_sends_nothing_through_rabbitmq(rabbit_app: Celery) -> None:
     """RabbitMQ publishes each message at once (no batch to hold them): the batch's insert is
-    waited for before the first one, so a batch the store refuses sends nothing."""
+    waited for before the first one, and a single job's before its message, so a batch or a
+    job the store refuses sends nothing."""
     from functools import partial
 
     from hfcelery.errors import StoreDataError
     from hfcelery.extension import extension_of
-    from hfcelery.publishing import publish_many
+    from hfcelery.publishing import publish, publish_many
     from tests.test_store import new_job
 
     queue = f"{rabbit_app.conf.task_default_queue}-refused-{uuid.uuid4().hex[:6]}"
@@ -112,6 +113,9 @@ def test_a_batch_the_store_refuses_sends_nothing_through_rabbitmq(rabbit_app: Ce
     with pytest.raises(StoreDataError):
         store.create_jobs(batch, partial(publish_many, rabbit_app))
     assert store.job(good.id) is None
+    # A single enqueue's message waits for its insert the same way.
+    with pytest.raises(StoreDataError):
+        store.create_job(new_job(queue=queue, function="f\x00"), partial(publish, rabbit_app))
     with rabbit_app.connection_for_write() as conn:
         channel = conn.default_channel
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,10 +92,21 @@ def test_bare_postgresql_url_uses_psycopg() -> None:
 # -- creating ----------------------------------------------------------------------------------
 
 
+def sending_to(sent: list[Dispatch]) -> Callable[..., None]:
+    """A publish that notes each message, sent once ``before_send`` (if given) returns."""
+
+    def publish(dispatch: Dispatch, *, before_send: Callable[[], object] | None = None) -> None:
+        if before_send is not None:
+            before_send()
+        sent.append(dispatch)
+
+    return publish
+
+
 def test_create_job_with_history_and_publish(store: Store) -> None:
     sent: list[Dispatch] = []
     job = new_job()
-    assert store.create_job(job, sent.append) is True
+    assert store.create_job(job, sending_to(sent)) is True
     assert [d.id for d in sent] == [job.id]
     details = store.job(job.id)
     assert details is not None
@@ -108,7 +119,7 @@ def test_create_job_with_history_and_publish(store: Store) -> None:
 
 
 def test_broker_down_keeps_the_job_for_later_publishing(store: Store) -> None:
-    def broker_down(_: Dispatch) -> None:
+    def broker_down(_: Dispatch, *, before_send: object = None) -> None:
         raise BrokerUnavailable("connection refused")
 
     job = new_job()
@@ -122,7 +133,7 @@ def test_broker_down_keeps_the_job_for_later_publishing(store: Store) -> None:
 
 
 def test_other_publish_errors_leave_nothing_written(store: Store) -> None:
-    def broken(_: Dispatch) -> None:
+    def broken(_: Dispatch, *, before_send: object = None) -> None:
         raise ValueError("bad routing")
 
     job = new_job()
@@ -615,7 +626,7 @@ def test_broker_down_while_enqueueing_due_jobs(store: Store) -> None:
     job = scheduled_job(-timedelta(seconds=1))
     store.create_job(job)
 
-    def broker_down(_: Dispatch) -> None:
+    def broker_down(_: Dispatch, *, before_send: object = None) -> None:
         raise BrokerUnavailable("refused")
 
     assert store.enqueue_due(limit=10, grace=timedelta(seconds=5), publish=broker_down) == 1
@@ -946,15 +957,15 @@ def test_the_enqueues_transaction_leaves_its_connection_clean(pg_store: Store) -
         assert fast is not None
         return [conn for pid, conn in fast._opened if pid == os.getpid()]
 
-    def broken(_: Dispatch) -> None:
+    def broken(_: Dispatch, *, before_send: object = None) -> None:
         raise ValueError("bad routing")
 
-    def broker_down(_: Dispatch) -> None:
+    def broker_down(_: Dispatch, *, before_send: object = None) -> None:
         raise BrokerUnavailable("connection refused")
 
     sent: list[Dispatch] = []
     first = new_job()
-    assert pg_store.create_job(first, sent.append) is True
+    assert pg_store.create_job(first, sending_to(sent)) is True
     [backend] = _fast_backends(pg_store)
     rolled_back = new_job()
     with pytest.raises(ValueError, match="bad routing"):
@@ -969,16 +980,23 @@ def test_the_enqueues_transaction_leaves_its_connection_clean(pg_store: Store) -
     assert [conn.info.transaction_status for conn in fast_connections()] == [idle]
     # A data error inside the transaction: refused, nothing written, the connection idle.
     with pytest.raises(StoreDataError):
-        pg_store.create_job(replace(new_job(), function="f\x00"), sent.append)
+        pg_store.create_job(replace(new_job(), function="f\x00"), sending_to(sent))
     assert [conn.info.transaction_status for conn in fast_connections()] == [idle]
     # The server drops the connection (a restart): the next enqueue starts again on another.
     with pg_store.engine.begin() as conn:
         conn.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
     again = new_job()
-    assert pg_store.create_job(again, sent.append) is True
+    assert pg_store.create_job(again, sending_to(sent)) is True
     assert [d.id for d in sent] == [first.id, again.id]
     assert states_of(pg_store, again.id) == [State.ENQUEUED]
     assert backend not in _fast_backends(pg_store)
+    # A pooler's DISCARD ALL drops the insert's prepared statement: prepared again.
+    for conn in fast_connections():
+        conn.execute("DEALLOCATE ALL")
+    last = new_job()
+    assert pg_store.create_job(last, sending_to(sent)) is True
+    assert states_of(pg_store, last.id) == [State.ENQUEUED]
+    assert [conn.info.transaction_status for conn in fast_connections()] == [idle]
 
 
 def test_the_worker_path_maps_refused_data_and_outages_to_store_errors(pg_store: Store) -> None:

@@ -149,52 +149,6 @@ class FastStatements:
         _check(pgconn, result)
         return _read_rows(result)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Callable[[ClauseElement, dict[str, Any]], Sequence[Any]]]:
-        """A transaction on a connection of the pool; yields ``run(statement, params) -> rows``.
-
-        The BEGIN goes out with the first statement and the COMMIT alone: two round trips for
-        one statement. They are sent in pipeline mode as plain statements, without psycopg's
-        transaction blocks, which cost as much client time again as the round trips.
-        Raises :class:`StaleConnectionError` when the first statement found the connection
-        dropped by the server (nothing was written): the caller may start again.
-        """
-        conn = self._acquire()
-        began = False  # the BEGIN was sent
-        first = True  # no statement has completed yet
-
-        def run(statement: ClauseElement, params: dict[str, Any]) -> Sequence[Any]:
-            nonlocal began, first
-            compiled = self._compile(statement)
-            if not began:
-                conn.execute(_BEGIN, prepare=False)
-                began = True
-            cursor = _send(conn, compiled, compiled.bind(params))
-            pipeline.sync()
-            first = False
-            return _rows(cursor)
-
-        try:
-            with conn.pipeline() as pipeline:
-                try:
-                    yield run
-                except BaseException:
-                    if began:
-                        with suppress(psycopg.Error):
-                            conn.execute(_ROLLBACK, prepare=False)
-                            pipeline.sync()
-                    raise
-                if began:
-                    conn.execute(_COMMIT, prepare=False)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            raise _refused(exc) from exc
-        except psycopg.Error as exc:
-            if first and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
-                raise StaleConnectionError(_summary(exc)) from exc
-            raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
-        finally:
-            self._release(conn)
-
     def _prepared_on(self, conn: psycopg.Connection[Any], compiled: _Compiled) -> bool:
         """Prepare the statement on the connection unless it is; whether libpq's path can read
         its columns."""
@@ -206,44 +160,35 @@ class FastStatements:
 
     @contextmanager
     def sent_ahead(self, statement: ClauseElement, params: dict[str, Any]) -> Iterator[SentAhead]:
-        """A transaction whose first statement goes out without waiting for it: the caller
-        works meanwhile (builds the messages), then reads its rows with ``result()``.
+        """A transaction whose BEGIN and first statement go out together, without waiting: the
+        caller works meanwhile (builds its messages), then reads the statement's rows with
+        ``result()``. One round trip for the statement, overlapped, and one for the COMMIT.
 
-        Committed when the block ends, rolled back if it raises. Raises
-        :class:`StaleConnectionError` when the connection was found dropped before anything
-        was sent: the caller may start again. Only text parameters (see ``_as_text``).
+        Committed when the block ends, rolled back if it raises. ``result()`` raises
+        :class:`StaleConnectionError` when the connection was found dropped by the server
+        (nothing was written): the caller may start again. Only text parameters (see
+        ``_as_text``; anything else raises ``TypeError`` before anything is sent).
         """
         compiled = self._compile(statement)
         values = compiled.bind(params)
-        texts = [_as_text(values[name]) for name in compiled.order]
-        conn = self._acquire()
-        pgconn = conn.pgconn
-        began = False
         try:
-            self._prepared_on(conn, compiled)
-            _check(pgconn, pgconn.exec_(_BEGIN))
-            began = True
-            for observe in STATEMENT_OBSERVERS:
-                observe(compiled.sql)
-            pgconn.send_query_prepared(compiled.name, texts)
-            ahead = SentAhead(self, conn)
+            texts = [_as_text(values[name]) for name in compiled.order]
+        except _NotText as exc:
+            raise TypeError(f"{exc} is not a parameter libpq's path sends") from exc
+        conn = self._acquire()
+        ahead = SentAhead(self, conn, compiled, texts)
+        try:
             try:
+                ahead.send()
                 yield ahead
                 ahead.result()
-                _check(pgconn, pgconn.exec_(_COMMIT))
+                _check(conn.pgconn, conn.pgconn.exec_(_COMMIT))
             except BaseException:
-                with suppress(Exception):
-                    ahead.result()  # the connection takes a command only once it is read
-                with suppress(Exception):
-                    pgconn.exec_(_ROLLBACK)
+                ahead.abandon()
                 raise
         except _Dropped as exc:
-            if not began:
-                raise StaleConnectionError(str(exc)) from exc
             raise StoreUnavailableError(f"the store is unavailable: {exc}") from exc
         except psycopg.Error as exc:
-            if not began and _dropped(conn) and isinstance(exc, psycopg.OperationalError):
-                raise StaleConnectionError(_summary(exc)) from exc
             raise StoreUnavailableError(f"the store is unavailable: {_summary(exc)}") from exc
         finally:
             self._release(conn)
@@ -301,6 +246,7 @@ class FastStatements:
         """Back to the idle ones, unless it is broken or enough are idle already."""
         pid = os.getpid()
         idle = conn.info.transaction_status == _IDLE
+        idle = idle and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
         if idle and not _dropped(conn) and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append((pid, conn))
             return
@@ -318,33 +264,81 @@ def _close(opened: list[tuple[int, psycopg.Connection[Any]]]) -> None:
 
 
 class SentAhead:
-    """The statement :meth:`FastStatements.sent_ahead` sent: its rows, and more statements
-    in its transaction."""
+    """The transaction :meth:`FastStatements.sent_ahead` began: its first statement's rows, and
+    more statements in it."""
 
-    def __init__(self, fast: FastStatements, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        fast: FastStatements,
+        conn: psycopg.Connection[Any],
+        compiled: _Compiled,
+        texts: list[bytes | None],
+    ) -> None:
         self._fast = fast
         self._conn = conn
+        self._compiled = compiled
+        self._texts = texts
         self._rows: list[Any] | None = None
         self._error: BaseException | None = None
+
+    def send(self) -> None:
+        """BEGIN and the statement, in libpq's pipeline mode: neither waits for the server."""
+        pgconn = self._conn.pgconn
+        try:
+            self._fast._prepared_on(self._conn, self._compiled)
+            for observe in STATEMENT_OBSERVERS:
+                observe(self._compiled.sql)
+            pgconn.enter_pipeline_mode()
+            pgconn.send_query_params(_BEGIN, None)
+            pgconn.send_query_prepared(self._compiled.name, self._texts)
+            pgconn.pipeline_sync()
+        except _Dropped as exc:
+            raise StaleConnectionError(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            if _dropped(self._conn):
+                raise StaleConnectionError(_summary(exc)) from exc
+            raise
 
     def result(self) -> list[Any]:
         """Wait for the statement's rows (raises its error, every time it is asked)."""
         if self._error is not None:
             raise self._error
         if self._rows is None:
-            pgconn = self._conn.pgconn
-            last = None
-            while (result := pgconn.get_result()) is not None:
-                last = result
             try:
-                if last is None:
-                    raise _Dropped(pgconn.error_message.decode("utf-8", "replace") or "no result")
-                _check(pgconn, last)
-                self._rows = _read_rows(last)
+                self._rows = self._read()
+            except _Dropped as exc:
+                self._error = StaleConnectionError(str(exc))
+                raise self._error from exc
             except BaseException as exc:
                 self._error = exc
                 raise
         return self._rows
+
+    def _read(self) -> list[Any]:
+        pgconn = self._conn.pgconn
+        began, done = _pipeline_results(pgconn)
+        pgconn.exit_pipeline_mode()
+        _check(pgconn, began)
+        if done.status == pq.ExecStatus.FATAL_ERROR and _sqlstate(done) == _NO_SUCH_STATEMENT:
+            # Prepared statements are per session: one that is gone (a pooler's DISCARD ALL)
+            # is prepared again, in a new transaction.
+            _check(pgconn, pgconn.exec_(_ROLLBACK))
+            _prepare(pgconn, self._compiled)
+            _check(pgconn, pgconn.exec_(_BEGIN))
+            done = pgconn.exec_prepared(self._compiled.name, self._texts)  # type: ignore[arg-type]
+        _check(pgconn, done)
+        return _read_rows(done)
+
+    def abandon(self) -> None:
+        """After an error: the transaction rolled back, the connection out of pipeline mode (a
+        connection left otherwise is closed when it is released)."""
+        pgconn = self._conn.pgconn
+        with suppress(Exception):
+            if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                _pipeline_results(pgconn)
+                pgconn.exit_pipeline_mode()
+            if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                pgconn.exec_(_ROLLBACK)
 
     def run(self, statement: ClauseElement, params: dict[str, Any]) -> list[Any]:
         """Another statement in the same transaction (after the first one's rows)."""
@@ -356,6 +350,26 @@ class SentAhead:
         if rows is None:
             raise TypeError(f"{compiled.sql} returns columns libpq's path does not read")
         return rows
+
+
+def _pipeline_results(pgconn: Any) -> tuple[Any, Any]:
+    """The results of a pipeline of BEGIN and one statement, read up to its sync."""
+    results = []
+    nothing = 0  # consecutive empty answers: one separates two commands' results
+    while True:
+        result = pgconn.get_result()
+        if result is None:
+            nothing += 1
+            if nothing > 1 or pgconn.status == pq.ConnStatus.BAD:
+                raise _Dropped(pgconn.error_message.decode("utf-8", "replace") or "no result")
+            continue
+        nothing = 0
+        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+            break
+        results.append(result)
+    if len(results) != 2:
+        raise _Dropped(pgconn.error_message.decode("utf-8", "replace") or "no result")
+    return results[0], results[1]
 
 
 class StaleConnectionError(StoreUnavailableError):

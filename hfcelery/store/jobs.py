@@ -142,6 +142,15 @@ _UNPUBLISHED_JSON = text(
 )
 
 
+class PublishOne(Protocol):
+    """Sends a job's message. ``before_send``, if given, is called once the message is built
+    and before it leaves for the broker (see :func:`hfcelery.publishing.publish`)."""
+
+    def __call__(
+        self, dispatch: Dispatch, /, *, before_send: Callable[[], object] | None = None
+    ) -> None: ...
+
+
 class PublishMany(Protocol):
     """Sends many jobs' messages. ``before_flush``, if given, is called once every message
     is built and before any leaves for the broker (see :func:`hfcelery.publishing.publish_many`)."""
@@ -190,7 +199,7 @@ def _columns_of(
 class JobStore(ContinuationStore):
     """Writing jobs: creation, claims, outcomes, state changes, scheduling, retention."""
 
-    def create_job(self, job: NewJob, publish: Callable[[Dispatch], None] | None = None) -> bool:
+    def create_job(self, job: NewJob, publish: PublishOne | None = None) -> bool:
         """Write a job and its first state; if ``publish`` is given, send its message too.
 
         The message is sent inside the transaction, before the commit: a job is never committed
@@ -225,23 +234,24 @@ class JobStore(ContinuationStore):
         return self._run(work, durable=publish is None)
 
     def _create_and_publish(
-        self, job: NewJob, row: dict[str, Any], publish: Callable[[Dispatch], None], now: datetime
+        self, job: NewJob, row: dict[str, Any], publish: PublishOne, now: datetime
     ) -> bool:
         """:meth:`create_job` on PostgreSQL, on this thread's own connection (``store.fast``):
-        the insert (with its BEGIN), the publish, the COMMIT."""
+        the insert goes out (after its BEGIN) without waiting, the message is built meanwhile
+        and leaves once the insert is done (``before_send``), then the COMMIT."""
         entry = _state_row(None, job.state, job.reason, job.data, now)
         params = {**row, **{f"h_{key}": value for key, value in entry.items() if key != "job_id"}}
         fast = self._fast_statements()
 
         def attempt() -> bool:
-            with fast.transaction() as run:
-                run(_INSERT_JOB_H, params)
+            with fast.sent_ahead(_INSERT_JOB_H, params) as inserted:
                 try:
-                    publish(_dispatch_of(job))
+                    publish(_dispatch_of(job), before_send=inserted.result)
                 except BROKER_UNAVAILABLE as exc:
+                    inserted.result()  # the job itself was written (or raise)
                     _log_unpublished(1, exc)
-                    run(_SYNCHRONOUS_COMMIT, {})
-                    run(_UNPUBLISHED, {"p_id": job.id})
+                    inserted.run(_SYNCHRONOUS_COMMIT, {})
+                    inserted.run(_UNPUBLISHED, {"p_id": job.id})
                     return False
                 return True
 
