@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -21,7 +22,7 @@ from hfcelery.records import Claim, Dispatch, NewJob, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store, count_statements, schema
 from hfcelery.store.models import Base, Job, JobState, Server
-from tests.conftest import truncate
+from tests.conftest import truncate, wait_for
 
 TIMEOUT = timedelta(seconds=15)
 
@@ -1009,3 +1010,84 @@ def test_the_worker_path_maps_refused_data_and_outages_to_store_errors(pg_store:
     broken._schema_checked = True  # the schema check would fail first, on the engine
     with pytest.raises(StoreUnavailableError):
         claim(broken, str(uuid4()))
+    # An enqueue with the store away: the typed error, and no message sent.
+    sent: list[Dispatch] = []
+    with pytest.raises(StoreUnavailableError):
+        broken.create_job(new_job(), sending_to(sent))
+    with pytest.raises(StoreUnavailableError):
+        broken.create_jobs([new_job()], lambda dispatches, **_: sent.extend(dispatches))
+    assert sent == []
+    broken.dispose()
+
+
+def _terminate(store: Store, backend: int) -> None:
+    """End a server process as a restart would, and wait until it is gone."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
+    with store.engine.connect() as conn:
+        query = f"SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}"
+        wait_for(lambda: conn.exec_driver_sql(query).scalar() == 0, timeout=10)
+
+
+def test_an_enqueue_whose_connection_drops_before_its_insert_is_done_starts_again(
+    pg_store: Store,
+) -> None:
+    """The insert goes out before the message is built. The server dropping the connection
+    before the insert is done (a restart) rolls it back and nothing has been sent: the
+    enqueue starts again on a new connection, for one job and one message."""
+    sent: list[Dispatch] = []
+    attempts: list[int] = []
+    assert pg_store.create_job(new_job(), sending_to([]))  # prepares the insert: no lock then
+    locker = pg_store.engine.connect()
+    locker.exec_driver_sql(f"LOCK TABLE {Job.__tablename__} IN SHARE MODE")  # inserts wait
+
+    def dropping(dispatch: Dispatch, *, before_send: Callable[[], object] | None = None) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            [backend] = _fast_backends(pg_store)  # its insert is waiting for the lock
+            _terminate(pg_store, backend)
+            locker.rollback()
+        sending_to(sent)(dispatch, before_send=before_send)
+
+    job = new_job()
+    try:
+        assert pg_store.create_job(job, dropping) is True
+    finally:
+        locker.close()
+    assert len(attempts) == 2
+    assert [d.id for d in sent] == [job.id]
+    assert states_of(pg_store, job.id) == [State.ENQUEUED]
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["enqueue", "enqueue_many"])
+def test_an_enqueue_whose_commit_is_lost_after_its_message_left_succeeds(
+    pg_store: Store, caplog: pytest.LogCaptureFixture, many: bool
+) -> None:
+    """Once the message has left, the job will run: an enqueue (or a batch) whose COMMIT then
+    fails does not raise (a caller trying again would send the job twice). It logs a warning,
+    and the worker that takes the message writes the job from it."""
+    sent: list[Dispatch] = []
+
+    def sending_then_dropped(dispatch: Dispatch, *, before_send: Any = None) -> None:
+        sending_to(sent)(dispatch, before_send=before_send)
+        [backend] = _fast_backends(pg_store)
+        _terminate(pg_store, backend)
+
+    def many_then_dropped(dispatches: Any, *, before_flush: Any = None) -> None:
+        before_flush()
+        sent.extend(dispatches)
+        [backend] = _fast_backends(pg_store)
+        _terminate(pg_store, backend)
+
+    job = new_job()
+    with caplog.at_level("WARNING", logger="hfcelery"):
+        if many:
+            assert pg_store.create_jobs([job], many_then_dropped) is True
+        else:
+            assert pg_store.create_job(job, sending_then_dropped) is True
+    assert "could not commit them" in caplog.text
+    assert [d.id for d in sent] == [job.id]
+    assert pg_store.job(job.id) is None  # rolled back with the connection
+    pg_store.register_server(server("s1"))
+    assert claim(pg_store, job.id, untracked=lambda: job) is not None
+    assert states_of(pg_store, job.id) == [State.ENQUEUED, State.PROCESSING]

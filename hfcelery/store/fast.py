@@ -164,9 +164,10 @@ class FastStatements:
         caller works meanwhile (builds its messages), then reads the statement's rows with
         ``result()``. One round trip for the statement, overlapped, and one for the COMMIT.
 
-        Committed when the block ends, rolled back if it raises. ``result()`` raises
-        :class:`StaleConnectionError` when the connection was found dropped by the server
-        (nothing was written): the caller may start again. Only text parameters (see
+        Committed when the block ends (:class:`CommitFailedError` if the COMMIT failed), rolled
+        back if it raises. ``result()`` raises :class:`StaleConnectionError` when the
+        connection was found dropped by the server (nothing was written): the caller may start
+        again. Only text parameters (see
         ``_as_text``; anything else raises ``TypeError`` before anything is sent).
         """
         compiled = self._compile(statement)
@@ -182,7 +183,7 @@ class FastStatements:
                 ahead.send()
                 yield ahead
                 ahead.result()
-                _check(conn.pgconn, conn.pgconn.exec_(_COMMIT))
+                _commit(conn.pgconn)
             except BaseException:
                 ahead.abandon()
                 raise
@@ -370,6 +371,19 @@ def _pipeline_results(pgconn: Any) -> tuple[Any, Any]:
     if len(results) != 2:
         raise _Dropped(pgconn.error_message.decode("utf-8", "replace") or "no result")
     return results[0], results[1]
+
+
+def _commit(pgconn: Any) -> None:
+    try:
+        result = pgconn.exec_(_COMMIT)
+        _check(pgconn, result)
+    except (psycopg.Error, _Dropped, StoreUnavailableError) as exc:
+        raise CommitFailedError(f"the store is unavailable: {_summary(exc)}") from exc
+
+
+class CommitFailedError(StoreUnavailableError):
+    """A transaction's COMMIT failed, or its answer was lost with the connection: what it
+    wrote may or may not be stored."""
 
 
 class StaleConnectionError(StoreUnavailableError):

@@ -49,7 +49,7 @@ from hfcelery.store.base import (
     utcnow,
 )
 from hfcelery.store.continuations import ContinuationStore
-from hfcelery.store.fast import StaleConnectionError
+from hfcelery.store.fast import CommitFailedError, StaleConnectionError
 from hfcelery.store.models import (
     Job,
     JobParameter,
@@ -170,13 +170,36 @@ def _json_value(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not a column value")
 
 
-def _again_if_stale(write: Callable[[], bool]) -> bool:
-    """Run ``write`` (a new job's transaction on the store's own connections), once more if its
-    connection was found dropped by the server before anything was written (a restart)."""
+def _again_if_stale(write: Callable[[Callable[[], None]], bool], count: int) -> bool:
+    """Run ``write`` (``count`` new jobs' transaction on the store's own connections, which
+    calls the function it is given once their messages are sent), once more if its connection
+    was found dropped by the server before anything was written (a restart).
+
+    A COMMIT that fails once the messages are sent does not fail the enqueue: the jobs are
+    sent, and a worker that takes a message whose job was not stored writes it from the
+    message (see :meth:`JobStore.claim`).
+    """
+    sent = False
+
+    def mark_sent() -> None:
+        nonlocal sent
+        sent = True
+
     try:
-        return write()
-    except StaleConnectionError:
-        return write()
+        try:
+            return write(mark_sent)
+        except StaleConnectionError:
+            return write(mark_sent)
+    except CommitFailedError as exc:
+        if not sent:
+            raise
+        logger.warning(
+            "hfcelery sent %d job(s) but could not commit them (%s); the worker that takes "
+            "each message stores its job then",
+            count,
+            exc,
+        )
+        return True
 
 
 def _columns_of(
@@ -243,7 +266,7 @@ class JobStore(ContinuationStore):
         params = {**row, **{f"h_{key}": value for key, value in entry.items() if key != "job_id"}}
         fast = self._fast_statements()
 
-        def attempt() -> bool:
+        def attempt(sent: Callable[[], None]) -> bool:
             with fast.sent_ahead(_INSERT_JOB_H, params) as inserted:
                 try:
                     publish(_dispatch_of(job), before_send=inserted.result)
@@ -253,9 +276,10 @@ class JobStore(ContinuationStore):
                     inserted.run(_SYNCHRONOUS_COMMIT, {})
                     inserted.run(_UNPUBLISHED, {"p_id": job.id})
                     return False
+                sent()
                 return True
 
-        return _again_if_stale(attempt)
+        return _again_if_stale(attempt, 1)
 
     def create_jobs(
         self,
@@ -320,7 +344,7 @@ class JobStore(ContinuationStore):
         params = {"p_jobs": _rows_json(rows), "p_states": _rows_json(history)}
         fast = self._fast_statements()
 
-        def attempt() -> bool:
+        def attempt(sent: Callable[[], None]) -> bool:
             with fast.sent_ahead(_INSERT_JOBS_JSON, params) as inserted:
                 try:
                     publish_many([_dispatch_of(job) for job in jobs], before_flush=inserted.result)
@@ -330,9 +354,10 @@ class JobStore(ContinuationStore):
                     inserted.run(_SYNCHRONOUS_COMMIT, {})
                     inserted.run(_UNPUBLISHED_JSON, {"p_ids": to_json([job.id for job in jobs])})
                     return False
+                sent()
                 return True
 
-        return _again_if_stale(attempt)
+        return _again_if_stale(attempt, len(jobs))
 
     def set_job_parameter(self, job_id: str, name: str, value: Any) -> None:
         """Store a job parameter (Hangfire's ``SetJobParameter``), replacing one of that name.
