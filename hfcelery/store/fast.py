@@ -164,11 +164,11 @@ class FastStatements:
         caller works meanwhile (builds its messages), then reads the statement's rows with
         ``result()``. One round trip for the statement, overlapped, and one for the COMMIT.
 
-        Committed when the block ends (:class:`CommitFailedError` if the COMMIT failed), rolled
-        back if it raises. ``result()`` raises :class:`StaleConnectionError` when the
-        connection was found dropped by the server (nothing was written): the caller may start
-        again. Only text parameters (see
-        ``_as_text``; anything else raises ``TypeError`` before anything is sent).
+        Committed when the block ends (:class:`CommitFailedError` if the COMMIT failed; the
+        caller sets ``sent`` once its messages have left), rolled back if it raises.
+        ``result()`` raises :class:`StaleConnectionError` when the connection was found dropped
+        by the server (nothing was written): the caller may start again. Only text parameters
+        (see ``_as_text``; anything else raises ``TypeError`` before anything is sent).
         """
         compiled = self._compile(statement)
         values = compiled.bind(params)
@@ -183,7 +183,7 @@ class FastStatements:
                 ahead.send()
                 yield ahead
                 ahead.result()
-                _commit(conn.pgconn)
+                _commit(conn.pgconn, after_send=ahead.sent)
             except BaseException:
                 ahead.abandon()
                 raise
@@ -281,6 +281,8 @@ class SentAhead:
         self._texts = texts
         self._rows: list[Any] | None = None
         self._error: BaseException | None = None
+        #: Set by the caller once the messages of what it wrote have left for the broker.
+        self.sent = False
 
     def send(self) -> None:
         """BEGIN and the statement, in libpq's pipeline mode: neither waits for the server."""
@@ -373,17 +375,21 @@ def _pipeline_results(pgconn: Any) -> tuple[Any, Any]:
     return results[0], results[1]
 
 
-def _commit(pgconn: Any) -> None:
+def _commit(pgconn: Any, *, after_send: bool) -> None:
     try:
         result = pgconn.exec_(_COMMIT)
         _check(pgconn, result)
     except (psycopg.Error, _Dropped, StoreUnavailableError) as exc:
-        raise CommitFailedError(f"the store is unavailable: {_summary(exc)}") from exc
+        error = CommitFailedError(f"the store is unavailable: {_summary(exc)}")
+        error.after_send = after_send
+        raise error from exc
 
 
 class CommitFailedError(StoreUnavailableError):
     """A transaction's COMMIT failed, or its answer was lost with the connection: what it
-    wrote may or may not be stored."""
+    wrote may or may not be stored. ``after_send``: the messages of its jobs had left."""
+
+    after_send = False
 
 
 class StaleConnectionError(StoreUnavailableError):

@@ -170,28 +170,21 @@ def _json_value(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not a column value")
 
 
-def _again_if_stale(write: Callable[[Callable[[], None]], bool], count: int) -> bool:
-    """Run ``write`` (``count`` new jobs' transaction on the store's own connections, which
-    calls the function it is given once their messages are sent), once more if its connection
-    was found dropped by the server before anything was written (a restart).
+def _again_if_stale(write: Callable[[], bool], count: int) -> bool:
+    """Run ``write`` (``count`` new jobs' transaction on the store's own connections), once more
+    if its connection was found dropped by the server before anything was written (a restart).
 
     A COMMIT that fails once the messages are sent does not fail the enqueue: the jobs are
     sent, and a worker that takes a message whose job was not stored writes it from the
     message (see :meth:`JobStore.claim`).
     """
-    sent = False
-
-    def mark_sent() -> None:
-        nonlocal sent
-        sent = True
-
     try:
         try:
-            return write(mark_sent)
+            return write()
         except StaleConnectionError:
-            return write(mark_sent)
+            return write()
     except CommitFailedError as exc:
-        if not sent:
+        if not exc.after_send:
             raise
         logger.warning(
             "hfcelery sent %d job(s) but could not commit them (%s); the worker that takes "
@@ -228,9 +221,10 @@ class JobStore(ContinuationStore):
         The message is sent inside the transaction, before the commit: a job is never committed
         as published without its message. A worker that receives the message before the commit
         waits for it (see :meth:`claim`), and one whose job was never committed writes the job
-        from the message. If the broker cannot be reached the job is committed, durably, as
-        unpublished, and a worker's maintenance loop publishes it later; any other publishing
-        error rolls the job back and is raised. Returns whether the message was sent.
+        from the message (as when the COMMIT fails once the message has left, which does not
+        raise). If the broker cannot be reached the job is committed, durably, as unpublished,
+        and a worker's maintenance loop publishes it later; any other publishing error rolls the
+        job back and is raised. Returns whether the message was sent.
         """
         now = utcnow()
         row = {f"p_{k}": v for k, v in _job_row(job, now, published=publish is not None).items()}
@@ -266,7 +260,7 @@ class JobStore(ContinuationStore):
         params = {**row, **{f"h_{key}": value for key, value in entry.items() if key != "job_id"}}
         fast = self._fast_statements()
 
-        def attempt(sent: Callable[[], None]) -> bool:
+        def attempt() -> bool:
             with fast.sent_ahead(_INSERT_JOB_H, params) as inserted:
                 try:
                     publish(_dispatch_of(job), before_send=inserted.result)
@@ -276,7 +270,7 @@ class JobStore(ContinuationStore):
                     inserted.run(_SYNCHRONOUS_COMMIT, {})
                     inserted.run(_UNPUBLISHED, {"p_id": job.id})
                     return False
-                sent()
+                inserted.sent = True
                 return True
 
         return _again_if_stale(attempt, 1)
@@ -344,7 +338,7 @@ class JobStore(ContinuationStore):
         params = {"p_jobs": _rows_json(rows), "p_states": _rows_json(history)}
         fast = self._fast_statements()
 
-        def attempt(sent: Callable[[], None]) -> bool:
+        def attempt() -> bool:
             with fast.sent_ahead(_INSERT_JOBS_JSON, params) as inserted:
                 try:
                     publish_many([_dispatch_of(job) for job in jobs], before_flush=inserted.result)
@@ -354,7 +348,7 @@ class JobStore(ContinuationStore):
                     inserted.run(_SYNCHRONOUS_COMMIT, {})
                     inserted.run(_UNPUBLISHED_JSON, {"p_ids": to_json([job.id for job in jobs])})
                     return False
-                sent()
+                inserted.sent = True
                 return True
 
         return _again_if_stale(attempt, len(jobs))
