@@ -50,3 +50,23 @@ def test_a_run_claimed_just_before_a_database_crash_may_run_again() -> None:
     assert not claim_forgotten_by_crash(95.0, crash)  # claimed long before: durable by then
     kill = Fault("worker_kill", 100.0)
     assert not claim_forgotten_by_crash(99.6, kill)
+
+
+def test_a_run_whose_outcome_waited_for_the_store_may_run_again_if_its_process_is_killed() -> None:
+    """The account's window for an outcome held by its pool process: a run that completed
+    while the store was away keeps its outcome (its message unacknowledged) until the store
+    is back and the process tries again; a kill meanwhile runs the job again (seen with seed
+    464068: completed during an outage, its process killed 3 s after the store was back). A
+    kill long after that, or a run that completed while the store was up, is not forgiven."""
+    from tests.chaos.suite import OUTCOME_HELD_SECONDS, Fault, outcome_held_at_kill
+
+    outage = Fault("pg_outage", 100.0)
+    outage.back_at = 106.0
+    kill = Fault("child_kill", 109.0)
+    assert outcome_held_at_kill(101.0, kill, [outage, kill])
+    late = Fault("child_kill", 106.0 + OUTCOME_HELD_SECONDS + 1.0)
+    assert not outcome_held_at_kill(101.0, late, [outage, late])
+    assert not outcome_held_at_kill(90.0, kill, [outage, kill])  # completed with the store up
+    assert not outcome_held_at_kill(110.0, kill, [outage, kill])  # completed after the kill
+    redis_restart = Fault("redis_restart", 108.0)
+    assert not outcome_held_at_kill(101.0, redis_restart, [outage, redis_restart])

@@ -13,7 +13,8 @@ The account: **lost** (a job that never completed), **stuck** (not finished when
 gives up waiting), **completed twice** (split into inside a crash window, where at-least-once
 is the documented promise, and outside; a run whose claim was committed in the moment before
 a PostgreSQL crash is inside, however late it completes: the crash may forget the claim and
-the job runs again), **forgotten** (created, run once and finished in the
+the job runs again; so is a run that completed while the store was away, whose pool process
+was killed while it still held the outcome), **forgotten** (created, run once and finished in the
 moment before a PostgreSQL crash, which took its asynchronously committed rows: reported, and
 documented in the README's known limits), **continuation anomalies** (a continuation that
 started before its parent completed, or ran for a parent that did not succeed), and
@@ -42,6 +43,8 @@ from typing import Any
 
 import redis
 
+from hfcelery.worker.execution import OUTCOME_RETRY_BACKOFF_SECONDS
+
 ROOT = Path(__file__).resolve().parents[2]
 #: A job that completed within this long before a crash (a SIGKILL, a PostgreSQL crash) may
 #: run again: its outcome may not have been stored or its message acknowledged.
@@ -69,6 +72,28 @@ def claim_forgotten_by_crash(started_at: float, fault: Fault) -> bool:
 
 #: How long a PostgreSQL crash keeps the server down before it is started again.
 PG_CRASH_PAUSE_SECONDS = 1.0
+
+#: How long after the store is back a pool process may still hold an outcome it could not
+#: store meanwhile: its longest pause between tries, and a second for the try itself.
+OUTCOME_HELD_SECONDS = max(OUTCOME_RETRY_BACKOFF_SECONDS) + 1.0
+
+
+def outcome_held_at_kill(done_at: float, kill: Fault, faults: list[Fault]) -> bool:
+    """Whether a run that completed at ``done_at`` may still have held its outcome when
+    ``kill`` (of a worker or of a pool process) struck: it completed while the store was away
+    (an outage or a restart), and the kill came before the pool process's next try once the
+    store was back. Its message is unacknowledged until then, so the job runs again: at least
+    once is the documented promise for a worker killed between a job's end and the commit of
+    its outcome (README, Known limits)."""
+    if kill.kind not in ("worker_kill", "child_kill") or kill.at < done_at:
+        return False
+    return any(
+        away.kind in ("pg_outage", "pg_fast_restart", "pg_crash")
+        and away.back_at is not None
+        and away.at - CRASH_WINDOW_SECONDS <= done_at <= away.back_at
+        and kill.at <= away.back_at + OUTCOME_HELD_SECONDS
+        for away in faults
+    )
 
 
 @dataclass
@@ -416,7 +441,9 @@ def account(
             first = done[0]
             first_start = min(starts.get(item.key) or [first])
             in_window = any(
-                in_crash_window(first, fault) or claim_forgotten_by_crash(first_start, fault)
+                in_crash_window(first, fault)
+                or claim_forgotten_by_crash(first_start, fault)
+                or outcome_held_at_kill(first, fault, faults)
                 for fault in crashes
             )
             (result.doubles_in_window if in_window else result.doubles_outside).append(
