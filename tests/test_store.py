@@ -1063,9 +1063,10 @@ def test_an_enqueue_whose_connection_drops_before_its_insert_is_done_starts_agai
 def test_an_enqueue_whose_commit_is_lost_after_its_message_left_succeeds(
     pg_store: Store, caplog: pytest.LogCaptureFixture, many: bool
 ) -> None:
-    """Once the message has left, the job will run: an enqueue (or a batch) whose COMMIT then
-    fails does not raise (a caller trying again would send the job twice). It logs a warning,
-    and the worker that takes the message writes the job from it."""
+    """Once the message has left, the job will run: the COMMIT is not waited for, and one that
+    fails does not fail the enqueue (or the batch; a caller trying again would send the job
+    twice). The process's next read logs a warning, and the worker that takes the message
+    writes the job from it."""
     sent: list[Dispatch] = []
 
     def sending_then_dropped(dispatch: Dispatch, *, before_send: Any = None) -> None:
@@ -1085,9 +1086,52 @@ def test_an_enqueue_whose_commit_is_lost_after_its_message_left_succeeds(
             assert pg_store.create_jobs([job], many_then_dropped) is True
         else:
             assert pg_store.create_job(job, sending_then_dropped) is True
-    assert "could not commit them" in caplog.text
+        assert pg_store.job(job.id) is None  # rolled back with the connection
+    assert "sent 1 job(s) but could not commit them" in caplog.text
     assert [d.id for d in sent] == [job.id]
-    assert pg_store.job(job.id) is None  # rolled back with the connection
     pg_store.register_server(server("s1"))
     assert claim(pg_store, job.id, untracked=lambda: job) is not None
     assert states_of(pg_store, job.id) == [State.ENQUEUED, State.PROCESSING]
+
+
+def test_an_enqueue_does_not_wait_for_its_commit_yet_every_read_sees_the_job(
+    pg_store: Store, postgres_url: str
+) -> None:
+    """The COMMIT after a job's message has left is sent without waiting for its answer: any
+    read of the process that follows (through any store, or the worker path's next statement)
+    still sees the job, and a process that exits at once leaves it committed."""
+    import subprocess
+    import sys
+
+    other = Store(postgres_url)  # another store of the same process
+    try:
+        for _ in range(20):
+            job = new_job()
+            assert pg_store.create_job(job, sending_to([])) is True
+            assert states_of(other, job.id) == [State.ENQUEUED]
+        job = new_job()
+        assert pg_store.create_job(job, sending_to([])) is True
+        pg_store.register_server(server("s1"))
+        assert claim(pg_store, job.id) is not None  # the same connection, next statement
+    finally:
+        other.dispose()
+    # A client that exits right after its enqueue, without closing anything.
+    code = (
+        "import os, sys\n"
+        "from hfcelery.store import Store\n"
+        "from tests.test_store import new_job, sending_to\n"
+        "job = new_job()\n"
+        "assert Store(sys.argv[1]).create_job(job, sending_to([]))\n"
+        "print(job.id, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, postgres_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert wait_for(lambda: pg_store.job(job_id), timeout=10).state is State.ENQUEUED

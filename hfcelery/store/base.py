@@ -35,7 +35,7 @@ from hfcelery.records import (
 )
 from hfcelery.states import State
 from hfcelery.store import schema
-from hfcelery.store.fast import STATEMENT_OBSERVERS, FastStatements
+from hfcelery.store.fast import STATEMENT_OBSERVERS, FastStatements, settle_commits
 from hfcelery.store.models import (
     Job,
     JobParameter,
@@ -174,6 +174,9 @@ class StoreBase:
             engine = create_engine(
                 self.url, pool_size=5, max_overflow=10, pool_recycle=3600, connect_args=connect_args
             )
+            # A new job's COMMIT is not waited for once its message has left: this process's
+            # reads see the job all the same.
+            event.listen(engine, "engine_connect", _settle_commits)
         event.listen(engine, "handle_error", _data_errors_while_binding)
         return engine
 
@@ -503,6 +506,10 @@ def _dispatch_of(job: NewJob) -> Dispatch:
     return Dispatch(
         job.id, job.function, job.task_name, job.args_json, job.kwargs_json, job.queue, job.tracked
     )
+
+
+def _settle_commits(_conn: Connection) -> None:
+    settle_commits()
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -20,6 +20,7 @@ the statement tried once more; after a fork the child opens its own.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import weakref
@@ -39,7 +40,9 @@ except ImportError:  # pragma: no cover - an install for SQLite only (psycopg is
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.sql import ClauseElement
 
-from hfcelery.errors import StoreDataError, StoreUnavailableError
+from hfcelery.errors import StoreDataError, StoreError, StoreUnavailableError
+
+logger = logging.getLogger(__name__)
 
 #: Connections kept open when not in use, per store and process: a worker process uses one at a
 #: time; threads that write at once (a web server's) open more, closed once they are done.
@@ -96,6 +99,11 @@ class FastStatements:
         #: The statements prepared on each connection by libpq's path, and whether that path
         #: can read their columns.
         self._prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[bytes, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: Connections whose COMMIT was sent without waiting for its answer (see
+        #: ``_commit_later``), with how many jobs' messages left before it.
+        self._pending: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = (
             weakref.WeakKeyDictionary()
         )
         weakref.finalize(self, _close, self._opened)
@@ -164,8 +172,9 @@ class FastStatements:
         caller works meanwhile (builds its messages), then reads the statement's rows with
         ``result()``. One round trip for the statement, overlapped, and one for the COMMIT.
 
-        Committed when the block ends (:class:`CommitFailedError` if the COMMIT failed; the
-        caller sets ``sent`` once its messages have left), rolled back if it raises.
+        Committed when the block ends, rolled back if it raises. Once the caller's messages
+        have left (it sets ``sent`` to their number) the COMMIT does not wait for its answer:
+        see :meth:`_commit_later`.
         ``result()`` raises :class:`StaleConnectionError` when the connection was found dropped
         by the server (nothing was written): the caller may start again. Only text parameters
         (see ``_as_text``; anything else raises ``TypeError`` before anything is sent).
@@ -183,7 +192,10 @@ class FastStatements:
                 ahead.send()
                 yield ahead
                 ahead.result()
-                _commit(conn.pgconn, after_send=ahead.sent)
+                if ahead.sent:
+                    self._commit_later(conn, ahead.sent)
+                else:
+                    _check(conn.pgconn, conn.pgconn.exec_(_COMMIT))
             except BaseException:
                 ahead.abandon()
                 raise
@@ -194,8 +206,64 @@ class FastStatements:
         finally:
             self._release(conn)
 
+    def _commit_later(self, conn: psycopg.Connection[Any], sent: int) -> None:
+        """Send the COMMIT of a transaction whose messages have left, without waiting for its
+        answer: it is read before the connection is used again, and before any statement of
+        this process through a store's engine (:func:`settle_commits`), so that whatever this
+        process reads next sees the jobs. Nothing waits on it meanwhile: the jobs are sent, and
+        should the COMMIT fail, the worker that takes a message whose job is not stored writes
+        it from the message (``JobStore.claim``), as when the COMMIT's answer is lost."""
+        pgconn = conn.pgconn
+        try:
+            pgconn.send_query(_COMMIT)
+            flushed = pgconn.flush() == 0
+        except psycopg.Error as exc:  # the connection is gone: closed when it is released
+            _log_lost_commit(sent, exc)
+            return
+        self._pending[conn] = sent
+        _WITH_PENDING_COMMITS.add(self)
+        if not flushed:  # still in the client's buffer: wait for it instead
+            self._settle(conn)
+
+    def _settle(self, conn: psycopg.Connection[Any]) -> None:
+        """Read the answer of the connection's COMMIT sent without waiting, if it has one."""
+        sent = self._pending.pop(conn, None)
+        if sent is None:
+            return
+        pgconn = conn.pgconn
+        last = None
+        try:
+            while (result := pgconn.get_result()) is not None:
+                last = result
+            if last is None:
+                raise _Dropped(pgconn.error_message.decode("utf-8", "replace") or "no answer")
+            _check(pgconn, last)
+        except (psycopg.Error, _Dropped, StoreError) as exc:
+            _log_lost_commit(sent, exc)
+
+    def settle(self) -> None:
+        """Read the answers of the COMMITs this process sent without waiting (idle
+        connections)."""
+        if not self._pending:
+            return
+        pid = os.getpid()
+        taken = []
+        while True:
+            try:
+                taken.append(self._idle.pop())
+            except IndexError:
+                break
+        for owner, conn in taken:
+            if owner == pid:
+                self._settle(conn)
+                self._release(conn)
+            else:  # a parent's, after a fork: left alone, and forgotten here
+                self._pending.pop(conn, None)
+                self._idle.append((owner, conn))
+
     def close(self) -> None:
         """Close every connection this process opened (new ones are opened on next use)."""
+        self.settle()
         pid = os.getpid()
         self._idle[:] = [(owner, conn) for owner, conn in self._idle if owner != pid]
         _close(self._opened)
@@ -226,13 +294,16 @@ class FastStatements:
 
     def _acquire(self) -> psycopg.Connection[Any]:
         pid = os.getpid()
+        self.settle()
         while True:
             try:
                 owner, conn = self._idle.pop()
             except IndexError:
                 break
-            if owner == pid and not conn.closed:
-                return conn
+            if owner == pid:
+                self._settle(conn)  # released with a COMMIT pending since settle()
+                if not conn.closed:
+                    return conn
         extra: dict[str, Any] = {"options": self._options} if self._options else {}
         try:
             conn = psycopg.connect(
@@ -246,7 +317,7 @@ class FastStatements:
     def _release(self, conn: psycopg.Connection[Any]) -> None:
         """Back to the idle ones, unless it is broken or enough are idle already."""
         pid = os.getpid()
-        idle = conn.info.transaction_status == _IDLE
+        idle = conn.info.transaction_status == _IDLE or conn in self._pending
         idle = idle and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
         if idle and not _dropped(conn) and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append((pid, conn))
@@ -281,8 +352,8 @@ class SentAhead:
         self._texts = texts
         self._rows: list[Any] | None = None
         self._error: BaseException | None = None
-        #: Set by the caller once the messages of what it wrote have left for the broker.
-        self.sent = False
+        #: Set by the caller to the number of messages that left once they have.
+        self.sent = 0
 
     def send(self) -> None:
         """BEGIN and the statement, in libpq's pipeline mode: neither waits for the server."""
@@ -375,21 +446,24 @@ def _pipeline_results(pgconn: Any) -> tuple[Any, Any]:
     return results[0], results[1]
 
 
-def _commit(pgconn: Any, *, after_send: bool) -> None:
-    try:
-        result = pgconn.exec_(_COMMIT)
-        _check(pgconn, result)
-    except (psycopg.Error, _Dropped, StoreUnavailableError) as exc:
-        error = CommitFailedError(f"the store is unavailable: {_summary(exc)}")
-        error.after_send = after_send
-        raise error from exc
+#: The stores' fast statements of this process with COMMITs whose answers are unread.
+_WITH_PENDING_COMMITS: weakref.WeakSet[FastStatements] = weakref.WeakSet()
 
 
-class CommitFailedError(StoreUnavailableError):
-    """A transaction's COMMIT failed, or its answer was lost with the connection: what it
-    wrote may or may not be stored. ``after_send``: the messages of its jobs had left."""
+def settle_commits() -> None:
+    """Read the answers of the COMMITs this process sent without waiting (every store's), so
+    that a read that follows sees what they committed. Called as a store's engine connects."""
+    for fast in list(_WITH_PENDING_COMMITS):
+        fast.settle()
 
-    after_send = False
+
+def _log_lost_commit(sent: int, exc: BaseException) -> None:
+    logger.warning(
+        "hfcelery sent %d job(s) but could not commit them (%s); the worker that takes each "
+        "message stores its job then",
+        sent,
+        _summary(exc),
+    )
 
 
 class StaleConnectionError(StoreUnavailableError):

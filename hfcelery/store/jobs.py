@@ -49,7 +49,7 @@ from hfcelery.store.base import (
     utcnow,
 )
 from hfcelery.store.continuations import ContinuationStore
-from hfcelery.store.fast import CommitFailedError, StaleConnectionError
+from hfcelery.store.fast import StaleConnectionError
 from hfcelery.store.models import (
     Job,
     JobParameter,
@@ -170,29 +170,13 @@ def _json_value(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not a column value")
 
 
-def _again_if_stale(write: Callable[[], bool], count: int) -> bool:
-    """Run ``write`` (``count`` new jobs' transaction on the store's own connections), once more
-    if its connection was found dropped by the server before anything was written (a restart).
-
-    A COMMIT that fails once the messages are sent does not fail the enqueue: the jobs are
-    sent, and a worker that takes a message whose job was not stored writes it from the
-    message (see :meth:`JobStore.claim`).
-    """
+def _again_if_stale(write: Callable[[], bool]) -> bool:
+    """Run ``write`` (a new job's transaction on the store's own connections), once more if its
+    connection was found dropped by the server before anything was written (a restart)."""
     try:
-        try:
-            return write()
-        except StaleConnectionError:
-            return write()
-    except CommitFailedError as exc:
-        if not exc.after_send:
-            raise
-        logger.warning(
-            "hfcelery sent %d job(s) but could not commit them (%s); the worker that takes "
-            "each message stores its job then",
-            count,
-            exc,
-        )
-        return True
+        return write()
+    except StaleConnectionError:
+        return write()
 
 
 def _columns_of(
@@ -221,10 +205,11 @@ class JobStore(ContinuationStore):
         The message is sent inside the transaction, before the commit: a job is never committed
         as published without its message. A worker that receives the message before the commit
         waits for it (see :meth:`claim`), and one whose job was never committed writes the job
-        from the message (as when the COMMIT fails once the message has left, which does not
-        raise). If the broker cannot be reached the job is committed, durably, as unpublished,
-        and a worker's maintenance loop publishes it later; any other publishing error rolls the
-        job back and is raised. Returns whether the message was sent.
+        from the message. On PostgreSQL the COMMIT after the message has left is not waited for
+        (``FastStatements._commit_later``): should it fail, that repairs it, and the enqueue
+        does not raise. If the broker cannot be reached the job is committed, durably, as
+        unpublished, and a worker's maintenance loop publishes it later; any other publishing
+        error rolls the job back and is raised. Returns whether the message was sent.
         """
         now = utcnow()
         row = {f"p_{k}": v for k, v in _job_row(job, now, published=publish is not None).items()}
@@ -270,10 +255,10 @@ class JobStore(ContinuationStore):
                     inserted.run(_SYNCHRONOUS_COMMIT, {})
                     inserted.run(_UNPUBLISHED, {"p_id": job.id})
                     return False
-                inserted.sent = True
+                inserted.sent = 1
                 return True
 
-        return _again_if_stale(attempt, 1)
+        return _again_if_stale(attempt)
 
     def create_jobs(
         self,
@@ -348,10 +333,10 @@ class JobStore(ContinuationStore):
                     inserted.run(_SYNCHRONOUS_COMMIT, {})
                     inserted.run(_UNPUBLISHED_JSON, {"p_ids": to_json([job.id for job in jobs])})
                     return False
-                inserted.sent = True
+                inserted.sent = len(jobs)
                 return True
 
-        return _again_if_stale(attempt, len(jobs))
+        return _again_if_stale(attempt)
 
     def set_job_parameter(self, job_id: str, name: str, value: Any) -> None:
         """Store a job parameter (Hangfire's ``SetJobParameter``), replacing one of that name.
