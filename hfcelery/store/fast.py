@@ -8,11 +8,12 @@ result processing. Here a small pool of plain psycopg connections (autocommit, w
 store's asynchronous commit) runs them as SQLAlchemy compiled them (once), prepared on the
 server. ``make bench`` shows the difference.
 
-The autocommitted statements (a claim, a finish) go further and skip psycopg's adaptation and
-cursors too: their parameters are sent as text and their few result columns read back by type,
-straight through libpq (``psycopg.pq``), which cuts the client's time per claim and finish
-by about a third again.
-A value of a type that path does not know is sent through psycopg instead.
+The statements go further and skip psycopg's adaptation and cursors too: their parameters
+are sent as text and their few result columns read back by type, straight through libpq
+(``psycopg.pq``), which cuts the client's time per claim and finish by about a third again.
+A value of a type that path does not know is sent through psycopg instead. A new job's insert
+goes out with its BEGIN without waiting (:meth:`FastStatements.sent_ahead`) while its message
+is built, and its COMMIT, once the message has left, without waiting for the answer.
 
 The connections behave as the engine's do: one the server dropped (a restart) is replaced and
 the statement tried once more; after a fork the child opens its own.
@@ -170,7 +171,7 @@ class FastStatements:
     def sent_ahead(self, statement: ClauseElement, params: dict[str, Any]) -> Iterator[SentAhead]:
         """A transaction whose BEGIN and first statement go out together, without waiting: the
         caller works meanwhile (builds its messages), then reads the statement's rows with
-        ``result()``. One round trip for the statement, overlapped, and one for the COMMIT.
+        ``result()``. One round trip for the statement, overlapped with the caller's work.
 
         Committed when the block ends, rolled back if it raises. Once the caller's messages
         have left (it sets ``sent`` to their number) the COMMIT does not wait for its answer:
