@@ -228,6 +228,8 @@ class FastStatements:
 
     def _settle(self, conn: psycopg.Connection[Any]) -> None:
         """Read the answer of the connection's COMMIT sent without waiting, if it has one."""
+        if not self._pending:  # the worker path's usual case: no weak reference made
+            return
         sent = self._pending.pop(conn, None)
         if sent is None:
             return

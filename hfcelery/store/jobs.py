@@ -206,8 +206,8 @@ class JobStore(ContinuationStore):
         as published without its message. A worker that receives the message before the commit
         waits for it (see :meth:`claim`), and one whose job was never committed writes the job
         from the message. On PostgreSQL the COMMIT after the message has left is not waited for
-        (``FastStatements._commit_later``): should it fail, that repairs it, and the enqueue
-        does not raise. If the broker cannot be reached the job is committed, durably, as
+        (``FastStatements._commit_later``): should it fail, that worker repairs it, and the
+        enqueue does not raise. If the broker cannot be reached the job is committed, durably, as
         unpublished, and a worker's maintenance loop publishes it later; any other publishing
         error rolls the job back and is raised. Returns whether the message was sent.
         """
