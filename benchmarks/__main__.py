@@ -33,6 +33,10 @@ for reference (``--scale-modes``). It prints the CPU of the workers, PostgreSQL 
 names the resource that saturates first. ``make bench BENCH_ARGS=--scale`` runs everything;
 ``make bench BENCH_ARGS="--scale --rounds 0 --recovery-rounds 0"`` only the scaling run.
 
+``--bounds`` adds, to each round, the variants of :mod:`benchmarks.bounds`: hfcelery without
+recording outcomes and without claims or outcomes (the drain), and without the job's insert
+(the enqueue). They show how much of the gap to plain Celery each store write accounts for.
+
 Needs Redis and PostgreSQL on 127.0.0.1 (``--redis``, ``--postgres`` to point elsewhere).
 """
 
@@ -57,11 +61,18 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from benchmarks.bounds import VARIANTS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 Result = dict[str, Any]
 MODES = ("plain", "hf", "celerydb")
-MODE_NAMES = {"plain": "plain Celery", "hf": "hfcelery", "celerydb": "Celery db backend"}
+MODE_NAMES = {
+    "plain": "plain Celery",
+    "hf": "hfcelery",
+    "celerydb": "Celery db backend",
+    **{variant: name for variant, (name, _) in VARIANTS.items()},
+}
 #: Adding workers "helps" when the drain gets at least this much faster.
 SCALING_GAIN = 1.15
 SATURATED = 0.85
@@ -86,12 +97,17 @@ def main() -> int:
     )
     parser.add_argument("--recovery-rounds", type=int, default=5)
     parser.add_argument("--scale", action="store_true", help="add the scaling run")
+    parser.add_argument(
+        "--bounds", action="store_true", help="add hfcelery without each store write"
+    )
     parser.add_argument("--scale-jobs", type=int, default=20_000)
     parser.add_argument("--scale-workers", default="1,2,4")
     parser.add_argument("--scale-modes", default="hf,plain")
     parser.add_argument("--scale-latency-seconds", type=float, default=10.0)
     args = parser.parse_args()
     modes = [m for m in MODES if not (m == "celerydb" and args.no_celery_db)]
+    if args.bounds:
+        modes += list(VARIANTS)
     # Stopped (make bench interrupted): still drop the bench database.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -134,6 +150,8 @@ def main() -> int:
 
     if args.rounds:
         report(rounds, extras, args)
+        if args.bounds:
+            report_bounds(rounds, args)
     if recovery:
         from benchmarks.recovery import report as recovery_report
 
@@ -155,6 +173,10 @@ def note(message: str) -> None:
 def round_options(mode: str, args: argparse.Namespace) -> list[str]:
     if mode == "celerydb":  # the second reference: the drain only
         return [f"--drain-jobs={args.drain_jobs}"]
+    if mode in VARIANTS:  # only the figure each bounds
+        if VARIANTS[mode][1] == "drain":
+            return [f"--drain-jobs={args.drain_jobs}"]
+        return [f"--enqueue-jobs={args.enqueue_jobs}"]
     return [
         f"--enqueue-jobs={args.enqueue_jobs}",
         f"--batch-jobs={args.batch_jobs}",
@@ -278,7 +300,7 @@ def report(
             get("batch_per_second"), target=(">= 3.00x", 3.0), db=False,
             short=f"{args.batch_jobs:,} at once"),
         Row(f"drain, jobs/s ({args.drain_jobs:,} queued no-op jobs)", get("drain_per_second"),
-            short="drain"),
+            target=(">= 0.80x", 0.80), short="drain"),
         Row(f"end to end, jobs/s ({args.jobs:,} jobs)", get("end_to_end_per_second"),
             target=(">= 0.80x", 0.80), db=False, short="end to end"),
         Row(f"latency p50, ms ({args.latency_samples} single jobs, enqueue to end)",
@@ -327,6 +349,32 @@ def report(
             if any(v is not None for v in values):
                 detail.append([row.short, MODE_NAMES[mode], *map(row.format, values)])
     print_table(detail)
+
+
+def report_bounds(rounds: dict[str, list[Result]], args: argparse.Namespace) -> None:
+    """How fast hfcelery runs without each of its store writes, beside plain Celery."""
+    figures = {"drain": "drain_per_second", "enqueue": "enqueue_per_second"}
+    table = [["figure", "mode", "jobs/s", "vs plain Celery: median (range)"]]
+    for figure, key in figures.items():
+
+        def value(r: Result, key: str = key) -> float | None:
+            return r.get(key)
+
+        modes = ["plain", "hf", *(v for v, (_, f) in VARIANTS.items() if f == figure)]
+        for mode in modes:
+            results = rounds.get(mode, [])
+            values = per_round(results, value)
+            median = f"{statistics.median(values):,.0f}" if values else "-"
+            vs_plain = (
+                "" if mode == "plain" else ratio_cell(paired(results, rounds["plain"], value))[0]
+            )
+            table.append([figure, MODE_NAMES[mode], median, vs_plain])
+    print(
+        "\nwhat bounds hfcelery (--bounds): hfcelery with a store write taken out of the "
+        "measured path (benchmarks/bounds.py;\nthese variants give up its guarantees), in "
+        "the same alternating rounds:\n"
+    )
+    print_table(table)
 
 
 class Row:

@@ -1,7 +1,8 @@
 """The Celery app the benchmarks run: plain Celery, the same app with hfcelery loaded, or plain
 Celery with its own database result backend.
 
-``BENCH_MODE=plain|hf|celerydb`` chooses; all use the same broker, queue and reliability
+``BENCH_MODE=plain|hf|celerydb`` chooses, or a variant of :mod:`benchmarks.bounds` (hfcelery
+with a store write taken out, for ``--bounds``); all use the same broker, queue and reliability
 settings (acks late, reject on worker lost, prefetch 1, JSON). ``celerydb`` stores results in
 ``BENCH_STORE_URL``'s PostgreSQL database through ``db+postgresql+psycopg://`` with
 ``task_track_started=True``. With ``BENCH_SQL_COUNT_DIR`` set, each worker process counts the
@@ -20,6 +21,7 @@ import redis
 from celery import Celery, Task, signals
 
 import benchmarks.sqlcount  # noqa: F401  (counts statements when BENCH_SQL_COUNT_DIR is set)
+from benchmarks.bounds import VARIANTS
 
 BENCH_QUEUE = "bench"
 #: Jobs sent here note their finish time in Redis (latency figures).
@@ -32,6 +34,8 @@ FINISHED_KEY = "bench:finished"
 CONSUMING_KEY = "bench:consuming"
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 MODE = os.environ.get("BENCH_MODE", "plain")
+#: hfcelery is loaded (``hf``, or a variant of it).
+HF = MODE == "hf" or MODE in VARIANTS
 
 app = Celery("bench", broker=BROKER_URL)
 app.conf.update(
@@ -51,7 +55,7 @@ if MODE == "celerydb":
         task_ignore_result=False,
         task_track_started=True,
     )
-elif MODE == "hf":
+elif HF:
     import hfcelery
 
     hfcelery.init_app(
@@ -59,6 +63,10 @@ elif MODE == "hf":
         store_url=os.environ["BENCH_STORE_URL"],
         allowed_modules=["benchmarks.app"],
     )
+    if MODE in VARIANTS:
+        from benchmarks.bounds import remove
+
+        remove(MODE)
 
 
 @app.task(name="bench.noop")

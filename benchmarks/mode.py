@@ -46,6 +46,7 @@ from benchmarks.app import (
     BENCH_QUEUE,
     CONSUMING_KEY,
     FINISHED_KEY,
+    HF,
     IDLE_QUEUE,
     LATENCY_QUEUE,
     MODE,
@@ -53,6 +54,7 @@ from benchmarks.app import (
     noop,
     noop_task,
 )
+from benchmarks.bounds import VARIANTS
 from benchmarks.resources import Meter, process_tree
 
 DELAYED_JOBS = 200
@@ -129,7 +131,7 @@ class Bench:
         self.meter.close()
 
     def _enqueuer(self) -> Enqueue:
-        if MODE != "hf":
+        if not HF:
 
             def plain(queue: str | None) -> str:
                 return str(noop_task.apply_async(queue=queue).id)
@@ -200,7 +202,7 @@ class Bench:
     def discard(self) -> None:
         """Drop the queued messages, and (hfcelery) their jobs, which would be sent again."""
         self.broker.delete(BENCH_QUEUE)
-        if MODE != "hf":
+        if not HF:
             return
         from hfcelery.extension import extension_of
         from hfcelery.store.models import Base
@@ -211,7 +213,7 @@ class Bench:
                     conn.execute(table.delete())
 
     def succeeded(self) -> int:
-        if MODE != "hf":
+        if not HF:
             return 0
         import hfcelery
 
@@ -252,6 +254,8 @@ class Bench:
                 expected += args.latency_samples + LATENCY_WARM_UP
         if MODE == "hf" and (succeeded := self.succeeded()) != expected:
             raise SystemExit(f"expected {expected} succeeded jobs, the store has {succeeded}")
+        if MODE in VARIANTS:  # jobs left Processing or Enqueued: later rounds must not see them
+            self.discard()
         if MODE != "plain":
             counts = sqlcount.read(work)
             result["statements_per_job"] = counts.per_job
@@ -261,7 +265,7 @@ class Bench:
 
     def batch(self, jobs: int) -> Result:
         """1,000 jobs at once: hfcelery's ``enqueue_many``, or plain Celery's loop."""
-        if MODE == "hf":
+        if HF:
             import hfcelery
             from hfcelery import call
 
@@ -286,7 +290,7 @@ class Bench:
 
     def fill(self, jobs: int) -> None:
         """Queue ``jobs`` no-op jobs, quickly (not a figure)."""
-        if MODE == "hf":
+        if HF:
             import hfcelery
 
             if hasattr(hfcelery.BackgroundJob, "enqueue_many"):
