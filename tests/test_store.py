@@ -22,7 +22,7 @@ from hfcelery.records import Claim, Dispatch, NewJob, ServerRecord
 from hfcelery.states import State
 from hfcelery.store import Store, count_statements, schema
 from hfcelery.store.models import Base, Job, JobState, Server
-from tests.conftest import truncate, wait_for
+from tests.conftest import new_postgres_database, truncate, wait_for
 
 TIMEOUT = timedelta(seconds=15)
 
@@ -1135,3 +1135,88 @@ def test_an_enqueue_does_not_wait_for_its_commit_yet_every_read_sees_the_job(
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()
     assert wait_for(lambda: pg_store.job(job_id), timeout=10).state is State.ENQUEUED
+
+
+@pytest.fixture
+def slow_commit_store() -> Iterator[Store]:
+    """A store in a database of its own whose COMMITs of a new job take half a second (a
+    deferred constraint trigger sleeps), so that a read can run while one is under way."""
+    with new_postgres_database("hfcelery_slow_commit") as url:
+        s = Store(url)
+        s.migrate()
+        with s.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON hfcelery_jobs "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+            )
+        try:
+            yield s
+        finally:
+            s.dispose()
+
+
+def _other_reader(url: Any) -> Store:
+    return Store(url.render_as_string(hide_password=False))
+
+
+def test_a_read_waits_for_a_commit_another_thread_is_reading(slow_commit_store: Store) -> None:
+    """A thread that enqueues and then reads sees its job, even when another thread took the
+    connection (whose COMMIT is still under way) from the idle ones an instant before: the
+    read waits for that thread to read the COMMIT's answer."""
+    store = slow_commit_store
+    other = _other_reader(store.url)
+    try:
+        job = new_job()
+        assert store.create_job(job, sending_to([])) is True
+        fast = store._fast
+        assert fast is not None
+        _, conn = fast._idle.pop()  # as another thread's _acquire takes it
+        assert conn in fast._pending
+
+        def other_thread() -> None:
+            fast._settle(conn)  # first thing, as _acquire does
+            fast._release(conn)
+
+        thread = threading.Timer(0.1, other_thread)
+        thread.start()
+        try:
+            assert states_of(other, job.id) == [State.ENQUEUED]
+        finally:
+            thread.join()
+        assert not fast._pending
+    finally:
+        other.dispose()
+
+
+def test_a_connection_closed_with_its_commit_under_way_is_answered_first(
+    slow_commit_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With enough connections idle, the enqueue's own is closed when it is released: the
+    COMMIT's answer is read before, so what the process reads next sees the job."""
+    store = slow_commit_store
+    other = _other_reader(store.url)
+    try:
+        store.create_job(new_job(), sending_to([]))  # the fast path's first connection
+        fast = store._fast
+        assert fast is not None
+        spare = [fast._acquire(), fast._acquire(), fast._acquire()]  # idle: none left
+        fast._release(spare[0])
+        fast._release(spare[1])
+        job = new_job()
+
+        def fill_the_idle_ones(dispatch: Dispatch, *, before_send: Any = None) -> None:
+            before_send()
+            fast._release(spare[2])  # while the enqueue holds its own
+
+        with caplog.at_level("WARNING", logger="hfcelery"):
+            assert store.create_job(job, fill_the_idle_ones) is True
+            assert len(fast._idle) == 2
+            assert not fast._pending
+            assert states_of(other, job.id) == [State.ENQUEUED]
+        assert "could not commit" not in caplog.text
+    finally:
+        other.dispose()

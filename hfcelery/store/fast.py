@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 #: Connections kept open when not in use, per store and process: a worker process uses one at a
 #: time; threads that write at once (a web server's) open more, closed once they are done.
 MAX_IDLE_CONNECTIONS = 2
+#: How long a read waits for a COMMIT's answer that another thread of the process is reading.
+SETTLE_WAIT_SECONDS = 5.0
 
 #: Called with each statement's SQL as it is sent (statement counts of tests and benchmarks);
 #: each one is also a commit (autocommit).
@@ -103,8 +106,9 @@ class FastStatements:
             weakref.WeakKeyDictionary()
         )
         #: Connections whose COMMIT was sent without waiting for its answer (see
-        #: ``_commit_later``), with how many jobs' messages left before it.
-        self._pending: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = (
+        #: ``_commit_later``), with the process that sent it and how many jobs' messages left
+        #: before it.
+        self._pending: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, int]] = (
             weakref.WeakKeyDictionary()
         )
         weakref.finalize(self, _close, self._opened)
@@ -221,7 +225,7 @@ class FastStatements:
         except psycopg.Error as exc:  # the connection is gone: closed when it is released
             _log_lost_commit(sent, exc)
             return
-        self._pending[conn] = sent
+        self._pending[conn] = (os.getpid(), sent)
         _WITH_PENDING_COMMITS.add(self)
         if not flushed:  # still in the client's buffer: wait for it instead
             self._settle(conn)
@@ -230,9 +234,10 @@ class FastStatements:
         """Read the answer of the connection's COMMIT sent without waiting, if it has one."""
         if not self._pending:  # the worker path's usual case: no weak reference made
             return
-        sent = self._pending.pop(conn, None)
-        if sent is None:
+        pending = self._pending.pop(conn, None)
+        if pending is None:
             return
+        sent = pending[1]
         pgconn = conn.pgconn
         last = None
         try:
@@ -244,9 +249,10 @@ class FastStatements:
         except (psycopg.Error, _Dropped, StoreError) as exc:
             _log_lost_commit(sent, exc)
 
-    def settle(self) -> None:
+    def settle(self, *, others: bool = True) -> None:
         """Read the answers of the COMMITs this process sent without waiting (idle
-        connections)."""
+        connections); with ``others``, then wait for those another thread took from the idle
+        ones an instant ago, which it reads first thing (see ``_acquire``)."""
         if not self._pending:
             return
         pid = os.getpid()
@@ -263,6 +269,25 @@ class FastStatements:
             else:  # a parent's, after a fork: left alone, and forgotten here
                 self._pending.pop(conn, None)
                 self._idle.append((owner, conn))
+        if others:
+            self._wait_for_other_threads(pid)
+
+    def _wait_for_other_threads(self, pid: int) -> None:
+        """Until no COMMIT of this process is pending: another thread holds each connection
+        left, between taking it and reading its answer (no thread holds one otherwise). Given
+        up, with a debug line, after :data:`SETTLE_WAIT_SECONDS`."""
+        deadline = time.monotonic() + SETTLE_WAIT_SECONDS
+        while True:
+            try:
+                waiting = any(owner == pid for owner, _ in list(self._pending.values()))
+            except RuntimeError:  # changed by another thread while it was read
+                waiting = True
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                logger.debug("hfcelery: a COMMIT another thread reads is still unanswered")
+                return
+            time.sleep(0.0002)
 
     def close(self) -> None:
         """Close every connection this process opened (new ones are opened on next use)."""
@@ -297,7 +322,7 @@ class FastStatements:
 
     def _acquire(self) -> psycopg.Connection[Any]:
         pid = os.getpid()
-        self.settle()
+        self.settle(others=False)  # this thread's turn comes right below
         while True:
             try:
                 owner, conn = self._idle.pop()
@@ -320,11 +345,14 @@ class FastStatements:
     def _release(self, conn: psycopg.Connection[Any]) -> None:
         """Back to the idle ones, unless it is broken or enough are idle already."""
         pid = os.getpid()
-        idle = conn.info.transaction_status == _IDLE or conn in self._pending
+        pending = bool(self._pending) and conn in self._pending
+        idle = conn.info.transaction_status == _IDLE or pending
         idle = idle and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF
         if idle and not _dropped(conn) and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append((pid, conn))
             return
+        if pending:  # its COMMIT's answer first, so that what this process reads next sees it
+            self._settle(conn)
         conn.close()
         with suppress(ValueError):  # closed with the store meanwhile
             self._opened.remove((pid, conn))
