@@ -1,8 +1,9 @@
 """What bounds hfcelery's figures: ``python -m benchmarks --bounds``.
 
-Each variant is hfcelery with one of its store writes taken out of the measured path, run in
-the same alternating rounds as plain Celery and hfcelery, so the bench shows how much of the gap
-to plain Celery each write accounts for:
+Each variant is hfcelery with one of its store writes taken out of the measured path, or
+replaced by a bare round trip, run in the same alternating rounds as plain Celery and hfcelery,
+so the bench shows how much of the gap to plain Celery each write, and its round trip, accounts
+for:
 
 * ``hf-nooutcome``: the worker claims each job but does not record its outcome (the drain);
 * ``hf-roundtripoutcome``: the worker claims each job and, in place of recording its outcome,

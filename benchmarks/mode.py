@@ -1,7 +1,8 @@
 """One benchmark run of one mode, in its own interpreter, started by ``python -m benchmarks``.
 
 Modes (``BENCH_MODE``, see :mod:`benchmarks.app`): ``plain`` Celery, ``hf`` (hfcelery on
-PostgreSQL), ``celerydb`` (plain Celery with its database result backend). Commands:
+PostgreSQL), ``celerydb`` (plain Celery with its database result backend), and the variants of
+:mod:`benchmarks.bounds` (hfcelery with a store write taken out, for ``--bounds``). Commands:
 
 ``round MODE``
     One round of the comparison, with a prefork worker of 2 processes (acks_late, prefetch 1)
