@@ -15,7 +15,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from kombu.exceptions import OperationalError as BrokerUnavailable
-from sqlalchemy import inspect, update
+from sqlalchemy import func, inspect, select, update
 
 from hfcelery.errors import SchemaOutOfDateError, StoreDataError
 from hfcelery.records import Claim, Dispatch, NewJob, ServerRecord
@@ -1220,3 +1220,47 @@ def test_a_connection_closed_with_its_commit_under_way_is_answered_first(
         assert "could not commit" not in caplog.text
     finally:
         other.dispose()
+
+
+def test_threads_enqueueing_at_once_each_read_their_jobs(
+    pg_store: Store, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A web server's threads enqueue at once on the same store: every job is written and sent
+    once, each thread's read right after its enqueue sees the job, and the connections left
+    open afterwards are few."""
+    from hfcelery.store.fast import MAX_IDLE_CONNECTIONS
+
+    other = Store(postgres_url)
+    sent: list[Dispatch] = []
+    unseen: list[str] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            for _ in range(100):
+                job = new_job()
+                assert pg_store.create_job(job, sending_to(sent)) is True
+                if other.job(job.id) is None:
+                    unseen.append(job.id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        with caplog.at_level("WARNING", logger="hfcelery"):
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        other.dispose()
+    assert errors == []
+    assert unseen == []
+    assert len(sent) == len({d.id for d in sent}) == 800
+    with pg_store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 800
+    fast = pg_store._fast
+    assert fast is not None
+    assert not fast._pending
+    assert len(fast._idle) <= MAX_IDLE_CONNECTIONS
+    assert "could not commit" not in caplog.text
