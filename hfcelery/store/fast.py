@@ -249,10 +249,10 @@ class FastStatements:
         except (psycopg.Error, _Dropped, StoreError) as exc:
             _log_lost_commit(sent, exc)
 
-    def settle(self, *, others: bool = True) -> None:
+    def settle(self) -> None:
         """Read the answers of the COMMITs this process sent without waiting (idle
-        connections); with ``others``, then wait for those another thread took from the idle
-        ones an instant ago, which it reads first thing (see ``_acquire``)."""
+        connections), then wait for those another thread took from the idle ones an instant
+        ago, which it reads first thing (see ``_acquire``)."""
         if not self._pending:
             return
         pid = os.getpid()
@@ -269,8 +269,7 @@ class FastStatements:
             else:  # a parent's, after a fork: left alone, and forgotten here
                 self._pending.pop(conn, None)
                 self._idle.append((owner, conn))
-        if others:
-            self._wait_for_other_threads(pid)
+        self._wait_for_other_threads(pid)
 
     def _wait_for_other_threads(self, pid: int) -> None:
         """Until no COMMIT of this process is pending: another thread holds each connection
@@ -322,16 +321,18 @@ class FastStatements:
 
     def _acquire(self) -> psycopg.Connection[Any]:
         pid = os.getpid()
-        self.settle(others=False)  # this thread's turn comes right below
         while True:
             try:
                 owner, conn = self._idle.pop()
             except IndexError:
                 break
-            if owner == pid:
-                self._settle(conn)  # released with a COMMIT pending since settle()
-                if not conn.closed:
-                    return conn
+            if owner != pid:  # a parent's, after a fork: left to it, its COMMIT too
+                if self._pending:
+                    self._pending.pop(conn, None)
+                continue
+            self._settle(conn)  # the answer of a COMMIT sent without waiting, first
+            if not conn.closed:
+                return conn
         extra: dict[str, Any] = {"options": self._options} if self._options else {}
         try:
             conn = psycopg.connect(
