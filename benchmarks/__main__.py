@@ -15,7 +15,10 @@ Figures (no-op jobs; prefork worker with 2 processes, acks_late, prefetch 1):
   (``add_consumer``, with ``limit``: a ``reply=True`` broadcast otherwise waits its whole
   timeout); from the first message the worker receives (it notes the time: the Redis transport
   reads an added queue only once its pending 1 s BRPOP returns) until the last is acknowledged.
-  With it, the CPU per job of the worker and of PostgreSQL (psutil);
+  With it, the CPU per job (psutil) of the worker, split between its main process (which
+  receives each message, hands it to a pool process and acknowledges it: plain Celery's drain
+  is bound by it) and its pool processes, of PostgreSQL and of Redis, and how many of the
+  machine's cores were busy;
 * end to end: ``--jobs`` (2,000) jobs enqueued while the worker consumes, until the last is
   acknowledged;
 * latency: ``--latency-samples`` (200) single jobs sent one at a time to the idle worker, from
@@ -293,6 +296,16 @@ def report(
     def cpu_ms(key: str) -> Callable[[Result], float | None]:
         return lambda r: None if (v := drain_usage(r, key)) is None else v * 1000
 
+    def pool_cpu_ms(r: Result) -> float | None:
+        workers, main = drain_usage(r, "worker_cpu"), drain_usage(r, "worker_main_cpu")
+        return None if workers is None or main is None else (workers - main) * 1000
+
+    def cores_busy(r: Result) -> float | None:
+        usage = r.get("drain_usage")
+        if not usage or not r.get("drain_seconds"):
+            return None
+        return float(usage["machine_busy"]) / float(r["drain_seconds"])
+
     batch_available = all(r.get("batch_available", True) for r in hf)
     rows: list[Row] = [
         Row(f"enqueue, jobs/s ({args.enqueue_jobs:,} jobs, 1 client thread)",
@@ -314,7 +327,13 @@ def report(
         Row("SQL statements per job, worker processes", get("statements_per_job"), digits=2,
             target=("<= 4", 4.0), ratio=False),
         Row("worker CPU per job, ms (drain)", cpu_ms("worker_cpu"), digits=2),
+        Row("  of it, its main process (receives, dispatches to the pool, acks)",
+            cpu_ms("worker_main_cpu"), digits=2),
+        Row("  of it, its 2 pool processes (run the jobs)", pool_cpu_ms, digits=2),
         Row("PostgreSQL CPU per job, ms (drain)", cpu_ms("db_cpu"), digits=2),
+        Row("Redis CPU per job, ms (drain)", cpu_ms("broker_cpu"), digits=2),
+        Row(f"machine busy during the drain, cores (of {os.cpu_count()})", cores_busy,
+            digits=2),
     ]  # fmt: skip
     header = [
         "figure", "plain Celery", "hfcelery", "Celery db", "hf vs plain: median (range)",

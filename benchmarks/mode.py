@@ -125,6 +125,7 @@ class Bench:
             self.store_url if MODE != "plain" else None,
             self.worker_pids,
             self.broker,
+            self.main_pids,
         )
         self.enqueue = self._enqueuer()
 
@@ -146,6 +147,9 @@ class Bench:
             return client.enqueue(call(noop), queue=queue)
 
         return hf
+
+    def main_pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers]
 
     def worker_pids(self) -> list[int]:
         return [pid for w in self.workers for pid in process_tree(w.process.pid)]
@@ -314,7 +318,11 @@ class Bench:
         usage = self.meter.stop()
         started = min(float(t) for t in self.notes.lrange(CONSUMING_KEY, 0, -1))
         # The CPU window (usage.seconds) starts with add_consumer: up to 1 s longer, idle.
-        return {"drain_per_second": jobs / (finished - started), "drain_usage": usage.as_dict()}
+        return {
+            "drain_per_second": jobs / (finished - started),
+            "drain_seconds": finished - started,
+            "drain_usage": usage.as_dict(),
+        }
 
     def latencies(self, samples: int) -> list[float]:
         """Seconds from each enqueue call to the job's end, one job at a time."""

@@ -30,6 +30,9 @@ class Usage:
 
     seconds: float
     worker_cpu: float
+    #: Of ``worker_cpu``, the workers' main processes (the consumer that receives, dispatches
+    #: to the pool and acknowledges); the rest is their pool processes'.
+    worker_main_cpu: float
     db_cpu: float | None  # None without a database
     broker_cpu: float
     machine_busy: float  # CPU seconds of the whole machine, all cores
@@ -86,6 +89,7 @@ class Meter:
         store_url: str | None,
         worker_pids: Callable[[], list[int]],
         broker: redis.Redis,
+        main_pids: Callable[[], list[int]] = list,
     ) -> None:
         self.database = make_url(store_url).database if store_url else None
         self.admin: Engine | None = (
@@ -94,6 +98,7 @@ class Meter:
             else None
         )
         self.worker_pids = worker_pids
+        self.main_pids = main_pids
         self.broker = broker
 
     def _db_pids(self) -> list[int]:
@@ -105,6 +110,7 @@ class Meter:
     def start(self) -> None:
         self._db_pid_list = self._db_pids()
         self._workers = _cpu_seconds(self.worker_pids())
+        self._mains = _cpu_seconds(self.main_pids())
         self._db = _cpu_seconds(self._db_pid_list)
         self._broker = _redis_cpu(self.broker)
         self._busy = _machine_busy()
@@ -114,11 +120,13 @@ class Meter:
         seconds = time.perf_counter() - self._started
         busy = _machine_busy()
         workers = _cpu_seconds(self.worker_pids())
+        mains = _cpu_seconds(self.main_pids())
         db = _cpu_seconds(set(self._db_pid_list) | set(self._db_pids()))
         broker = _redis_cpu(self.broker)
         return Usage(
             seconds=seconds,
             worker_cpu=_delta(self._workers, workers),
+            worker_main_cpu=_delta(self._mains, mains),
             db_cpu=_delta(self._db, db) if self.admin is not None else None,
             broker_cpu=broker - self._broker,
             machine_busy=busy - self._busy,
