@@ -10,6 +10,7 @@ logging the message and rejecting it without requeue.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,9 @@ def message_shape_problem(message: Any, body: Any) -> str | None:
     protocol 1.
     """
     headers = message.headers if isinstance(message.headers, dict) else {}
+    problem = _options_problem(headers if "task" in headers else body)
+    if problem is not None:
+        return problem
     if "task" in headers:  # protocol 2: id in the headers, (args, kwargs, embed) as the body
         task_id = headers.get("id")
         payload = message.payload
@@ -57,6 +61,40 @@ def message_shape_problem(message: Any, body: Any) -> str | None:
     if nesting_depth_exceeds([args, kwargs], MAX_ARGUMENT_DEPTH + 2):
         return f"the message's arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels"
     return None
+
+
+def _options_problem(fields: Any) -> str | None:
+    """What makes the options the consumer itself reads unusable (the time limits it unpacks,
+    the stamps it looks up in a revoke): a message with them would stop the worker."""
+    if not isinstance(fields, dict):
+        return None  # the body's own check reports it
+    limits = fields.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(_is_limit(limit) for limit in limits)
+    ):
+        return "the message's time limits are not a pair of numbers"
+    stamped = fields.get("stamped_headers")
+    if stamped is not None and not (
+        isinstance(stamped, list | tuple) and all(isinstance(name, str) for name in stamped)
+    ):
+        return "the message's stamped headers are not a list of names"
+    stamps = fields.get("stamps")
+    if stamps is not None and not isinstance(stamps, dict):
+        return "the message's stamps are not a mapping"
+    return None
+
+
+def _is_limit(value: Any) -> bool:
+    """A time limit: none, or a finite number of seconds."""
+    if value is None:
+        return True
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def guarded(
