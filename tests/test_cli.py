@@ -68,3 +68,12 @@ def test_migrate_sql_on_sqlite_is_a_one_line_error(tmp_path: Path) -> None:
     ran = run_hf(f"sqlite:///{tmp_path / 'cli.db'}", "migrate", "--sql")
     assert ran.returncode != 0
     assert "migrates itself" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_migrate_with_the_store_unreachable_is_a_one_line_error() -> None:
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
+    for args in (("migrate",), ("migrate", "--sql")):
+        ran = run_hf(unreachable, *args)
+        assert ran.returncode != 0
+        assert "the store is unavailable" in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr, ran.stderr

@@ -10,9 +10,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from hfcelery.errors import SchemaOutOfDateError, StoreError
+from hfcelery.errors import SchemaOutOfDateError, StoreError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,19 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema version the store is at, or None for an empty database."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(VERSION_TABLE):
-            return None
-        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(VERSION_TABLE):
+                return None
+            return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    except DBAPIError as exc:
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: DBAPIError) -> StoreUnavailableError:
+    """The store could not be reached or read: one line (the driver's first)."""
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return StoreUnavailableError(f"the store is unavailable: {lines[0] if lines else exc}")
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -49,6 +58,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
+    except OperationalError as exc:  # not reached, or the connection lost
+        raise _unavailable(exc) from exc
     except DBAPIError as exc:
         raise StoreError(f"migrating the hfcelery store failed: {exc}") from exc
     logger.info("hfcelery store schema is at %s", current_revision(engine))
