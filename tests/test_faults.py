@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from celery import Celery
@@ -158,6 +160,82 @@ def test_an_outage_longer_than_the_server_timeout_runs_nothing_again(
     assert log.count("the store is unreachable") == 1, log
     assert log.count("the store is reachable again") == 1, log
     assert len(log.splitlines()) < 30, log
+
+
+def test_a_store_stalled_longer_than_the_server_timeout_runs_nothing_twice(
+    start_fault_worker: Any,
+    fault_worker: WorkerProcess,
+    private_pg: PrivatePostgres,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """The store answers again after a stall (here an operator's lock on the servers table)
+    longer than the server timeout, with every worker alive: every heartbeat is late, but no
+    server is declared dead for it, and no running job is requeued and run twice."""
+    other = start_fault_worker()
+    tok = token()
+    job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 12)) for _ in range(3)]
+    wait_for(lambda: traces(side_effects, tok).count("started") == 3, what="the jobs to start")
+    marks = [(w, len(w.log())) for w in (fault_worker, other)]
+    with psycopg.connect(private_pg.url.replace("+psycopg", "")) as conn:
+        conn.execute("LOCK TABLE hfcelery_servers IN ACCESS EXCLUSIVE MODE")
+        time.sleep(SERVER_TIMEOUT * 2.5)  # well beyond the server timeout
+    for job_id in job_ids:
+        job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+        assert [h.state for h in job.history] == [
+            State.ENQUEUED,
+            State.PROCESSING,
+            State.SUCCEEDED,
+        ]
+    time.sleep(SERVER_TIMEOUT * 2)  # a late recovery pass would requeue them now
+    assert traces(side_effects, tok).count("started") == 3
+    for worker, mark in marks:
+        log = log_since(worker, mark)
+        assert "stopped sending heartbeats" not in log, log
+        assert "declared dead" not in log, log
+        assert "Traceback" not in log, log
+
+
+def test_a_worker_started_while_the_store_is_down_waits_for_it(
+    start_worker: StartWorker,
+    private_pg: PrivatePostgres,
+    queue: str,
+    client: BackgroundJobClient,
+    fault_api: Monitoring,
+    side_effects: redis.Redis,
+) -> None:
+    """A worker (re)started during a store outage stays up, says so in one line, registers
+    once the store is back, and runs jobs."""
+
+    class Patient:
+        """The store's servers as the start waits for them: none while it is away."""
+
+        def servers(self) -> Any:
+            try:
+                return fault_api.servers()
+            except StoreError:
+                return []
+
+    private_pg.stop("fast")
+    back = threading.Timer(SERVER_TIMEOUT * 2, private_pg.start)
+    back.start()
+    try:
+        worker = start_worker(
+            queues=queue,
+            env={**WORKER_ENV, "HF_TEST_STORE_URL": private_pg.url},
+            api=Patient(),  # type: ignore[arg-type]
+        )
+    finally:
+        back.join()
+    log = worker.log()
+    assert "starts without the store" in log, log
+    assert "Unrecoverable error" not in log and "Traceback" not in log, log
+    assert worker.process.poll() is None
+    tok = token()
+    job_id = client.enqueue(call(jobs.record, tok, "ran"))
+    job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+    assert traces(side_effects, tok) == ["ran"]
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

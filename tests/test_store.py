@@ -42,9 +42,21 @@ def new_job(state: State = State.ENQUEUED, **overrides: object) -> NewJob:
     return NewJob(**values)  # type: ignore[arg-type]
 
 
-def server(server_id: str = "s1", heartbeat_age: timedelta = timedelta(0)) -> ServerRecord:
+def server(server_id: str = "s1") -> ServerRecord:
     now = datetime.now(UTC)
-    return ServerRecord(server_id, "celery@host", 1, ["default"], 2, now, now - heartbeat_age)
+    return ServerRecord(server_id, "celery@host", 1, ["default"], 2, now, now)
+
+
+def register(store: Store, server_id: str = "s1", heartbeat_age: timedelta = timedelta(0)) -> None:
+    """A server whose last heartbeat is ``heartbeat_age`` old."""
+    store.register_server(server(server_id))
+    if heartbeat_age:
+        set_heartbeat(store, server_id, datetime.now(UTC) - heartbeat_age)
+
+
+def set_heartbeat(store: Store, server_id: str, at: datetime) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(update(Server).where(Server.id == server_id).values(heartbeat_at=at))
 
 
 def claim(store: Store, job_id: str, server_id: str = "s1", **kwargs: object) -> Claim | None:
@@ -174,7 +186,7 @@ def test_a_processing_job_is_never_taken_over_by_a_message(store: Store) -> None
     """Even when its server's heartbeat looks old (as every heartbeat does right after a store
     outage): a live run would be doubled. The maintenance loop requeues a dead server's jobs,
     and their new message claims them."""
-    store.register_server(server("dead", heartbeat_age=timedelta(minutes=1)))
+    register(store, "dead", heartbeat_age=timedelta(minutes=1))
     job = new_job()
     store.create_job(job)
     claim(store, job.id, server_id="dead")
@@ -311,7 +323,7 @@ def test_release_processing_after_a_lost_worker(store: Store) -> None:
 
 
 def test_dead_servers_are_removed_and_their_jobs_requeued(store: Store) -> None:
-    store.register_server(server("dead", heartbeat_age=timedelta(minutes=5)))
+    register(store, "dead", heartbeat_age=timedelta(minutes=5))
     store.register_server(server("alive"))
     lost, kept = new_job(), new_job()
     store.create_job(lost)
@@ -340,7 +352,7 @@ def test_a_server_declared_dead_takes_back_the_jobs_it_still_runs(store: Store) 
     """A partition from the store longer than the server timeout: the server's jobs were
     requeued; when it registers again, those it still runs and nobody claimed are its own again,
     and its running copy's outcome is recorded."""
-    store.register_server(server("s1", heartbeat_age=timedelta(minutes=5)))
+    register(store, "s1", heartbeat_age=timedelta(minutes=5))
     running, taken, done = new_job(), new_job(), new_job()
     claims: dict[str, Claim] = {}
     for job in (running, taken, done):
@@ -427,7 +439,7 @@ def test_a_job_lock_belongs_to_a_running_job_on_a_live_server(store: Store) -> N
     assert store.try_job_lock("concurrency:f", second.id, TIMEOUT)  # the holder ended
     claim(store, third.id, server_id="s1")
     assert not store.try_job_lock("concurrency:f", third.id, TIMEOUT)
-    store.register_server(server("s2", heartbeat_age=TIMEOUT * 2))  # s2 stopped heartbeating
+    register(store, "s2", heartbeat_age=TIMEOUT * 2)  # s2 stopped heartbeating
     assert store.try_job_lock("concurrency:f", third.id, TIMEOUT)
     store.release_lock("concurrency:f", third.id)
     assert store.try_job_lock("concurrency:f", second.id, TIMEOUT)
@@ -451,8 +463,57 @@ def test_a_job_lock_released_while_it_is_being_taken_is_not_held_without_a_row(
     assert not store.try_job_lock("concurrency:f", waiter.id, TIMEOUT)  # one holder
 
 
+def test_a_worker_clock_running_ahead_neither_judges_others_dead_nor_takes_their_lease(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats and leases are told by the database's clock: a worker whose own clock runs
+    ahead by more than the server timeout sees the others as they are."""
+    pg_store.register_server(server("alive"))
+    assert pg_store.try_lock("maintenance", "alive", TIMEOUT)
+    ahead = datetime.now(UTC) + TIMEOUT * 2
+    for module in ("hfcelery.store.base", "hfcelery.store.servers"):
+        monkeypatch.setattr(f"{module}.utcnow", lambda: ahead)
+    pg_store.register_server(server("fast"))
+    assert pg_store.heartbeat("fast")
+    assert pg_store.recover_dead_servers(TIMEOUT, judge="fast") == []
+    assert sorted(s.id for s in pg_store.servers()) == ["alive", "fast"]
+    assert not pg_store.try_lock("maintenance", "fast", TIMEOUT)
+    assert all(s.heartbeat_at < ahead - TIMEOUT for s in pg_store.servers())
+
+
+def test_a_heartbeat_that_waited_for_a_lock_is_stamped_when_written(pg_store: Store) -> None:
+    pg_store.register_server(server("s1"))
+    with pg_store.engine.connect() as locker:
+        locker.execute(update(Server).where(Server.id == "s1").values(pid=2))  # row locked
+        beat = threading.Thread(target=pg_store.heartbeat, args=("s1",))
+        beat.start()
+        wait_for(lambda: not beat.join(0.05) and beat.is_alive(), what="the heartbeat to wait")
+        threading.Event().wait(1.0)
+        released = datetime.now(UTC)
+        locker.commit()
+    beat.join(10)
+    assert pg_store.servers()[0].heartbeat_at >= released - timedelta(milliseconds=50)
+
+
+def test_a_judge_whose_own_heartbeat_is_late_judges_nobody(store: Store) -> None:
+    """Everybody's heartbeat is late after a stall of the store, the judge's too: nobody is
+    judged dead until the judge's own heartbeat is on time again; the judge never is."""
+    register(store, "judge", heartbeat_age=TIMEOUT * 2)
+    register(store, "other", heartbeat_age=TIMEOUT * 2)
+    fresh = timedelta(seconds=5)
+    assert store.recover_dead_servers(TIMEOUT, judge="judge", judge_fresh=fresh) == []
+    assert sorted(s.id for s in store.servers()) == ["judge", "other"]
+    assert store.heartbeat("judge")
+    store.recover_dead_servers(TIMEOUT, judge="judge", judge_fresh=fresh)
+    assert [s.id for s in store.servers()] == ["judge"]
+    register(store, "late", heartbeat_age=TIMEOUT * 2)
+    set_heartbeat(store, "judge", datetime.now(UTC) - TIMEOUT * 2)
+    store.recover_dead_servers(TIMEOUT, judge="judge")  # without judge_fresh: never itself
+    assert [s.id for s in store.servers()] == ["judge"]
+
+
 def test_heartbeat_and_remove_server(store: Store) -> None:
-    store.register_server(server("s1", heartbeat_age=timedelta(minutes=1)))
+    register(store, "s1", heartbeat_age=timedelta(minutes=1))
     assert store.heartbeat("s1")
     assert store.servers()[0].heartbeat_at > datetime.now(UTC) - timedelta(seconds=5)
     job = new_job()
@@ -1024,9 +1085,14 @@ def _terminate(store: Store, backend: int) -> None:
     """End a server process as a restart would, and wait until it is gone."""
     with store.engine.begin() as conn:
         conn.exec_driver_sql(f"SELECT pg_terminate_backend({backend})")
-    with store.engine.connect() as conn:
-        query = f"SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}"
-        wait_for(lambda: conn.exec_driver_sql(query).scalar() == 0, timeout=10)
+    query = f"SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}"
+
+    def gone() -> bool:
+        # A transaction of its own each time: pg_stat_activity is read once per transaction.
+        with store.engine.connect() as conn:
+            return bool(conn.exec_driver_sql(query).scalar() == 0)
+
+    wait_for(gone, timeout=10)
 
 
 def test_an_enqueue_whose_connection_drops_before_its_insert_is_done_starts_again(

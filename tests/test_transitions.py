@@ -16,7 +16,7 @@ from sqlalchemy import update
 from hfcelery.states import TRANSITIONS, State, parse_state, sources
 from hfcelery.store import Store
 from hfcelery.store.models import Job
-from tests.test_store import claim, new_job, server
+from tests.test_store import claim, new_job, register, server
 
 Operation = Callable[[Store, str], bool]
 
@@ -85,7 +85,7 @@ def test_each_operation_applies_from_exactly_the_states_of_the_table(
 
 def test_claim_and_the_scheduler_follow_the_table(store: Store) -> None:
     store.register_server(server("s1"))
-    store.register_server(server("dead", heartbeat_age=timedelta(hours=1)))
+    register(store, "dead", heartbeat_age=timedelta(hours=1))
     for state in State:
         job = new_job()
         store.create_job(job)

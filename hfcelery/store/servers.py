@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Connection,
+    DateTime,
     delete,
     exists,
+    func,
     insert,
     or_,
     select,
+    true,
     update,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import (
@@ -42,29 +47,41 @@ RECLAIMED_REASON = (
 
 
 class ServerStore(StoreBase):
-    """Servers (running workers), their recovery, and named locks."""
+    """Servers (running workers), their recovery, and named locks.
+
+    Heartbeats and leases are told by one clock, the database's, on PostgreSQL: the workers'
+    clocks may disagree (one running ahead would take every lease and judge every other server
+    dead), and a heartbeat that waited for a lock or a stalled server is stamped when it was
+    written, not when it was sent. A SQLite store lives on one machine, with one clock.
+    """
+
+    def _clock(self) -> ColumnElement[datetime] | datetime:
+        """Now, as heartbeats and leases are told (see the class)."""
+        if self.dialect == "postgresql":
+            return func.clock_timestamp(type_=DateTime(timezone=True))
+        return utcnow()
 
     def register_server(self, server: ServerRecord) -> None:
-        """Add a server (or refresh it if it is already known)."""
-        row = {
+        """Add a server (or refresh it if it is already known), its heartbeat now."""
+        row: dict[str, Any] = {
             "id": server.id,
             "hostname": server.hostname,
             "pid": server.pid,
             "queues": to_json(server.queues),
             "concurrency": server.concurrency,
             "started_at": server.started_at,
-            "heartbeat_at": server.heartbeat_at,
+            "heartbeat_at": self._clock() if self.dialect == "postgresql" else server.heartbeat_at,
         }
 
         def work(conn: Connection) -> None:
             conn.execute(delete(Server).where(Server.id == server.id))
-            conn.execute(insert(Server), [row])
+            conn.execute(insert(Server).values(**row))
 
         self._run(work)
 
     def heartbeat(self, server_id: str) -> bool:
         """Record that a server is alive; False if its row is gone (it was declared dead)."""
-        stmt = update(Server).where(Server.id == server_id).values(heartbeat_at=utcnow())
+        stmt = update(Server).where(Server.id == server_id).values(heartbeat_at=self._clock())
         return self._run(lambda conn: conn.execute(stmt).rowcount == 1)
 
     def remove_server(self, server_id: str, *, reason: str) -> list[str]:
@@ -78,22 +95,32 @@ class ServerStore(StoreBase):
         self._run(lambda conn: conn.execute(delete(Server).where(Server.id == server_id)))
         return requeued
 
-    def recover_dead_servers(self, server_timeout: timedelta) -> list[str]:
+    def recover_dead_servers(
+        self,
+        server_timeout: timedelta,
+        *,
+        judge: str | None = None,
+        judge_fresh: timedelta | None = None,
+    ) -> list[str]:
         """Forget servers whose heartbeat stopped; requeue the jobs they held; return their ids.
 
+        ``judge`` is the server asking, never judged dead itself. With ``judge_fresh``, nobody
+        is judged unless the judge's own heartbeat is at most that old as the statement runs:
+        a judge whose heartbeat is late too was cut off from the store itself (the store
+        stalled), and everybody's heartbeats are late for the same reason.
         The requeued jobs are left unpublished, for the caller to publish at once
         (:meth:`unpublished_jobs` with their ids) or for a later pass to find.
         """
-        cutoff = utcnow() - server_timeout
-        dead = self._run(
-            lambda conn: (
-                conn.execute(
-                    delete(Server).where(Server.heartbeat_at < cutoff).returning(Server.id)
-                )
-                .scalars()
-                .all()
-            )
+        cutoff = self._clock() - server_timeout
+        judged = delete(Server).where(
+            Server.heartbeat_at < cutoff, Server.id != judge if judge is not None else true()
         )
+        if judge is not None and judge_fresh is not None:
+            own = select(Server.id).where(
+                Server.id == judge, Server.heartbeat_at >= self._clock() - judge_fresh
+            )
+            judged = judged.where(exists(own))
+        dead = self._run(lambda conn: conn.execute(judged.returning(Server.id)).scalars().all())
         for server_id in dead:
             logger.warning("hfcelery server %s stopped sending heartbeats", server_id)
         orphaned = ~exists(select(Server.id).where(Server.id == Job.server_id))
@@ -183,7 +210,7 @@ class ServerStore(StoreBase):
 
     def try_lock(self, name: str, owner: str, ttl: timedelta) -> bool:
         """Take or renew the lease ``name`` for ``owner``; False while someone else holds it."""
-        now = utcnow()
+        now = self._clock()
 
         def work(conn: Connection) -> bool:
             taken = conn.execute(
@@ -227,7 +254,7 @@ class ServerStore(StoreBase):
                     .where(
                         Job.id == owner,
                         Job.state == State.PROCESSING,
-                        Server.heartbeat_at >= now - server_timeout,
+                        Server.heartbeat_at >= self._clock() - server_timeout,
                     )
                 ).first()
                 if holder is not None:

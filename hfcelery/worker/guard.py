@@ -90,11 +90,7 @@ def _is_limit(value: Any) -> bool:
     """A time limit: none, or a finite number of seconds."""
     if value is None:
         return True
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def guarded(

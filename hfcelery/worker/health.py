@@ -69,6 +69,22 @@ class ServiceHealth:
                 summary(exc),
             )
 
+    def stalled(self, seconds: float, where: str) -> None:
+        """A request to the service answered, but only after ``seconds`` (the service stalled,
+        or a lock held it): for judging other servers, as if it had been unreachable until
+        now, since nobody could write a heartbeat meanwhile."""
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._up_since = time.monotonic()
+        logger.warning(
+            "hfcelery: the %s took %.1f s to answer (in %s); no server is judged dead until it "
+            "has answered promptly for a whole server timeout",
+            self.name,
+            seconds,
+            where,
+        )
+
     def answered(self) -> None:
         """A request to the service succeeded."""
         with self._lock:

@@ -105,11 +105,26 @@ class Server:
         self.broker_health = ServiceHealth("broker")
         #: Jobs this server sent again as lost, and when (each once per republish period).
         self._republished: dict[str, float] = {}
+        #: When this server's own heartbeat was last written (time.monotonic()).
+        self._heartbeat_written = time.monotonic()
+        #: Whether the store knows this server (not yet, when it started during an outage).
+        self._registered = True
 
     def start(self) -> None:
         config = self.extension.config
-        self.extension.store.register_server(self.record)
-        logger.info("hfcelery server %s started (store %s)", self.id, self.extension.store.url)
+        try:
+            self.extension.store.register_server(self.record)
+        except StoreUnavailableError as exc:
+            # The worker starts all the same (its claims hand messages back and wait, as in
+            # any outage); the heartbeat registers it once the store answers.
+            self._registered = False
+            self.store_health.failed(exc, "start")
+            logger.warning(
+                "hfcelery server %s starts without the store; it registers once the store answers",
+                self.id,
+            )
+        else:
+            logger.info("hfcelery server %s started (store %s)", self.id, self.extension.store.url)
         self._spawn("heartbeat", self.heartbeat, config.heartbeat_interval_seconds)
         self._spawn("maintenance", self.maintain, config.poll_interval_seconds)
         self._spawn("scheduler", self.schedule, config.schedule_poll_interval_seconds)
@@ -136,7 +151,18 @@ class Server:
 
     def heartbeat(self) -> None:
         store = self.extension.store
-        if store.heartbeat(self.id):
+        if not self._registered:
+            self.record = replace(self.record, heartbeat_at=datetime.now(UTC))
+            store.register_server(self.record)
+            self._registered = True
+            self._heartbeat_written = time.monotonic()
+            logger.info("hfcelery server %s registered (store %s)", self.id, store.url)
+            return
+        started = time.monotonic()
+        alive = store.heartbeat(self.id)
+        self._timed(started, "heartbeat")
+        if alive:
+            self._heartbeat_written = time.monotonic()
             return
         # Declared dead while alive: the store was out of reach for longer than the server
         # timeout from here, but not from the others. Register again with a fresh heartbeat
@@ -145,6 +171,7 @@ class Server:
         logger.warning("hfcelery server %s was declared dead; registering again", self.id)
         self.record = replace(self.record, heartbeat_at=datetime.now(UTC))
         store.register_server(self.record)
+        self._heartbeat_written = time.monotonic()
         kept = store.reclaim_running(self.id, _running_job_ids())
         if kept:
             logger.warning("hfcelery server %s keeps %d running job(s)", self.id, len(kept))
@@ -174,7 +201,10 @@ class Server:
                 config.server_timeout_seconds,
             )
         )
-        if store.try_lock(MAINTENANCE_LOCK, self.id, ttl):
+        started = time.monotonic()
+        leased = store.try_lock(MAINTENANCE_LOCK, self.id, ttl)
+        self._timed(started, "maintenance")
+        if leased:
             step(lambda: self.recover_dead_servers(timeout))
             step(self.publish_pending)
             step(self.republish_lost)
@@ -201,11 +231,33 @@ class Server:
         """
         if self.store_health.reachable_for() < timeout.total_seconds():
             return 0
-        requeued = self.extension.store.recover_dead_servers(timeout)
+        # This server's own heartbeat must be on time too: one that is late means the store (or
+        # this process) stalled, and everybody's heartbeats are late for the same reason. The
+        # store checks the same of the judge's stored heartbeat as it judges (a judgement that
+        # waited out a stall itself).
+        fresh = self._fresh_heartbeat_seconds()
+        if time.monotonic() - self._heartbeat_written > fresh:
+            return 0
+        requeued = self.extension.store.recover_dead_servers(
+            timeout, judge=self.id, judge_fresh=timedelta(seconds=fresh)
+        )
         if requeued:
             logger.warning("hfcelery requeued %d job(s) of servers that stopped", len(requeued))
             self._publish_now(requeued)
         return len(requeued)
+
+    def _fresh_heartbeat_seconds(self) -> float:
+        """How old this server's own heartbeat may be when it judges others: two intervals and
+        a second, within the server timeout."""
+        config = self.extension.config
+        return min(2 * config.heartbeat_interval_seconds + 1.0, config.server_timeout_seconds)
+
+    def _timed(self, started: float, where: str) -> None:
+        """A store request (a heartbeat, a lease) that took longer than a heartbeat interval
+        is a stall of the store: see :meth:`ServiceHealth.stalled`."""
+        took = time.monotonic() - started
+        if took > self.extension.config.heartbeat_interval_seconds:
+            self.store_health.stalled(took, where)
 
     def roll_up_statistics(self) -> int:
         """Add the newest state history to the hourly counters; return how many entries."""
