@@ -243,9 +243,11 @@ class BackgroundJobClient:
         """Create a job that waits for every one of ``parent_ids`` (a join); return its id.
 
         ``options`` must hold for each parent. With ``pass_result=True`` the list of the
-        parents' results (in the order of their ids) is appended to the arguments, with
-        ``pass_exception=True`` the list of their exceptions; ``next_state`` and ``delay`` as
-        for :meth:`continue_job_with`.
+        parents' results is appended to the arguments, with ``pass_exception=True`` the list
+        of their exceptions (each as for :meth:`continue_job_with`), both in the order of
+        ``parent_ids``; a parent given more than once counts once, at its first place (so its
+        result is in the list once). ``next_state`` and ``delay`` as for
+        :meth:`continue_job_with`.
         """
         return self._continue(
             parent_ids,
@@ -297,7 +299,7 @@ class BackgroundJobClient:
             )
         extra = (pass_result is not None) + bool(pass_exception)
         job, invocation = self._new(the_call, queue, State.AWAITING, extra_arguments=extra)
-        parents = sorted(set(parent_ids))
+        parents = list(dict.fromkeys(parent_ids))  # in the order given, each once
         data: dict[str, object] = {
             "parent_ids": parents,
             "options": JobContinuationOptions(options).name or "ON_ANY_FINISHED_STATE",

@@ -116,6 +116,31 @@ def test_join_of_ten_parents_with_their_results(worker: WorkerProcess, api: Moni
     assert started(job) >= last_parent
 
 
+def test_join_passes_results_and_exceptions_in_the_order_given(
+    worker: WorkerProcess, api: Monitoring
+) -> None:
+    """In the order of the ids given (here the reverse of their sort order, with one twice),
+    not of the ids."""
+    values = {BackgroundJob.enqueue(call(jobs.echo, v)): v for v in ("one", "two", "three")}
+    deleted = BackgroundJob.schedule(call(jobs.echo, "never"), timedelta(hours=1))
+    assert BackgroundJob.delete(deleted)
+    given = sorted([*values, deleted], reverse=True)
+    child = BackgroundJob.continue_when_all(
+        [*given, given[0]],
+        call(jobs.continuation_outcome),
+        options=JobContinuationOptions.ON_ANY_FINISHED_STATE,
+        pass_result=True,
+        pass_exception=True,
+    )
+    job = wait_state(api, child)
+    assert job.state is State.SUCCEEDED
+    results, exceptions = job.history[-1].data["result"]
+    assert results == [values.get(p) for p in given]
+    assert [e is not None and e["type"] is None for e in exceptions] == [
+        p == deleted for p in given
+    ]
+
+
 def test_pass_result(worker: WorkerProcess, api: Monitoring) -> None:
     parent = BackgroundJob.schedule(call(jobs.multiply, 6, 7), SOON)
     child = BackgroundJob.continue_job_with(parent, call(jobs.multiply, 10), pass_result=True)

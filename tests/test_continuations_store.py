@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import timedelta
+from pathlib import Path
+from uuid import uuid4
 
 import pytest
+from sqlalchemy import select
 
 from hfcelery.continuations import JobContinuationOptions as Opt
 from hfcelery.errors import JobNotFoundError
 from hfcelery.records import Dispatch
 from hfcelery.states import State
-from hfcelery.store import Store
+from hfcelery.store import Store, schema
+from hfcelery.store.models import Continuation
+from tests.conftest import new_postgres_database
 from tests.test_store import TIMEOUT, new_job, server, states_of
 
 
@@ -30,8 +36,8 @@ def sent(store: Store) -> Iterator[list[str]]:
     yield published
 
 
-def running_parent(store: Store) -> str:
-    job = new_job()
+def running_parent(store: Store, job_id: str | None = None) -> str:
+    job = new_job() if job_id is None else new_job(id=job_id)
     store.create_job(job)
     store.claim(job.id, server_id="s1", worker_id="w1", server_timeout=TIMEOUT)
     return job.id
@@ -147,8 +153,98 @@ def test_join_waits_for_every_parent(store: Store, sent: list[str]) -> None:
     finish(store, parents[2], State.SUCCEEDED, result=2)
     details = store.job(child)
     assert details is not None and details.state is State.ENQUEUED
-    results = {p: i for i, p in enumerate(parents)}
-    assert details.args == [2, 3, [results[p] for p in sorted(parents)]]
+    assert details.args == [2, 3, [0, 1, 2]]  # in the order the parents were given
+
+
+def parents_in_reverse_id_order(store: Store) -> list[str]:
+    """Three running parents, in the reverse of their ids' order."""
+    tag = uuid4().hex[:8]
+    parents = [running_parent(store, f"{letter}-{tag}") for letter in "zma"]
+    assert parents == sorted(parents, reverse=True)
+    return parents
+
+
+def delete_with_exception(store: Store, job_id: str, message: str) -> None:
+    assert store.finish(
+        job_id,
+        server_id="s1",
+        state=State.DELETED,
+        reason="Exceeded the maximum number of retry attempts.",
+        data={"exception_type": "builtins.LookupError", "exception_message": message},
+    )
+
+
+LOOKUP_ERROR = {"type": "builtins.LookupError", "message": "first failed"}
+
+
+@pytest.mark.parametrize("finished_before", [False, True], ids=["released", "at-once"])
+def test_join_passes_results_and_exceptions_in_the_order_given(
+    store: Store, sent: list[str], finished_before: bool
+) -> None:
+    """Not in the order of the parents' ids: a parent given twice counts once, at its first
+    place. Released by the last parent's finish, or at once when all had finished."""
+    first, second, third = parents_in_reverse_id_order(store)
+
+    def finish_parents() -> None:
+        finish(store, third, State.SUCCEEDED, result="third")
+        delete_with_exception(store, first, "first failed")
+        finish(store, second, State.SUCCEEDED, result="second")
+
+    if finished_before:
+        finish_parents()
+    child = add(
+        store,
+        [first, second, third, first],
+        Opt.ON_ANY_FINISHED_STATE,
+        pass_result="all",
+        pass_exception=True,
+    )
+    if not finished_before:
+        assert states_of(store, child) == [State.AWAITING]
+        finish_parents()
+    details = store.job(child)
+    assert details is not None and details.state is State.ENQUEUED
+    assert details.args == [
+        2, 3, [None, "second", "third"], [LOOKUP_ERROR, None, None]
+    ]  # fmt: skip
+    assert list(details.history[-1].data["parents"]) == [first, second, third]
+    assert details.parent_ids == [first, second, third]  # monitoring and the pages: the same
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_join_written_before_positions_were_kept_passes_results_in_id_order(
+    tmp_path: Path, dialect: str
+) -> None:
+    """Migration 0013: rows written at 0012 (no position) get position 0 and so keep the order
+    of their parents' ids, as before; the downgrade and upgrade keep the rows."""
+    url_context = (
+        new_postgres_database("hfcelery_positions")
+        if dialect == "postgresql"
+        else nullcontext(f"sqlite:///{tmp_path / 'store.db'}")
+    )
+    with url_context as url:
+        store = Store(url)
+        store.migrate()
+        store.register_server(server("s1"))
+        parents = parents_in_reverse_id_order(store)
+        child = add(store, parents, pass_result="all")
+        store.dispose()
+        schema.downgrade(store.engine, "0012_filters")
+        schema.upgrade(store.engine, "head")
+        store.dispose()
+
+        store = Store(url)
+        with store.engine.connect() as conn:
+            positions = conn.execute(
+                select(Continuation.position).where(Continuation.child_id == child)
+            ).scalars()
+            assert list(positions) == [0, 0, 0]
+        for i, parent in enumerate(parents):
+            finish(store, parent, State.SUCCEEDED, result=i)
+        details = store.job(child)
+        assert details is not None and details.state is State.ENQUEUED
+        assert details.args == [2, 3, [2, 1, 0]]  # the parents' ids' order
+        store.dispose()
 
 
 def test_join_with_a_deleted_parent_is_not_met(store: Store, sent: list[str]) -> None:

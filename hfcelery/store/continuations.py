@@ -56,20 +56,26 @@ class ContinuationStore(StoreBase):
     ) -> State:
         """Write a job that waits (Awaiting) until all of ``parent_ids`` have finished.
 
-        Each parent is locked (in a fixed order) while the continuation is added, so a parent
-        finishing at the same moment either sees the continuation and releases it in its own
-        transaction, or has finished before, and the continuation is released here at once.
-        Raises JobNotFoundError (writing nothing) if a parent does not exist. Returns the
-        state the job is in when this returns.
+        The parents' order is kept (a parent given twice counts once, at its first place): a
+        join passes their results and exceptions in it. Each parent is locked (in a fixed
+        order, their ids') while the continuation is added, so a parent finishing at the same
+        moment either sees the continuation and releases it in its own transaction, or has
+        finished before, and the continuation is released here at once. Raises
+        JobNotFoundError (writing nothing) if a parent does not exist. Returns the state the
+        job is in when this returns.
         """
         now = utcnow()
         released = Changes()
+        # Each parent once, at its first place in the order given.
+        positions: dict[str, int] = {}
+        for parent_id in parent_ids:
+            positions.setdefault(parent_id, len(positions))
 
         def work(conn: Connection) -> State:
             released.clear()
             waiting = 0
             finished: dict[str, bool] = {}
-            for parent_id in sorted(set(parent_ids)):
+            for parent_id in sorted(positions):
                 state = conn.execute(
                     update(Job)
                     .where(Job.id == parent_id)
@@ -99,8 +105,9 @@ class ContinuationStore(StoreBase):
                         "next_state": None if next_state is None else next_state.value,
                         "next_delay_seconds": next_delay_seconds,
                         "counted": finished[p],
+                        "position": position,
                     }
-                    for p in sorted(set(parent_ids))
+                    for p, position in positions.items()
                 ],
             )
             if waiting:
@@ -167,7 +174,9 @@ class ContinuationStore(StoreBase):
             )
             .join(Continuation, Continuation.parent_id == Job.id)
             .where(Continuation.child_id == child_id)
-            .order_by(Job.id)
+            # The order the continuation was given its parents in (rows written before it was
+            # kept are all 0: their ids decide, as they did).
+            .order_by(Continuation.position, Job.id)
         ).all()
         options = JobContinuationOptions(parents[0].options) if parents else None
         met = options is not None and options.met_by(State(p.state) for p in parents)
@@ -310,7 +319,7 @@ class ContinuationStore(StoreBase):
         exceptions: bool,
     ) -> str:
         """The child's arguments with its parents' results and/or exceptions appended: for a
-        join, lists in the order of the parents' ids."""
+        join, lists in the order of ``parent_ids`` (the order the join was given them in)."""
         found_results: list[Any] = []
         found_exceptions: list[Any] = []
         for parent_id in parent_ids:

@@ -190,6 +190,10 @@ class Continuation(Base):
     #: Whether this parent's finish has been counted down for the child (once only, even if
     #: the parent is finished again after a requeue).
     counted: Mapped[bool] = mapped_column(Boolean)
+    #: This parent's place in the list the child was created with (0 first): a join's results
+    #: and exceptions are passed in this order. Rows from before it was kept are all 0 (then
+    #: the parents' ids decide, as they did).
+    position: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JobParameter(Base):

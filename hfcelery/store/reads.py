@@ -55,7 +55,7 @@ class ReadStore(StoreBase):
             parents = conn.execute(
                 select(Continuation.parent_id)
                 .where(Continuation.child_id == job_id)
-                .order_by(Continuation.parent_id)
+                .order_by(Continuation.position, Continuation.parent_id)
             ).scalars()
             children = conn.execute(
                 select(Continuation.child_id)

@@ -79,7 +79,7 @@ class SearchStore(StoreBase):
                 for parent_id, child_id in conn.execute(
                     select(Continuation.parent_id, Continuation.child_id)
                     .where(Continuation.child_id.in_(awaiting))
-                    .order_by(Continuation.parent_id)
+                    .order_by(Continuation.position, Continuation.parent_id)
                 ):
                     parents.setdefault(child_id, []).append(parent_id)
             items = []
