@@ -14,11 +14,11 @@ POST /recurring/<id>/trigger|pause|resume|remove
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from hfcelery.dashboard.actions import (
     JOB_ACTIONS,
@@ -29,7 +29,13 @@ from hfcelery.dashboard.actions import (
     act_on_recurring,
 )
 from hfcelery.dashboard.core import Request, Response, json_response
-from hfcelery.errors import HfceleryError, InvalidArgumentError, JobNotFoundError
+from hfcelery.errors import (
+    HfceleryError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    StoreDataError,
+    StoreUnavailableError,
+)
 from hfcelery.errors import RecurringJobNotFoundError as RecurringMissing
 from hfcelery.extension import extension_of
 from hfcelery.records import JobFilter
@@ -38,6 +44,7 @@ from hfcelery.states import State
 if TYPE_CHECKING:
     from hfcelery.dashboard.core import Dashboard
 
+logger = logging.getLogger("hfcelery.dashboard")
 DEFAULT_PAGE_SIZE = 20
 PAGE_SIZES = (10, 20, 50, 100, 500)
 #: A server whose heartbeat is older than this many heartbeat intervals looks dead.
@@ -66,7 +73,20 @@ def _when(text: str | None, name: str) -> datetime | None:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidArgumentError(f"{name} must be an ISO date and time") from exc
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        when.astimezone(UTC)  # the store compares in UTC: 9999-12-31T23:59-14:00 has no UTC time
+    except OverflowError as exc:
+        raise InvalidArgumentError(f"{name} is out of range once converted to UTC") from exc
+    return when
+
+
+def checked_text(value: str, name: str) -> str:
+    """A value from a request, refused if PostgreSQL's text cannot hold it (a NUL)."""
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{name} must not contain a NUL character")
+    return value
 
 
 def parse_filter(values: Mapping[str, list[str]], state: str | None = None) -> JobFilter:
@@ -74,7 +94,8 @@ def parse_filter(values: Mapping[str, list[str]], state: str | None = None) -> J
 
     def one(name: str) -> str | None:
         found = values.get(name)
-        return found[-1].strip() or None if found else None
+        text = found[-1].strip() if found else ""
+        return checked_text(text, name) if text else None
 
     state_text = state or one("state")
     return JobFilter(
@@ -159,14 +180,27 @@ def handle(dashboard: Dashboard, request: Request, path: str) -> Response:
         return _route(dashboard, request, path)
     except (JobNotFoundError, RecurringMissing) as exc:
         return json_response({"error": str(exc)}, 404)
-    except (InvalidArgumentError, ValueError) as exc:
+    # The store refusing data can only be refusing the request's own (an id, a filter).
+    except (InvalidArgumentError, StoreDataError, ValueError) as exc:
         return json_response({"error": str(exc)}, 400)
+    except StoreUnavailableError as exc:
+        return json_response({"error": store_unavailable(request, exc)}, 503)
     except HfceleryError as exc:
         return json_response({"error": str(exc)}, 500)
 
 
+def store_unavailable(request: Request, exc: StoreUnavailableError) -> str:
+    """Log one line for a request the store could not serve (a traceback per request would
+    say nothing more while it is down); return the reason, on one line."""
+    reason = (str(exc).strip().splitlines() or ["the store is unavailable"])[0]
+    logger.warning("hfcelery pages: %s %r answered 503: %s", request.method, request.path, reason)
+    return reason
+
+
 def _route(dashboard: Dashboard, request: Request, path: str) -> Response:
-    parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+    # The adapter decoded the path already: decoding it again would turn an id's own percent
+    # sign into another id (``job%41x`` into ``jobAx``).
+    parts = path.strip("/").split("/") if path.strip("/") else []
     get = request.method in ("GET", "HEAD")
     m = dashboard.monitoring
     if get and parts == ["stats"]:
@@ -183,7 +217,7 @@ def _route(dashboard: Dashboard, request: Request, path: str) -> Response:
     if get and parts == ["retries"]:
         return json_response(plain(m.retries(limit=page_size(request), after=request.arg("after"))))
     if get and len(parts) >= 2 and parts[0] == "jobs":
-        job_id = "/".join(parts[1:])
+        job_id = checked_text("/".join(parts[1:]), "job id")
         details = m.job(job_id)
         progress = m.progress(job_id)
         return json_response({**plain(details), "progress": plain(progress)})

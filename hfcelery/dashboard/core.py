@@ -19,14 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
 from celery import Celery
+from tornado.httputil import parse_cookie
 
 from hfcelery.client import BackgroundJobClient
+from hfcelery.errors import InvalidArgumentError
 from hfcelery.monitoring import Monitoring, monitoring
 from hfcelery.records import JobFilter
 from hfcelery.recurring import RecurringJobManager
@@ -56,7 +57,9 @@ class Request:
     """An HTTP request as the core needs it.
 
     ``path`` is relative to where the pages are mounted (``/`` is the overview) and ``root`` is
-    that mount point as the browser sees it (``/hf`` inside Flower), for links. ``headers`` have
+    that mount point as the browser sees it (``/hf`` inside Flower), for links. Both are decoded
+    (percent-escapes and UTF-8) by the adapter, once: the core never decodes them again, so an id
+    such as ``job%41x`` (``/job/job%2541x`` in a URL) stays itself. ``headers`` have
     lower-case names. ``authenticated`` is set by an adapter whose own access control (Flower's
     basic auth or OAuth) has admitted the request.
     """
@@ -69,6 +72,7 @@ class Request:
     client: str | None = None
     root: str = ""
     authenticated: bool = False
+    _form: dict[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -80,30 +84,41 @@ class Request:
 
     @property
     def cookies(self) -> dict[str, str]:
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(self.headers.get("cookie", ""))
-        except Exception:  # a malformed Cookie header: treat as none
-            return {}
-        return {name: morsel.value for name, morsel in jar.items()}
+        # Leniently, as browsers send them: http.cookies.SimpleCookie stops at the first cookie
+        # it cannot read (``prefs={"a":1}``, ``flag``, a space in a value), and the XSRF cookie
+        # after it, set by these pages but sharing the header with other apps' cookies, was lost.
+        return parse_cookie(self.headers.get("cookie", ""))
 
     @property
     def form(self) -> dict[str, list[str]]:
-        """The body's fields: ``application/x-www-form-urlencoded`` or a JSON object."""
+        """The body's fields: ``application/x-www-form-urlencoded`` or a JSON object.
+
+        Parsed once. A JSON body that is not an object (or not JSON, or nested too deeply to
+        read) raises :class:`~hfcelery.errors.InvalidArgumentError`.
+        """
+        form = self._form
+        if form is None:
+            form = self._parse_form()
+            object.__setattr__(self, "_form", form)  # a frozen dataclass: its cache, set once
+        return form
+
+    def _parse_form(self) -> dict[str, list[str]]:
         content_type = self.headers.get("content-type", "").split(";")[0].strip()
-        if content_type == "application/json":
-            try:
-                data = json.loads(self.body or b"{}")
-            except ValueError:
-                return {}
-            if not isinstance(data, dict):
-                return {}
-            return {
-                k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
-                for k, v in data.items()
-                if v is not None
-            }
-        return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+        if content_type != "application/json":
+            return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+        try:
+            data = json.loads(self.body or b"{}")
+        except RecursionError as exc:
+            raise InvalidArgumentError("the body is not a JSON object: nested too deeply") from exc
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise InvalidArgumentError(f"the body is not a JSON object: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidArgumentError("the body is not a JSON object")
+        return {
+            k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
+            for k, v in data.items()
+            if v is not None
+        }
 
     def field(self, name: str, default: str | None = None) -> str | None:
         values = self.form.get(name)
@@ -247,6 +262,10 @@ class Dashboard:
         site = request.headers.get("sec-fetch-site")
         if site and site not in ("same-origin", "none"):
             return text_response(403, "forbidden: cross-site request")
+        try:
+            request.form  # noqa: B018 (read once here, so a malformed body is refused alike)
+        except InvalidArgumentError as exc:
+            return text_response(400, f"bad request: {exc}")
         cookie = request.cookies.get(XSRF_COOKIE, "")
         sent = request.headers.get(XSRF_HEADER) or request.field(XSRF_FIELD) or ""
         if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):

@@ -15,14 +15,22 @@ from cron_descriptor import get_description
 
 from hfcelery.dashboard.actions import act_on_filter, act_on_jobs, act_on_recurring
 from hfcelery.dashboard.api import (
+    checked_text,
     parse_filter,
     queue_rows,
     server_rows,
+    store_unavailable,
 )
 from hfcelery.dashboard.core import Request, Response, redirect
 from hfcelery.dashboard.layout import Page, duration, e, stamp
 from hfcelery.dashboard.lists import jobs
-from hfcelery.errors import HfceleryError, InvalidArgumentError, JobNotFoundError
+from hfcelery.errors import (
+    HfceleryError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    StoreDataError,
+    StoreUnavailableError,
+)
 from hfcelery.states import State
 
 if TYPE_CHECKING:
@@ -42,7 +50,7 @@ def handle(dashboard: Dashboard, request: Request, path: str, token: str) -> Res
         if parts == ["retries"]:
             return jobs(page, None, retries=True)
         if parts[0] == "job" and len(parts) >= 2:
-            return job(page, "/".join(parts[1:]))
+            return job(page, checked_text("/".join(parts[1:]), "job id"))
         if parts == ["recurring"]:
             return recurring(page)
         if parts == ["servers"]:
@@ -51,8 +59,16 @@ def handle(dashboard: Dashboard, request: Request, path: str, token: str) -> Res
             return queues(page)
     except JobNotFoundError as exc:
         return page.layout("Not found", "", f"<h1>Not found</h1><p>{e(exc)}</p>", 404)
-    except InvalidArgumentError as exc:
+    # The store refusing data can only be refusing the request's own (an id, a filter, a cursor).
+    except (InvalidArgumentError, StoreDataError) as exc:
         return page.layout("Bad request", "", f"<h1>Bad request</h1><p>{e(exc)}</p>", 400)
+    except StoreUnavailableError as exc:
+        reason = store_unavailable(request, exc)
+        body = (
+            f"<h1>Store unavailable</h1><p>{e(reason)}</p>"
+            "<p>The pages show the jobs again once the store answers: reload in a moment.</p>"
+        )
+        return page.layout("Store unavailable", "", body, 503)
     return page.layout("Not found", "", "<h1>Not found</h1>", 404)
 
 

@@ -119,15 +119,25 @@ def wsgi_app(
             headers["content-type"] = environ["CONTENT_TYPE"]
         request = Request(
             method=environ["REQUEST_METHOD"],
-            path=environ.get("PATH_INFO") or "/",
+            path=_wsgi_text(environ.get("PATH_INFO") or "/"),
             query_string=environ.get("QUERY_STRING", ""),
             headers=headers,
             body=body,
             client=environ.get("REMOTE_ADDR"),
-            root=environ.get("SCRIPT_NAME", ""),
+            root=_wsgi_text(environ.get("SCRIPT_NAME", "")),
         )
         response = dashboard.handle(request)
         start_response(f"{response.status} {HTTPStatus(response.status).phrase}", response.headers)
         return [response.body]
 
     return application
+
+
+def _wsgi_text(value: str) -> str:
+    """A decoded path from WSGI: PEP 3333 gives its bytes as Latin-1 characters; read them as
+    UTF-8, as the other adapters hand paths over. (Left as it is when it is not such a string,
+    as from a server that already decoded it as UTF-8.)"""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
