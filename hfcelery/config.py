@@ -65,7 +65,8 @@ class HfConfig:
     #: An Enqueued job whose message was sent this long ago and that no worker has claimed is
     #: sent again when its queue is empty at the broker: the broker lost the message (a Redis
     #: restart without persistence, a RabbitMQ restart with non-durable queues). A duplicate
-    #: is harmless: the claim decides which copy runs. None turns it off.
+    #: is harmless: the claim decides which copy runs. Only hfcelery's own jobs: a plain
+    #: Celery task's message is Celery's to deliver, as without hfcelery. None turns it off.
     republish_after_seconds: float | None = DEFAULT_REPUBLISH_AFTER_SECONDS
     #: Rows handled per maintenance step.
     maintenance_batch_size: int = DEFAULT_MAINTENANCE_BATCH_SIZE

@@ -385,10 +385,11 @@ def test_enqueued_jobs_whose_message_may_be_lost(store: Store) -> None:
     """Sent long ago and never claimed; not a job whose message is still on its way, one that
     runs, or a Celery task waiting in a worker for its ETA."""
     lost, unsent, running, waiting_for_eta, recent = (new_job() for _ in range(5))
-    for job in (lost, unsent, running, recent):
+    celery_task = new_job(tracked=True)  # its message is Celery's to deliver
+    for job in (lost, unsent, running, recent, celery_task):
         store.create_job(job)
     store.create_job(new_job(id=waiting_for_eta.id, due_at=datetime.now(UTC) + timedelta(hours=1)))
-    store.mark_published([lost.id, running.id, waiting_for_eta.id, recent.id])
+    store.mark_published([lost.id, running.id, waiting_for_eta.id, recent.id, celery_task.id])
     claim(store, running.id)
     with store.engine.begin() as conn:
         conn.execute(
@@ -705,6 +706,23 @@ def test_published_scheduled_job_waits_for_its_own_message(store: Store) -> None
     store.finish(job.id, server_id="s1", state=State.SCHEDULED, reason="retry", data={}, due_at=due)
     grace = timedelta(seconds=30)
     assert store.enqueue_due(limit=10, grace=grace, publish=lambda d: None) == 0
+    assert claim(store, job.id, attempt=1) is not None  # the retry message claims it
+
+
+def test_a_celery_retry_is_never_taken_over_by_the_scheduler(store: Store) -> None:
+    """A plain Celery task's self.retry() message may wait in a busy worker long after it fell
+    due: the scheduler leaves it to that message (a bare copy would lose its chain and count
+    its retries from zero again), however late."""
+    store.register_server(server("s1"))
+    job = new_job(tracked=True)
+    store.create_job(job)
+    store.mark_published([job.id])
+    claim(store, job.id)
+    due = datetime.now(UTC) - timedelta(hours=1)
+    store.finish(job.id, server_id="s1", state=State.SCHEDULED, reason="retry", data={}, due_at=due)
+    sent: list[Dispatch] = []
+    assert store.enqueue_due(limit=10, grace=timedelta(seconds=5), publish=sent.append) == 0
+    assert sent == []
     assert claim(store, job.id, attempt=1) is not None  # the retry message claims it
 
 

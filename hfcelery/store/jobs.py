@@ -862,8 +862,12 @@ class JobStore(ContinuationStore):
 
         Concurrent schedulers take disjoint batches (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
         SQLite's single writer), and the compare-and-set on the state moves each job once. A
-        job that already has a message on its way (a Celery ``self.retry()``) is taken only
-        ``grace`` after it fell due, in case that message was lost.
+        job of hfcelery's that already has a message on its way is taken only ``grace`` after
+        it fell due, in case that message was lost. A plain Celery task's (a ``self.retry()``)
+        is never taken: its message, which carries its retries and canvas, is Celery's to
+        deliver, as without hfcelery (a worker busy with other tasks may hold it long after it
+        fell due, and a bare copy sent in its place would lose its chain and count its
+        retries from zero again).
         """
         now = utcnow()
         due = (
@@ -872,7 +876,7 @@ class JobStore(ContinuationStore):
                 Job.state == State.SCHEDULED,
                 or_(
                     and_(Job.published.is_(False), Job.due_at <= now),
-                    Job.due_at <= now - grace,
+                    and_(Job.tracked.is_(False), Job.due_at <= now - grace),
                 ),
             )
             .order_by(Job.due_at)
@@ -950,12 +954,19 @@ class JobStore(ContinuationStore):
         """Enqueued jobs whose message was sent more than ``older_than`` ago (and, for a
         Celery task with an ETA, that fell due that long ago), yet no worker claimed them: the
         broker may have lost their message (a Redis restart without persistence, a RabbitMQ
-        restart with non-durable queues). Oldest first."""
+        restart with non-durable queues). Oldest first.
+
+        Only hfcelery's own jobs: a plain Celery task's message is Celery's to deliver, as
+        without hfcelery. Its queue may have no hfcelery worker (a task sent by name to another
+        service), an operator may have purged it, or a busy worker may hold it prefetched; a
+        bare copy would run it again, or without its chain.
+        """
         cutoff = utcnow() - older_than
         stmt = (
             select(*_DISPATCH_COLUMNS)
             .where(
                 Job.state == State.ENQUEUED,
+                Job.tracked.is_(False),
                 Job.published.is_(True),
                 Job.state_changed_at < cutoff,
                 or_(Job.due_at.is_(None), Job.due_at < cutoff),
