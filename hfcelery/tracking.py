@@ -1,8 +1,10 @@
 """Tasks sent the plain Celery way (``delay``, ``apply_async``, canvas) become jobs too.
 
 ``before_task_publish`` writes the job (Enqueued, not yet published) before the message leaves;
-``after_task_publish`` marks it published. Should the store be down, the message still goes
-out and the worker that receives it records the job (see ``Store.claim``).
+``after_task_publish`` marks it published, and a send that raises (the broker away) records it
+Deleted (:func:`send_failed`): the sender got the error, and the task does not run, as without
+hfcelery. Should the store be down, the message still goes out and the worker that receives it
+records the job (see ``Store.claim``).
 """
 
 from __future__ import annotations
@@ -159,6 +161,29 @@ def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
         extension.store.mark_published([job_id])
     except HfceleryError as exc:  # the job is published again later: harmless
         logger.warning("hfcelery could not mark task %s published: %s", job_id, exc)
+
+
+def send_failed(message: Any, exc: BaseException) -> None:
+    """A plain Celery send raised (the broker could not be reached): the sender got the error
+    and, as without hfcelery, the task does not run, so its job, written before the message
+    was to leave, is recorded Deleted rather than published later."""
+    headers = getattr(message, "headers", None)
+    headers = headers if isinstance(headers, dict) else {}
+    job_id = headers.get("id")
+    pending: set[str] | None = _pending.__dict__.get("ids")
+    if not pending or job_id not in pending:
+        return
+    pending.discard(job_id)
+    stamp = headers.get(STAMP_HEADER)
+    extension = publishing_extension(headers.get("task"))
+    if extension is None or not isinstance(stamp, str):
+        return
+    reason = storable_text(f"Its message could not be sent: {type(exc).__name__}: {exc}")
+    retention = timedelta(seconds=extension.config.deleted_retention_seconds)
+    try:
+        extension.store.abandon_celery_send(job_id, stamp, reason=reason, retention=retention)
+    except HfceleryError as error:  # left unpublished: a worker publishes it later
+        logger.warning("hfcelery could not record that task %s was not sent: %s", job_id, error)
 
 
 def publishing_extension(task_name: str | None) -> Extension | None:

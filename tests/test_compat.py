@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 
 import pytest
 import redis
@@ -102,3 +103,36 @@ def test_a_project_task_class_keeps_its_before_start_and_request(
     job = wait_state(api, result.id)  # tracked to its final state
     assert job.state is State.SUCCEEDED
     assert history(job) == [State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+
+
+def test_a_send_that_raises_because_the_broker_is_away_does_not_run_later(
+    postgres_url: str,
+) -> None:
+    """apply_async raises (the broker cannot be reached): as without hfcelery, the task was not
+    sent and never runs. Its job, written before the message was to leave, is recorded Deleted
+    with the error, not published later by a worker."""
+    from celery import Celery
+    from kombu.exceptions import OperationalError
+
+    import hfcelery
+    from hfcelery.extension import extension_of
+
+    app = Celery("hfaway", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.broker_connection_retry_on_startup = False
+    hfcelery.init_app(app, store_url=postgres_url)
+
+    @app.task(name="tests.compat_away")
+    def away() -> None:
+        """Never runs."""
+
+    store = extension_of(app).store
+    try:
+        task_id = str(uuid.uuid4())
+        with pytest.raises(OperationalError):
+            away.apply_async(task_id=task_id, retry_policy={"max_retries": 1})
+        job = store.job(task_id)
+        assert job is not None and job.state is State.DELETED
+        assert "could not be sent" in (job.history[-1].reason or "")
+        assert task_id not in [d.id for d in store.unpublished_jobs(timedelta(0), 100)]
+    finally:
+        store.dispose()

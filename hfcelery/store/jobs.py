@@ -702,6 +702,32 @@ class JobStore(ContinuationStore):
             job_id, State.FAILED, reason=reason, data=data, transition=transition
         )
 
+    def abandon_celery_send(
+        self, job_id: str, stamp: str, *, reason: str, retention: timedelta | None
+    ) -> bool:
+        """Delete the job of a plain Celery send whose message could not be sent: the sender
+        got the error and, as without hfcelery, the task does not run. Only while the job is
+        still that send's (``stamp``), Enqueued and unpublished; whether it was."""
+        now = utcnow()
+        stmt = (
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.state == State.ENQUEUED,
+                Job.published.is_(False),
+                Job.sent_stamp == stamp,
+            )
+            .values(
+                state=State.DELETED,
+                state_changed_at=now,
+                due_at=None,
+                expire_at=None if retention is None else now + retention,
+            )
+            .returning(Job.id)
+        )
+        rows = self._run(lambda conn: self._change(conn, stmt, State.DELETED, reason, {}, now))
+        return bool(rows)
+
     def release_processing(
         self, job_id: str, *, server_id: str, reason: str, max_losses: int | None = None
     ) -> State | None:

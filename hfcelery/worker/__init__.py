@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery, signals
 
 from hfcelery.calls import PERFORM_TASK_NAME
 from hfcelery.extension import extension_of
 from hfcelery.recurring.fire import FIRE_TASK_OPTIONS, fire
-from hfcelery.tracking import after_task_publish, before_task_publish
+from hfcelery.tracking import after_task_publish, before_task_publish, send_failed
 from hfcelery.worker.execution import perform
 from hfcelery.worker.guard import MessageGuard
 from hfcelery.worker.hooks import WorkerHooks
@@ -40,3 +42,24 @@ def install(app: Celery) -> None:
     extension.worker_hooks.connect()
     for signal, handler in _PUBLISH_HANDLERS:
         signal.connect(handler, weak=False, dispatch_uid=f"hfcelery.{handler.__name__}")
+    _tell_failed_sends(app)
+
+
+def _tell_failed_sends(app: Celery) -> None:
+    """Wrap the app's message sender so that a send that raises is told to ``send_failed``
+    (Celery has no signal for it). The sender Celery builds is built on first use, as Celery
+    does: nothing of the app's configuration is read now."""
+    amqp = app.amqp
+    built: Any = amqp.__dict__.get("send_task_message")  # built already (a send happened)
+
+    def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+        nonlocal built
+        if built is None:
+            built = amqp._create_task_sender()
+        try:
+            return built(producer, name, message, **options)
+        except BaseException as exc:
+            send_failed(message, exc)
+            raise
+
+    amqp.__dict__["send_task_message"] = send_task_message
