@@ -1348,3 +1348,36 @@ def test_threads_enqueueing_at_once_each_read_their_jobs(
     assert not fast._pending
     assert len(fast._idle) <= MAX_IDLE_CONNECTIONS
     assert "could not commit" not in caplog.text
+
+
+def test_a_server_that_never_answers_makes_the_store_unavailable_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that swallows packets, or a server that hangs: connecting gives up after the
+    connect timeout with StoreUnavailableError, on the engine's path and the worker path's."""
+    import socket
+    import time
+
+    from hfcelery.errors import StoreUnavailableError
+    from hfcelery.store import base
+    from hfcelery.store.fast import FastStatements
+
+    monkeypatch.setattr(base, "CONNECT_TIMEOUT_SECONDS", 1)
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # the kernel completes the handshake; nobody ever answers
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{hung.getsockname()[1]}/postgres"
+        store = Store(url)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            store.job("any")
+        assert time.monotonic() - started < 8
+        fast = FastStatements(store.url, store._process_engine().dialect, None, 1)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            fast._acquire()
+        assert time.monotonic() - started < 8
+        store.dispose()
+    finally:
+        hung.close()

@@ -96,6 +96,9 @@ class Changes:
 
 
 ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
+#: How long a new PostgreSQL connection may take (a host that drops packets, a server that
+#: hangs) before the store counts as unavailable; ``connect_timeout`` in the URL overrides it.
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 _DISPATCH_COLUMNS = (
@@ -170,7 +173,11 @@ class StoreBase:
             )
             _configure_sqlite(engine)
         else:
-            connect_args = {} if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS
+            connect_args: dict[str, Any] = (
+                {} if "options" in self.url.query else dict(ASYNC_COMMIT_CONNECT_ARGS)
+            )
+            if "connect_timeout" not in self.url.query:
+                connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
             engine = create_engine(
                 self.url, pool_size=5, max_overflow=10, pool_recycle=3600, connect_args=connect_args
             )
@@ -300,7 +307,8 @@ class StoreBase:
         engine = self.engine  # the schema is checked once per process
         if self._fast is None:
             options = None if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS["options"]
-            self._fast = FastStatements(self.url, engine.dialect, options)
+            timeout = None if "connect_timeout" in self.url.query else CONNECT_TIMEOUT_SECONDS
+            self._fast = FastStatements(self.url, engine.dialect, options, timeout)
         return self._fast
 
     def mark_published(self, job_ids: Sequence[str]) -> None:

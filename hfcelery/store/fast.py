@@ -88,9 +88,16 @@ class _Compiled:
 class FastStatements:
     """Runs compiled statements on this process's and thread's own connection."""
 
-    def __init__(self, url: URL, dialect: Dialect, options: str | None) -> None:
+    def __init__(
+        self,
+        url: URL,
+        dialect: Dialect,
+        options: str | None,
+        connect_timeout: int | None = None,
+    ) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._options = options
+        self._connect_timeout = connect_timeout
         self._dialect = dialect
         self._compiled: dict[int, tuple[ClauseElement, _Compiled]] = {}
         #: Connections not in use, the latest last, with the process that opened them (a
@@ -334,6 +341,8 @@ class FastStatements:
             if not conn.closed:
                 return conn
         extra: dict[str, Any] = {"options": self._options} if self._options else {}
+        if self._connect_timeout is not None:
+            extra["connect_timeout"] = self._connect_timeout
         try:
             conn = psycopg.connect(
                 self._conninfo, autocommit=True, row_factory=namedtuple_row, **extra
