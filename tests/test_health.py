@@ -70,3 +70,24 @@ def test_reachable_for_counts_from_the_end_of_the_last_outage(clock: Clock) -> N
     assert store.reachable_for() == 0
     clock.now += 4
     assert store.reachable_for() == 4
+
+
+def test_a_stall_counts_as_an_outage_for_judging_and_is_a_line_a_minute(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ServiceHealth("store")
+    clock.now += 20
+    with caplog.at_level(logging.WARNING, logger="hfcelery"):
+        for _ in range(30):  # a store slow for a while: a slow heartbeat every 2 s
+            store.stalled(12.5, "heartbeat")
+            assert store.reachable_for() == 0 and not store.down
+            clock.now += 2
+        assert len(lines(caplog)) == 1  # 60 s: one line
+        assert "took 12.5 s to answer (in heartbeat)" in lines(caplog)[0]
+        store.stalled(3.0, "maintenance")
+        assert len(lines(caplog)) == 2  # a reminder a minute
+    clock.now += 7
+    assert store.reachable_for() == 7
+    store.failed(OSError("down"), "heartbeat")
+    store.stalled(9.0, "heartbeat")  # during an outage: the outage says it all
+    assert store.reachable_for() == 0 and store.down

@@ -29,6 +29,7 @@ class ServiceHealth:
         self._down_since: float | None = None
         self._reminded_at = 0.0
         self._up_since = time.monotonic()
+        self._stall_noted_at = -REMINDER_INTERVAL_SECONDS
 
     @property
     def down(self) -> bool:
@@ -73,11 +74,16 @@ class ServiceHealth:
         """A request to the service answered, but only after ``seconds`` (the service stalled,
         or a lock held it): for judging other servers, as if it had been unreachable until
         now, since nobody could write a heartbeat meanwhile."""
+        now = time.monotonic()
         with self._lock:
             if self._down_since is not None:
                 return
-            self._up_since = time.monotonic()
-        logger.warning(
+            self._up_since = now
+            # One line, then one a reminder interval at most while the store stays slow.
+            quiet = now - self._stall_noted_at < REMINDER_INTERVAL_SECONDS
+            if not quiet:
+                self._stall_noted_at = now
+        (logger.debug if quiet else logger.warning)(
             "hfcelery: the %s took %.1f s to answer (in %s); no server is judged dead until it "
             "has answered promptly for a whole server timeout",
             self.name,
