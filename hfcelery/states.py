@@ -99,7 +99,7 @@ TRANSITIONS: Mapping[str, Transition] = {
         _t("revoke", (S.ENQUEUED, S.PROCESSING), (S.DELETED,), "Celery revoke"),
         _t("unknown_task", (S.ENQUEUED,), (S.FAILED,), "worker (task not registered)"),
         _t("fail_unsendable", (S.ENQUEUED,), (S.FAILED,), "maintenance (message cannot be sent)"),
-        _t("abandon_celery_send", (S.ENQUEUED,), (S.DELETED,), "client (Celery send failed)"),
+        _t("abandon_celery_send", (S.ENQUEUED,), (S.FAILED,), "client (Celery send failed)"),
     )
 }
 

@@ -2,7 +2,7 @@
 
 ``before_task_publish`` writes the job (Enqueued, not yet published) before the message leaves;
 ``after_task_publish`` marks it published, and a send that raises (the broker away) records it
-Deleted (:func:`send_failed`): the sender got the error, and the task does not run, as without
+Failed (:func:`send_failed`): the sender got the error, and the task does not run, as without
 hfcelery. Should the store be down, the message still goes out and the worker that receives it
 records the job (see ``Store.claim``).
 """
@@ -164,9 +164,10 @@ def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 def send_failed(message: Any, exc: BaseException) -> None:
-    """A plain Celery send raised (the broker could not be reached): the sender got the error
-    and, as without hfcelery, the task does not run, so its job, written before the message
-    was to leave, is recorded Deleted rather than published later."""
+    """A plain Celery send raised (the broker could not be reached, the arguments could not
+    be encoded): the sender got the error and, as without hfcelery, the task does not run, so
+    its job, written before the message was to leave, is recorded Failed with the error rather
+    than published later."""
     headers = getattr(message, "headers", None)
     headers = headers if isinstance(headers, dict) else {}
     job_id = headers.get("id")
@@ -179,9 +180,9 @@ def send_failed(message: Any, exc: BaseException) -> None:
     if extension is None or not isinstance(stamp, str):
         return
     reason = storable_text(f"Its message could not be sent: {type(exc).__name__}: {exc}")
-    retention = timedelta(seconds=extension.config.deleted_retention_seconds)
+    data = {"exception_type": type(exc).__qualname__}
     try:
-        extension.store.abandon_celery_send(job_id, stamp, reason=reason, retention=retention)
+        extension.store.abandon_celery_send(job_id, stamp, reason=reason, data=data)
     except HfceleryError as error:  # left unpublished: a worker publishes it later
         logger.warning("hfcelery could not record that task %s was not sent: %s", job_id, error)
 

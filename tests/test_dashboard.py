@@ -231,6 +231,19 @@ def test_bulk_action_on_selected_jobs_by_form(dashboard: Dashboard, api: Monitor
     assert [api.job(i).state for i in ids] == [State.DELETED, State.DELETED, State.ENQUEUED]
 
 
+@pytest.mark.parametrize(
+    "back",
+    ["/\\evil.example/", "//evil.example/", "/\t/evil.example/", "https://evil.example/", "/\\\\x"],
+)
+def test_an_action_never_sends_the_browser_to_another_site(dashboard: Dashboard, back: str) -> None:
+    job = BackgroundJob.enqueue(call(jobs.record, token()), queue="nobody-listens")
+    response = post(dashboard, "/actions/jobs", {"action": "delete", "id": [job], "back": back})
+    assert response.status == 303
+    location = response.header("location") or ""
+    assert location.startswith("/") and not location.startswith(("//", "/\\")), location
+    assert "evil" not in location and "\t" not in location, location
+
+
 def test_recurring_actions(dashboard: Dashboard, api: Monitoring, seeded: dict[str, str]) -> None:
     rid = seeded["recurring"]
     for action in ("pause", "resume", "trigger"):

@@ -45,7 +45,7 @@ def pg_app(postgres_url: str, redis_url: str) -> Iterator[Celery]:
     app.conf.redbeat_key_prefix = f"hftests-requests-{token()}:"
     hfcelery.init_app(app, store_url=postgres_url, allowed_modules=["tests.jobs"])
 
-    @app.task(name="tests.requests.add")
+    @app.task(name="tests.requests.add", shared=False)  # not in the other tests' apps
     def add(x: int, y: int) -> int:
         return x + y
 

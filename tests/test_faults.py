@@ -174,27 +174,30 @@ def test_a_store_stalled_longer_than_the_server_timeout_runs_nothing_twice(
     longer than the server timeout, with every worker alive: every heartbeat is late, but no
     server is declared dead for it, and no running job is requeued and run twice."""
     other = start_fault_worker()
-    tok = token()
-    job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 12)) for _ in range(3)]
-    wait_for(lambda: traces(side_effects, tok).count("started") == 3, what="the jobs to start")
-    marks = [(w, len(w.log())) for w in (fault_worker, other)]
-    with psycopg.connect(private_pg.url.replace("+psycopg", "")) as conn:
-        conn.execute("LOCK TABLE hfcelery_servers IN ACCESS EXCLUSIVE MODE")
-        time.sleep(SERVER_TIMEOUT * 2.5)  # well beyond the server timeout
-    for job_id in job_ids:
-        job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
-        assert [h.state for h in job.history] == [
-            State.ENQUEUED,
-            State.PROCESSING,
-            State.SUCCEEDED,
-        ]
-    time.sleep(SERVER_TIMEOUT * 2)  # a late recovery pass would requeue them now
-    assert traces(side_effects, tok).count("started") == 3
-    for worker, mark in marks:
-        log = log_since(worker, mark)
-        assert "stopped sending heartbeats" not in log, log
-        assert "declared dead" not in log, log
-        assert "Traceback" not in log, log
+    try:
+        tok = token()
+        job_ids = [client.enqueue(call(jobs.sleep_then_record, tok, 12)) for _ in range(3)]
+        wait_for(lambda: traces(side_effects, tok).count("started") == 3, what="jobs to start")
+        marks = [(w, len(w.log())) for w in (fault_worker, other)]
+        with psycopg.connect(private_pg.url.replace("+psycopg", "")) as conn:
+            conn.execute("LOCK TABLE hfcelery_servers IN ACCESS EXCLUSIVE MODE")
+            time.sleep(SERVER_TIMEOUT * 2.5)  # well beyond the server timeout
+        for job_id in job_ids:
+            job = job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+            assert [h.state for h in job.history] == [
+                State.ENQUEUED,
+                State.PROCESSING,
+                State.SUCCEEDED,
+            ]
+        time.sleep(SERVER_TIMEOUT * 2)  # a late recovery pass would requeue them now
+        assert traces(side_effects, tok).count("started") == 3
+        for worker, mark in marks:
+            log = log_since(worker, mark)
+            assert "stopped sending heartbeats" not in log, log
+            assert "declared dead" not in log, log
+            assert "Traceback" not in log, log
+    finally:
+        other.stop()  # the module's later tests count on their own workers only
 
 
 def test_a_worker_started_while_the_store_is_down_waits_for_it(
@@ -228,14 +231,17 @@ def test_a_worker_started_while_the_store_is_down_waits_for_it(
         )
     finally:
         back.join()
-    log = worker.log()
-    assert "starts without the store" in log, log
-    assert "Unrecoverable error" not in log and "Traceback" not in log, log
-    assert worker.process.poll() is None
-    tok = token()
-    job_id = client.enqueue(call(jobs.record, tok, "ran"))
-    job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
-    assert traces(side_effects, tok) == ["ran"]
+    try:
+        log = worker.log()
+        assert "starts without the store" in log, log
+        assert "Unrecoverable error" not in log and "Traceback" not in log, log
+        assert worker.process.poll() is None
+        tok = token()
+        job_id = client.enqueue(call(jobs.record, tok, "ran"))
+        job_in(fault_api, job_id, (State.SUCCEEDED,), timeout=60)
+        assert traces(side_effects, tok) == ["ran"]
+    finally:
+        worker.stop()  # the module's later tests count on their own workers only
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

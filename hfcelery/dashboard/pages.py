@@ -74,8 +74,15 @@ def handle(dashboard: Dashboard, request: Request, path: str, token: str) -> Res
 
 def _back(page: Page, default: str) -> str:
     back = page.r.field("back") or ""
-    # Only a path inside the pages, never another site.
-    if not back.startswith(page.root + "/") or back.startswith("//"):
+    # Only a path inside the pages, never another site: browsers read a path that starts with
+    # a slash and a backslash (or two slashes) as another host, and skip tabs and newlines.
+    inside = back[len(page.root) + 1 :]
+    if (
+        not back.startswith(page.root + "/")
+        or back.startswith("//")
+        or inside.startswith(("/", "\\"))
+        or any(c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in back)
+    ):
         back = page.url(default)
     return back
 

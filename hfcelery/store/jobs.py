@@ -703,11 +703,12 @@ class JobStore(ContinuationStore):
         )
 
     def abandon_celery_send(
-        self, job_id: str, stamp: str, *, reason: str, retention: timedelta | None
+        self, job_id: str, stamp: str, *, reason: str, data: dict[str, Any]
     ) -> bool:
-        """Delete the job of a plain Celery send whose message could not be sent: the sender
-        got the error and, as without hfcelery, the task does not run. Only while the job is
-        still that send's (``stamp``), Enqueued and unpublished; whether it was."""
+        """Fail the job of a plain Celery send whose message could not be sent: the sender got
+        the error and, as without hfcelery, the task does not run (an operator may requeue
+        it). Only while the job is still that send's (``stamp``), Enqueued and unpublished;
+        whether it was."""
         now = utcnow()
         stmt = (
             update(Job)
@@ -717,15 +718,10 @@ class JobStore(ContinuationStore):
                 Job.published.is_(False),
                 Job.sent_stamp == stamp,
             )
-            .values(
-                state=State.DELETED,
-                state_changed_at=now,
-                due_at=None,
-                expire_at=None if retention is None else now + retention,
-            )
+            .values(state=State.FAILED, state_changed_at=now, due_at=None)
             .returning(Job.id)
         )
-        rows = self._run(lambda conn: self._change(conn, stmt, State.DELETED, reason, {}, now))
+        rows = self._run(lambda conn: self._change(conn, stmt, State.FAILED, reason, data, now))
         return bool(rows)
 
     def release_processing(

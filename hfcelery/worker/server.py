@@ -247,16 +247,21 @@ class Server:
         return len(requeued)
 
     def _fresh_heartbeat_seconds(self) -> float:
-        """How old this server's own heartbeat may be when it judges others: two intervals and
-        a second, within the server timeout."""
+        """How old this server's own heartbeat may be when it judges others. A stall of the
+        store that makes a live server's heartbeat older than the timeout lasts longer than
+        the timeout less an interval, and leaves the judge's own heartbeat at least that old."""
         config = self.extension.config
-        return min(2 * config.heartbeat_interval_seconds + 1.0, config.server_timeout_seconds)
+        interval = config.heartbeat_interval_seconds
+        return max(0.75 * (config.server_timeout_seconds - interval), interval)
 
     def _timed(self, started: float, where: str) -> None:
-        """A store request (a heartbeat, a lease) that took longer than a heartbeat interval
-        is a stall of the store: see :meth:`ServiceHealth.stalled`."""
+        """A store request (a heartbeat, a lease) slow enough to matter (half the time a stall
+        needs to make a live server look dead, and at least a heartbeat interval) is a stall of
+        the store: see :meth:`ServiceHealth.stalled`."""
+        config = self.extension.config
+        interval = config.heartbeat_interval_seconds
         took = time.monotonic() - started
-        if took > self.extension.config.heartbeat_interval_seconds:
+        if took > max(0.5 * (config.server_timeout_seconds - interval), interval):
             self.store_health.stalled(took, where)
 
     def roll_up_statistics(self) -> int:
