@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from celery._state import get_current_app, get_current_task
 
@@ -148,12 +148,19 @@ def _writer(store: Store) -> Callable[[NewJob], bool]:
     return write
 
 
+def _settle_pending(job_id: object) -> TypeGuard[str]:
+    """Whether this thread wrote the job of the send now ending (it is forgotten here)."""
+    pending: set[str] | None = _pending.__dict__.get("ids")
+    if not pending or not isinstance(job_id, str) or job_id not in pending:
+        return False
+    pending.discard(job_id)
+    return True
+
+
 def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
     job_id = (headers or {}).get("id")
-    pending: set[str] | None = _pending.__dict__.get("ids")
-    if not pending or job_id not in pending:
+    if not _settle_pending(job_id):
         return
-    pending.discard(job_id)
     extension = publishing_extension((headers or {}).get("task"))
     if extension is None:
         return
@@ -171,10 +178,8 @@ def send_failed(message: Any, exc: BaseException) -> None:
     headers = getattr(message, "headers", None)
     headers = headers if isinstance(headers, dict) else {}
     job_id = headers.get("id")
-    pending: set[str] | None = _pending.__dict__.get("ids")
-    if not pending or job_id not in pending:
+    if not _settle_pending(job_id):
         return
-    pending.discard(job_id)
     stamp = headers.get(STAMP_HEADER)
     extension = publishing_extension(headers.get("task"))
     if extension is None or not isinstance(stamp, str):

@@ -152,10 +152,8 @@ class Server:
     def heartbeat(self) -> None:
         store = self.extension.store
         if not self._registered:
-            self.record = replace(self.record, heartbeat_at=datetime.now(UTC))
-            store.register_server(self.record)
+            self._register()
             self._registered = True
-            self._heartbeat_written = time.monotonic()
             logger.info("hfcelery server %s registered (store %s)", self.id, store.url)
             return
         started = time.monotonic()
@@ -169,12 +167,16 @@ class Server:
         # (the one from the start would be judged dead again at once), and take back the jobs
         # that still run here and that nobody else claimed.
         logger.warning("hfcelery server %s was declared dead; registering again", self.id)
-        self.record = replace(self.record, heartbeat_at=datetime.now(UTC))
-        store.register_server(self.record)
-        self._heartbeat_written = time.monotonic()
+        self._register()
         kept = store.reclaim_running(self.id, _running_job_ids())
         if kept:
             logger.warning("hfcelery server %s keeps %d running job(s)", self.id, len(kept))
+
+    def _register(self) -> None:
+        """Register (again) with a fresh heartbeat."""
+        self.record = replace(self.record, heartbeat_at=datetime.now(UTC))
+        self.extension.store.register_server(self.record)
+        self._heartbeat_written = time.monotonic()
 
     def maintain(self) -> None:
         """One maintenance pass: this server's own orphans, then (with the lease) the rest.
