@@ -1,10 +1,13 @@
 """Tasks sent the plain Celery way (``delay``, ``apply_async``, canvas) become jobs too.
 
-``before_task_publish`` writes the job (Enqueued, not yet published) before the message leaves;
-``after_task_publish`` marks it published, and a send that raises (the broker away) records it
-Failed (:func:`send_failed`): the sender got the error, and the task does not run, as without
-hfcelery. Should the store be down, the message still goes out and the worker that receives it
-records the job (see ``Store.claim``).
+``before_task_publish`` writes the job before the message leaves. On PostgreSQL, inside an
+hfcelery app's own sending (:func:`sending`), that is one statement whose transaction
+``after_task_publish`` commits once the message has left (``Store.open_celery_send``);
+otherwise the job is committed unpublished first and ``after_task_publish`` marks it
+published. A send that raises (the broker away) records it Failed (:func:`send_failed`): the
+sender got the error, and the task does not run, as without hfcelery. Should the store be down,
+the message still goes out and the worker that receives it records the job (see
+``Store.claim``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
@@ -28,6 +32,7 @@ from hfcelery.jsonutil import to_json_or_repr
 from hfcelery.records import NewJob
 from hfcelery.states import State
 from hfcelery.store import Store
+from hfcelery.store.sends import CelerySend
 from hfcelery.validation import problem_with_function_path, problem_with_job_id, storable_text
 from hfcelery.worker.execution import record_celery_retry
 
@@ -98,8 +103,8 @@ def before_task_publish(
     except HfceleryError as exc:
         logger.warning("hfcelery could not record task %s before sending it: %s", job_id, exc)
         return
-    pending: set[str] = _pending.__dict__.setdefault("ids", set())
-    pending.add(job_id)
+    if job_id not in _open_sends():
+        _pending_ids().add(job_id)
 
 
 def _record_through_filters(extension: Extension, job: NewJob) -> None:
@@ -112,7 +117,13 @@ def _record_through_filters(extension: Extension, job: NewJob) -> None:
     filters = filters_for(task, type(task)) if task is not None else filters_for(None)
     store = extension.store
     if not (filters.client_filters or filters.apply_filters):
-        store.record_celery_send(job)
+        if _wrapped(job.id) and store.dialect == "postgresql":
+            send = store.open_celery_send(job)
+            if send is not None:
+                _open_sends()[job.id] = send  # ended with the send: see sending()
+                return
+        else:
+            store.record_celery_send(job)
         return
     retention: timedelta | None = None
     try:
@@ -148,6 +159,55 @@ def _writer(store: Store) -> Callable[[NewJob], bool]:
     return write
 
 
+@contextmanager
+def sending(message: Any) -> Iterator[None]:
+    """Around an hfcelery app's own sending of a Celery message (``send_task_message``): a
+    plain send's job written on PostgreSQL may be left uncommitted until the message has left
+    (``Store.open_celery_send``), since this ends it whatever happens. ``after_task_publish``
+    commits it and ``send_failed`` fails it; one neither was told of (a send that returned
+    without its signal) is committed here, or rolled back if the send raised."""
+    job_id = _headers_of(message).get("id")
+    wrapped: list[object] = _pending.__dict__.setdefault("wrapped", [])
+    wrapped.append(job_id)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        wrapped.pop()
+        left = _open_sends().pop(job_id, None) if isinstance(job_id, str) else None
+        if left is not None:
+            try:
+                left.discard() if failed else left.sent()
+            except HfceleryError as exc:
+                logger.warning("hfcelery could not record task %s as sent: %s", job_id, exc)
+
+
+def _wrapped(job_id: str) -> bool:
+    """Whether the send of ``job_id`` now under way is inside :func:`sending`."""
+    wrapped: list[object] | None = _pending.__dict__.get("wrapped")
+    return wrapped is not None and bool(wrapped) and wrapped[-1] == job_id
+
+
+def _open_sends() -> dict[str, CelerySend]:
+    """This thread's sends whose job's transaction is still open."""
+    sends: dict[str, CelerySend] = _pending.__dict__.setdefault("open", {})
+    return sends
+
+
+def _pending_ids() -> set[str]:
+    """This thread's sends whose job is written, unpublished, until they end."""
+    ids: set[str] = _pending.__dict__.setdefault("ids", set())
+    return ids
+
+
+def _headers_of(message: Any) -> dict[str, Any]:
+    headers = getattr(message, "headers", None)
+    return headers if isinstance(headers, dict) else {}
+
+
 def _settle_pending(job_id: object) -> TypeGuard[str]:
     """Whether this thread wrote the job of the send now ending (it is forgotten here)."""
     pending: set[str] | None = _pending.__dict__.get("ids")
@@ -159,6 +219,13 @@ def _settle_pending(job_id: object) -> TypeGuard[str]:
 
 def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
     job_id = (headers or {}).get("id")
+    send = _open_sends().pop(job_id, None) if isinstance(job_id, str) else None
+    if send is not None:
+        try:
+            send.sent()
+        except HfceleryError as exc:  # the worker that takes the message writes the job
+            logger.warning("hfcelery could not record task %s as sent: %s", job_id, exc)
+        return
     if not _settle_pending(job_id):
         return
     extension = publishing_extension((headers or {}).get("task"))
@@ -175,17 +242,23 @@ def send_failed(message: Any, exc: BaseException) -> None:
     be encoded): the sender got the error and, as without hfcelery, the task does not run, so
     its job, written before the message was to leave, is recorded Failed with the error rather
     than published later."""
-    headers = getattr(message, "headers", None)
-    headers = headers if isinstance(headers, dict) else {}
+    headers = _headers_of(message)
     job_id = headers.get("id")
+    reason = storable_text(f"Its message could not be sent: {type(exc).__name__}: {exc}")
+    data = {"exception_type": type(exc).__qualname__}
+    send = _open_sends().pop(job_id, None) if isinstance(job_id, str) else None
+    if send is not None:
+        try:
+            send.failed(reason=reason, data=data)
+        except HfceleryError as error:
+            logger.warning("hfcelery could not record that task %s was not sent: %s", job_id, error)
+        return
     if not _settle_pending(job_id):
         return
     stamp = headers.get(STAMP_HEADER)
     extension = publishing_extension(headers.get("task"))
     if extension is None or not isinstance(stamp, str):
         return
-    reason = storable_text(f"Its message could not be sent: {type(exc).__name__}: {exc}")
-    data = {"exception_type": type(exc).__qualname__}
     try:
         extension.store.abandon_celery_send(job_id, stamp, reason=reason, data=data)
     except HfceleryError as error:  # left unpublished: a worker publishes it later

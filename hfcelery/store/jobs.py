@@ -55,6 +55,7 @@ from hfcelery.store.models import (
     JobParameter,
     JobState,
 )
+from hfcelery.store.sends import CelerySend
 from hfcelery.store.statements import (
     _CLAIM,
     _CLAIM_H,
@@ -67,6 +68,7 @@ from hfcelery.store.statements import (
     _INSERT_JOB,
     _INSERT_JOB_H,
     _NEW_JOB_COLUMNS,
+    _RECORD_SEND_H,
     _SYNCHRONOUS_COMMIT,
     _UNPUBLISHED,
     ReturningDML,
@@ -406,6 +408,45 @@ class JobStore(ContinuationStore):
             return False
 
         return self._run(work)
+
+    def open_celery_send(self, job: NewJob) -> CelerySend | None:
+        """:meth:`record_celery_send` of an Enqueued job on PostgreSQL (callers check
+        ``dialect``), in one statement whose transaction is left open while the message is
+        sent: the returned :class:`CelerySend` ends it.
+
+        None when the id was known (Celery sent it again on purpose): that job is committed
+        now, unpublished, before its message leaves, as :meth:`record_celery_send` does, since
+        a worker that took the message first would find the older send's stamp and skip it.
+        The caller then marks it published, or abandons it, as after
+        :meth:`record_celery_send`.
+        """
+        if job.state is not State.ENQUEUED or job.parameters or job.sent_stamp is None:
+            raise ValueError("only an Enqueued plain Celery send without parameters")
+        now = utcnow()
+        row = {f"p_{k}": v for k, v in _job_row(job, now, published=True).items()}
+        entry = _state_row(None, job.state, job.reason, job.data, now)
+        history = {f"h_{key}": value for key, value in entry.items() if key != "job_id"}
+        params = {**row, **history, "h_resent_reason": RESENT_REASON}
+        fast = self._fast_statements()
+        for attempt in (1, 2):
+            transaction = fast.sent_ahead(_RECORD_SEND_H, params)
+            try:
+                written = transaction.__enter__()
+                try:
+                    inserted = written.result()[0].inserted
+                except BaseException as exc:
+                    if not transaction.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                    raise AssertionError("unreachable") from exc
+            except StaleConnectionError:
+                if attempt == 1:
+                    continue  # dropped by the server (a restart): nothing was written
+                raise
+            if not inserted:
+                transaction.__exit__(None, None, None)  # COMMIT, and wait for it
+                return None
+            return CelerySend(self, job.id, job.sent_stamp, transaction, written)
+        raise AssertionError("unreachable")
 
     def claim(
         self,

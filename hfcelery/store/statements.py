@@ -8,16 +8,19 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Integer,
     and_,
     bindparam,
     case,
     insert,
+    literal_column,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import Select
@@ -186,3 +189,53 @@ _FINISH_ALONE_H = _with_history(_FINISH_ALONE)
 
 
 _FINISH_LOST_CLAIM_ALONE_H = _with_history(_FINISH_LOST_CLAIM_ALONE)
+
+
+#: What a plain Celery task sent again with a known id takes from its new send; the rest of
+#: the row is reset as for a new job (its creation time and counters of claims stay).
+_RESENT_COLUMNS = (
+    "state", "function", "task_name", "args", "kwargs", "queue", "sent_stamp",
+    "state_changed_at", "due_at",
+)  # fmt: skip
+
+
+def _record_send() -> Select[Any]:
+    """PostgreSQL: a plain Celery send's job written in one statement, new (published: its
+    transaction ends once the message has left) or sent again with a known id (unpublished:
+    committed before the message leaves, see ``CelerySend``), with its history entry, whose
+    reason says which (``h_resent_reason``). ``inserted`` tells them apart: the row version
+    an ``ON CONFLICT DO UPDATE`` writes keeps its lock in ``xmax``, a new row has none."""
+    new = postgresql.insert(Job).values(
+        {name: _param(f"p_{name}", Job.__table__.c[name].type) for name in _NEW_JOB_COLUMNS}
+    )
+    resent = {name: new.excluded[name] for name in _RESENT_COLUMNS}
+    upsert = new.on_conflict_do_update(
+        index_elements=[Job.id],
+        set_={
+            **resent,
+            "published": False,
+            "server_id": None,
+            "worker_id": None,
+            "expire_at": None,
+            "terminate": False,
+            "retry_count": 0,
+        },
+    ).returning(Job.id, literal_column("xmax = 0", Boolean).label("inserted"))
+    changed = upsert.cte("changed")
+    history = insert(JobState).from_select(
+        ["job_id", "state", "reason", "data", "created_at"],
+        select(
+            changed.c.id,
+            _param("h_state", JobState.state.type),
+            case(
+                (changed.c.inserted, _param("h_reason", JobState.reason.type)),
+                else_=_param("h_resent_reason", JobState.reason.type),
+            ),
+            _param("h_data", JobState.data.type),
+            _param("h_created_at", JobState.created_at.type),
+        ),
+    )
+    return select(changed).add_cte(history.cte("history"))
+
+
+_RECORD_SEND_H = _record_send()

@@ -9,7 +9,7 @@ from celery import Celery, signals
 from hfcelery.calls import PERFORM_TASK_NAME
 from hfcelery.extension import extension_of
 from hfcelery.recurring.fire import FIRE_TASK_OPTIONS, fire
-from hfcelery.tracking import after_task_publish, before_task_publish, send_failed
+from hfcelery.tracking import after_task_publish, before_task_publish, send_failed, sending
 from hfcelery.worker.execution import perform
 from hfcelery.worker.guard import MessageGuard
 from hfcelery.worker.hooks import WorkerHooks
@@ -47,8 +47,9 @@ def install(app: Celery) -> None:
 
 def _tell_failed_sends(app: Celery) -> None:
     """Wrap the app's message sender so that a send that raises is told to ``send_failed``
-    (Celery has no signal for it). The sender Celery builds is built on first use, as Celery
-    does: nothing of the app's configuration is read now."""
+    (Celery has no signal for it), and a plain send's job is written in the transaction that
+    ends with the send (``tracking.sending``). The sender Celery builds is built on first use,
+    as Celery does: nothing of the app's configuration is read now."""
     amqp = app.amqp
     built: Any = amqp.__dict__.get("send_task_message")  # built already (a send happened)
 
@@ -56,10 +57,11 @@ def _tell_failed_sends(app: Celery) -> None:
         nonlocal built
         if built is None:
             built = amqp._create_task_sender()
-        try:
-            return built(producer, name, message, **options)
-        except BaseException as exc:
-            send_failed(message, exc)
-            raise
+        with sending(message):
+            try:
+                return built(producer, name, message, **options)
+            except BaseException as exc:
+                send_failed(message, exc)
+                raise
 
     amqp.__dict__["send_task_message"] = send_task_message

@@ -1,0 +1,285 @@
+"""A plain Celery send in an hfcelery app on PostgreSQL: its job is written in one statement,
+in a transaction that ends with the send (``Store.open_celery_send``, ``tracking.sending``).
+
+On the machine's Redis and PostgreSQL (an app with a database and a queue of its own): the job
+is invisible while its message is being sent and committed, published, once it has left; a
+worker that takes the message before that COMMIT waits for it; a task id sent again is
+committed before its message leaves; a send that raises leaves the job Failed; a send by an app
+without hfcelery (outside ``sending``) is still recorded, the engine's way.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu.exceptions import OperationalError
+from kombu.messaging import Producer
+from sqlalchemy import create_engine, text
+
+import hfcelery
+from hfcelery import State
+from hfcelery.calls import STAMP_HEADER
+from hfcelery.extension import extension_of
+from hfcelery.records import NewJob
+from hfcelery.store import Store, count_statements
+from hfcelery.store.jobs import RESENT_REASON
+from tests.conftest import new_postgres_database
+from tests.test_store import TIMEOUT, server
+
+pytestmark = pytest.mark.postgres_only
+
+
+@pytest.fixture
+def sender(redis_url: str) -> Iterator[tuple[Celery, Any, str]]:
+    """An hfcelery app on a database of its own, with a plain task, and its store's URL."""
+    with new_postgres_database("hfcelery_sends") as store_url:
+        app = Celery("sends", broker=redis_url, set_as_current=False)
+        app.conf.task_default_queue = f"hftests-sends-{uuid.uuid4().hex[:8]}"
+        hfcelery.init_app(app, store_url=store_url)
+        extension_of(app).store.migrate()
+
+        # A name of its own: sends are tracked by the app that has the task's name.
+        @app.task(name=f"tests.sends.plain_{uuid.uuid4().hex[:8]}", shared=False)
+        def plain(value: int) -> int:
+            return value
+
+        yield app, plain, store_url
+        with app.connection_for_write() as conn:
+            conn.default_channel.client.delete(app.conf.task_default_queue)
+        extension_of(app).store.dispose()
+
+
+def row(store_url: str, job_id: str) -> Any:
+    """The job's committed row, read on a connection of its own (None if not committed)."""
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT state, published, sent_stamp FROM hfcelery_jobs WHERE id = :id")
+            return conn.execute(query, {"id": job_id}).first()
+    finally:
+        engine.dispose()
+
+
+Check = Callable[[dict[str, Any]], object]
+
+
+@pytest.fixture
+def while_publishing(monkeypatch: pytest.MonkeyPatch) -> Callable[[Check], None]:
+    """Runs a check, given the message's headers, inside kombu's publish of each message,
+    right before it leaves."""
+
+    def install(check: Check) -> None:
+        original = Producer._publish
+
+        def publish(self: Producer, body: Any, priority: Any, content_type: Any,
+                    content_encoding: Any, headers: dict[str, Any], *args: Any,
+                    **kwargs: Any) -> Any:  # fmt: skip
+            check(headers)
+            return original(
+                self, body, priority, content_type, content_encoding, headers, *args, **kwargs
+            )
+
+        monkeypatch.setattr(Producer, "_publish", publish)
+
+    return install
+
+
+def test_a_send_writes_its_job_in_one_statement_committed_once_the_message_left(
+    sender: tuple[Celery, Any, str], while_publishing: Callable[[Check], None]
+) -> None:
+    app, plain, store_url = sender
+    store = extension_of(app).store
+    plain.delay(0)  # the store's first use checks its schema
+    seen_while_publishing: list[Any] = []
+    task_id = str(uuid.uuid4())
+    while_publishing(lambda _: seen_while_publishing.append(row(store_url, task_id)))
+    with count_statements(store.engine) as statements:
+        plain.apply_async((1,), task_id=task_id)
+    assert seen_while_publishing == [None]  # written, not committed, while the message left
+    assert len(statements) == 1 and statements[0].lstrip().startswith("WITH")
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
+    job = store.job(task_id)
+    assert job is not None and job.args == [1] and job.queue == app.conf.task_default_queue
+    assert [(h.state, h.reason) for h in job.history] == [(State.ENQUEUED, "Sent as a Celery task")]
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.client.llen(app.conf.task_default_queue) == 2
+
+
+def test_a_worker_that_takes_the_message_first_waits_for_the_commit(
+    sender: tuple[Celery, Any, str], while_publishing: Callable[[Check], None]
+) -> None:
+    """The worker's claim finds no committed row: it writes the job from the message, which
+    waits for the sender's insert, finds it, and claims it once the sender has committed."""
+    app, plain, store_url = sender
+    worker_store = Store(store_url)
+    worker_store.register_server(server("s1"))
+    task_id = str(uuid.uuid4())
+    claims: list[Any] = []
+
+    def from_message() -> NewJob:
+        return NewJob(
+            id=task_id,
+            function=plain.name,
+            task_name=plain.name,
+            args_json="[2]",
+            kwargs_json="{}",
+            queue=app.conf.task_default_queue,
+            state=State.ENQUEUED,
+            data={"queue": app.conf.task_default_queue},
+            tracked=True,
+        )
+
+    def take() -> None:
+        claims.append(
+            worker_store.claim(
+                task_id,
+                server_id="s1",
+                worker_id="w1",
+                server_timeout=TIMEOUT,
+                stamp=stamp[0],
+                untracked=from_message,
+            )
+        )
+
+    stamp: list[str] = []
+    taker = threading.Thread(target=take)
+
+    def race(headers: dict[str, Any]) -> None:
+        stamp.append(headers[STAMP_HEADER])
+        taker.start()
+        taker.join(0.5)
+        assert taker.is_alive(), "the claim did not wait for the sender's transaction"
+
+    while_publishing(race)
+    try:
+        plain.apply_async((2,), task_id=task_id)
+        taker.join(10)
+        assert not taker.is_alive()
+        assert claims and claims[0] is not None and claims[0].number == 1
+        job = worker_store.job(task_id)
+        assert job is not None
+        assert [h.state for h in job.history] == [State.ENQUEUED, State.PROCESSING]
+    finally:
+        worker_store.dispose()
+
+
+def test_a_task_id_sent_again_is_committed_before_its_message_leaves(
+    sender: tuple[Celery, Any, str], while_publishing: Callable[[Check], None]
+) -> None:
+    """A worker taking the message of the new send must find its stamp, or it would skip it as
+    a stale message of the older send."""
+    app, plain, store_url = sender
+    store = extension_of(app).store
+    task_id = str(uuid.uuid4())
+    plain.apply_async((1,), task_id=task_id)
+    first = row(store_url, task_id)
+    seen_while_publishing: list[Any] = []
+    while_publishing(lambda _: seen_while_publishing.append(row(store_url, task_id)))
+    plain.apply_async((2,), task_id=task_id)
+    assert len(seen_while_publishing) == 1
+    before = seen_while_publishing[0]
+    assert before is not None and before.sent_stamp != first.sent_stamp  # the new send's
+    assert (before.state, before.published) == ("Enqueued", False)
+    after = row(store_url, task_id)
+    assert (after.state, after.published, after.sent_stamp) == ("Enqueued", True, before.sent_stamp)
+    job = store.job(task_id)
+    assert job is not None and job.args == [2]
+    assert [h.reason for h in job.history] == ["Sent as a Celery task", RESENT_REASON]
+
+
+def test_a_send_that_raises_leaves_its_job_failed_and_nothing_to_publish(
+    sender: tuple[Celery, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, plain, store_url = sender
+    store = extension_of(app).store
+
+    def refused(self: Producer, *args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(Producer, "_publish", refused)
+    task_id = str(uuid.uuid4())
+    with pytest.raises(OperationalError):
+        plain.apply_async((3,), task_id=task_id, retry=False)
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Failed", False)
+    job = store.job(task_id)
+    assert job is not None
+    assert [h.state for h in job.history] == [State.ENQUEUED, State.FAILED]
+    assert "could not be sent: OperationalError: connection refused" in (
+        job.history[-1].reason or ""
+    )
+    assert task_id not in [d.id for d in store.unpublished_jobs(timedelta(0), 100)]
+
+
+def test_a_send_that_raises_after_its_message_left_stays_published(
+    sender: tuple[Celery, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery publishes a task-sent event after the message (``task_send_sent_event``): that
+    event failing raises from ``apply_async``, yet the task was sent and runs."""
+    app, plain, store_url = sender
+    app.conf.task_send_sent_event = True
+    from celery.events.dispatcher import EventDispatcher
+
+    def refused(self: EventDispatcher, *args: Any, **kwargs: Any) -> None:
+        raise OperationalError("event connection refused")
+
+    monkeypatch.setattr(EventDispatcher, "publish", refused)
+    task_id = str(uuid.uuid4())
+    with pytest.raises(OperationalError):
+        plain.apply_async((4,), task_id=task_id)
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
+
+
+def test_a_send_by_an_app_without_hfcelery_is_recorded_too(
+    sender: tuple[Celery, Any, str], redis_url: str
+) -> None:
+    """An app without hfcelery sending, by name, a task an hfcelery app has: its send is not
+    wrapped by hfcelery, so the job is written and marked published the engine's way."""
+    app, plain, store_url = sender
+    other = Celery("other", broker=redis_url, set_as_current=False)
+    other.conf.task_default_queue = app.conf.task_default_queue
+    task_id = str(uuid.uuid4())
+    other.send_task(plain.name, (5,), task_id=task_id)
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
+    job = extension_of(app).store.job(task_id)
+    assert job is not None and job.args == [5]
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.client.llen(app.conf.task_default_queue) == 1
+
+
+def test_an_open_send_discarded_writes_nothing(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    try:
+        job = NewJob(
+            id=str(uuid.uuid4()),
+            function="tests.sends.plain",
+            task_name="tests.sends.plain",
+            args_json="[]",
+            kwargs_json="{}",
+            queue="default",
+            state=State.ENQUEUED,
+            reason="Sent as a Celery task",
+            data={"queue": "default"},
+            tracked=True,
+            sent_stamp=uuid.uuid4().hex,
+        )
+        send = store.open_celery_send(job)
+        assert send is not None
+        send.discard()
+        assert store.job(job.id) is None
+        with pytest.raises(RuntimeError):
+            send.sent()  # ended already
+        with pytest.raises(ValueError):
+            store.open_celery_send(replace(job, sent_stamp=None))
+    finally:
+        store.dispose()
