@@ -238,6 +238,13 @@ class Bench:
                     self.enqueue(None)
                 result["enqueue_per_second"] = args.enqueue_jobs / (time.perf_counter() - started)
                 self.discard()
+                # A plain Celery task sent the plain way: with hfcelery, it is tracked as a job.
+                started = time.perf_counter()
+                for _ in range(args.enqueue_jobs):
+                    noop_task.apply_async()
+                elapsed = time.perf_counter() - started
+                result["apply_async_per_second"] = args.enqueue_jobs / elapsed
+                self.discard()
             if args.batch_jobs:
                 result.update(self.batch(args.batch_jobs))
                 self.discard()
