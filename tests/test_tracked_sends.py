@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -26,6 +27,7 @@ from sqlalchemy import create_engine, text
 import hfcelery
 from hfcelery import State
 from hfcelery.calls import STAMP_HEADER
+from hfcelery.errors import StoreDataError
 from hfcelery.extension import extension_of
 from hfcelery.records import NewJob
 from hfcelery.store import Store, count_statements
@@ -257,22 +259,62 @@ def test_a_send_by_an_app_without_hfcelery_is_recorded_too(
         assert conn.default_channel.client.llen(app.conf.task_default_queue) == 1
 
 
+def sent_job(**changes: Any) -> NewJob:
+    job = NewJob(
+        id=str(uuid.uuid4()),
+        function="tests.sends.plain",
+        task_name="tests.sends.plain",
+        args_json="[]",
+        kwargs_json="{}",
+        queue="default",
+        state=State.ENQUEUED,
+        reason="Sent as a Celery task",
+        data={"queue": "default"},
+        tracked=True,
+        sent_stamp=uuid.uuid4().hex,
+    )
+    return replace(job, **changes)
+
+
+def test_an_open_send_survives_a_dropped_connection_and_refuses_bad_data(
+    postgres_url: str,
+) -> None:
+    """The server dropping the send's connection (a restart) before it is used: the statement
+    goes out again on a new one. Data PostgreSQL cannot hold is refused before anything is
+    sent, and leaves the connection idle for the next send."""
+    store = Store(postgres_url)
+    try:
+        first = store.open_celery_send(sent_job())
+        assert first is not None
+        first.sent()
+        assert store.job(first.job_id) is not None  # read after the COMMIT was settled
+        fast = store._fast
+        assert fast is not None
+        [(_, conn)] = [(pid, c) for pid, c in fast._opened if not c.closed]
+        with store.engine.begin() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({conn.info.backend_pid})")
+        again = store.open_celery_send(sent_job())
+        assert again is not None
+        again.sent()
+        assert conn.closed  # found dropped, and replaced
+        job = store.job(again.job_id)
+        assert job is not None and [h.state for h in job.history] == [State.ENQUEUED]
+        with pytest.raises(StoreDataError):
+            store.open_celery_send(sent_job(args_json='["nul\x00"]'))
+        idle = [c for _, c in fast._opened if not c.closed]
+        assert [c.info.transaction_status for c in idle] == [psycopg.pq.TransactionStatus.IDLE]
+        last = store.open_celery_send(sent_job())
+        assert last is not None
+        last.sent()
+        assert store.job(last.job_id) is not None
+    finally:
+        store.dispose()
+
+
 def test_an_open_send_discarded_writes_nothing(postgres_url: str) -> None:
     store = Store(postgres_url)
     try:
-        job = NewJob(
-            id=str(uuid.uuid4()),
-            function="tests.sends.plain",
-            task_name="tests.sends.plain",
-            args_json="[]",
-            kwargs_json="{}",
-            queue="default",
-            state=State.ENQUEUED,
-            reason="Sent as a Celery task",
-            data={"queue": "default"},
-            tracked=True,
-            sent_stamp=uuid.uuid4().hex,
-        )
+        job = sent_job()
         send = store.open_celery_send(job)
         assert send is not None
         send.discard()
