@@ -325,3 +325,68 @@ def test_an_open_send_discarded_writes_nothing(postgres_url: str) -> None:
             store.open_celery_send(replace(job, sent_stamp=None))
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize("handler", ["unknown task", "revoke"])
+def test_a_worker_failing_or_revoking_the_message_first_waits_for_the_commit(
+    postgres_url: str, handler: str
+) -> None:
+    """A worker that receives the message before the sender's COMMIT and cannot run it (no
+    such task registered there, or revoked: an ``expires`` already past) changes the job once
+    the sender has committed it, rather than finding nothing and leaving it Enqueued."""
+    sender_store, worker_store = Store(postgres_url), Store(postgres_url)
+    try:
+        job = sent_job()
+        send = sender_store.open_celery_send(job)
+        assert send is not None
+        changed: list[bool] = []
+
+        def change() -> None:
+            if handler == "revoke":
+                changed.append(worker_store.revoke(job.id, reason="Revoked", retention=None))
+            else:
+                changed.append(
+                    worker_store.fail_enqueued(
+                        job.id, reason="Unknown task", data={}, transition="unknown_task"
+                    )
+                )
+
+        worker = threading.Thread(target=change)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive(), "the change did not wait for the sender's transaction"
+        send.sent()
+        worker.join(10)
+        assert changed == [True]
+        details = worker_store.job(job.id)
+        final = State.DELETED if handler == "revoke" else State.FAILED
+        assert details is not None and [h.state for h in details.history] == [
+            State.ENQUEUED,
+            final,
+        ]
+        # Nothing written by anybody: nothing waited for, nothing changed.
+        assert not worker_store.revoke(str(uuid.uuid4()), reason="Revoked", retention=None)
+    finally:
+        sender_store.dispose()
+        worker_store.dispose()
+
+
+def test_a_send_whose_after_publish_signal_never_came_is_committed_when_it_returns(
+    sender: tuple[Celery, Any, str],
+) -> None:
+    """``sending`` ends the transaction whatever happens: here hfcelery's own
+    ``after_task_publish`` receiver is disconnected, so only the end of the send commits."""
+    from celery import signals
+
+    from hfcelery.tracking import after_task_publish
+
+    _, plain, store_url = sender
+    uid = "hfcelery.after_task_publish"
+    assert signals.after_task_publish.disconnect(dispatch_uid=uid)
+    try:
+        task_id = str(uuid.uuid4())
+        plain.apply_async((6,), task_id=task_id)
+    finally:
+        signals.after_task_publish.connect(after_task_publish, weak=False, dispatch_uid=uid)
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)

@@ -445,7 +445,7 @@ class JobStore(ContinuationStore):
             if not inserted:
                 transaction.__exit__(None, None, None)  # COMMIT, and wait for it
                 return None
-            return CelerySend(self, job.id, job.sent_stamp, transaction, written)
+            return CelerySend(job.id, job.sent_stamp, transaction, written)
         raise AssertionError("unreachable")
 
     def claim(
@@ -729,19 +729,59 @@ class JobStore(ContinuationStore):
         )  # fmt: skip
 
     def revoke(self, job_id: str, *, reason: str, retention: timedelta | None) -> bool:
-        """A Celery revoke of an Enqueued or Processing job: Deleted."""
-        return self.change_state(
-            job_id, State.DELETED, reason=reason, retention=retention, transition="revoke"
-        )
+        """A Celery revoke of an Enqueued or Processing job: Deleted. A worker calls it for a
+        message it received: a job whose sender has not committed yet is waited for."""
+
+        def change() -> bool:
+            return self.change_state(
+                job_id, State.DELETED, reason=reason, retention=retention, transition="revoke"
+            )
+
+        return self._once_written(job_id, change)
 
     def fail_enqueued(
         self, job_id: str, *, reason: str, data: dict[str, Any], transition: str
     ) -> bool:
-        """Fail an Enqueued job that cannot run (``unknown_task``) or be sent
+        """Fail an Enqueued job that cannot run (``unknown_task``: a worker received its
+        message, so a job whose sender has not committed yet is waited for) or be sent
         (``fail_unsendable``)."""
-        return self.change_state(
-            job_id, State.FAILED, reason=reason, data=data, transition=transition
-        )
+
+        def change() -> bool:
+            return self.change_state(
+                job_id, State.FAILED, reason=reason, data=data, transition=transition
+            )
+
+        return change() if transition == "fail_unsendable" else self._once_written(job_id, change)
+
+    def _once_written(self, job_id: str, change: Callable[[], bool]) -> bool:
+        """``change`` a job whose message a worker received; if it changed nothing, once more
+        after waiting for a writer of the job still under way. A plain Celery send's job is
+        committed once its message has left (``open_celery_send``), so the message can arrive
+        first: an UPDATE neither sees nor waits for a row not committed yet."""
+        if change():
+            return True
+        if not self._wait_for_writer(job_id):
+            return False
+        return change()
+
+    def _wait_for_writer(self, job_id: str) -> bool:
+        """PostgreSQL: wait until no transaction is still inserting job ``job_id``; whether
+        one was (the job exists now). A probe insert of the id waits on the unique index for
+        such a writer, and is rolled back."""
+        if self.dialect != "postgresql":
+            return False
+        probe = NewJob(
+            id=job_id, function="-", task_name="-", args_json="[]", kwargs_json="{}",
+            queue="-", state=State.DELETED,
+        )  # fmt: skip
+        row = _job_row(probe, utcnow(), published=False)
+
+        def work(conn: Connection) -> bool:
+            inserted = self._insert_ignoring_conflict(conn, row)
+            conn.rollback()
+            return not inserted
+
+        return self._run(work)
 
     def abandon_celery_send(
         self, job_id: str, stamp: str, *, reason: str, data: dict[str, Any]

@@ -16,8 +16,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any
 
+from hfcelery.states import State
+from hfcelery.store.base import _state_row, utcnow
 from hfcelery.store.fast import SentAhead
-from hfcelery.store.statements import _SYNCHRONOUS_COMMIT, _UNPUBLISHED
+from hfcelery.store.statements import _ABANDON_SEND_H, _SYNCHRONOUS_COMMIT
 
 
 class CelerySend:
@@ -26,13 +28,11 @@ class CelerySend:
 
     def __init__(
         self,
-        store: Any,
         job_id: str,
         stamp: str,
         transaction: AbstractContextManager[SentAhead],
         written: SentAhead,
     ) -> None:
-        self._store = store
         self.job_id = job_id
         self._stamp = stamp
         self._transaction: AbstractContextManager[SentAhead] | None = transaction
@@ -47,18 +47,26 @@ class CelerySend:
         transaction.__exit__(None, None, None)
 
     def failed(self, *, reason: str, data: dict[str, Any]) -> None:
-        """The send raised: the task does not run. The job is committed, durably, as not
-        published, then recorded Failed with ``reason`` (see ``JobStore.abandon_celery_send``)."""
+        """The send raised: the task does not run. The job is recorded Failed with ``reason``,
+        unpublished, in the same transaction, committed durably (the store is its only
+        record). Should that fail, nothing of the job is left: nothing would run it either."""
         transaction = self._end()
+        now = utcnow()
+        entry = _state_row(None, State.FAILED, reason, data, now)
+        params = {
+            "p_id": self.job_id,
+            "p_stamp": self._stamp,
+            "p_now": now,
+            **{f"h_{key}": value for key, value in entry.items() if key != "job_id"},
+        }
         try:
             self._written.run(_SYNCHRONOUS_COMMIT, {})
-            self._written.run(_UNPUBLISHED, {"p_id": self.job_id})
+            self._written.run(_ABANDON_SEND_H, params)
         except BaseException as exc:
             if not transaction.__exit__(type(exc), exc, exc.__traceback__):
                 raise
             return
-        transaction.__exit__(None, None, None)
-        self._store.abandon_celery_send(self.job_id, self._stamp, reason=reason, data=data)
+        transaction.__exit__(None, None, None)  # the COMMIT, waited for
 
     def discard(self) -> None:
         """Roll the job back (its send ended in a way nobody told, see tracking)."""

@@ -239,3 +239,22 @@ def _record_send() -> Select[Any]:
 
 
 _RECORD_SEND_H = _record_send()
+
+
+#: A plain Celery send that raised, inside its open transaction (``CelerySend.failed``): its
+#: job Failed, unpublished, with the history entry.
+_ABANDON_SEND_H = _with_history(
+    update(Job)
+    .where(
+        Job.id == _param("p_id", Job.id.type),
+        Job.state == State.ENQUEUED,
+        Job.sent_stamp == _param("p_stamp", Job.sent_stamp.type),
+    )
+    .values(
+        state=State.FAILED,
+        state_changed_at=_param("p_now", UTCDateTime()),
+        due_at=None,
+        published=False,
+    )
+    .returning(Job.id)
+)
