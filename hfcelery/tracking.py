@@ -74,6 +74,11 @@ def before_task_publish(
         # Celery carries such a task as it always has; the store cannot hold it as a job.
         logger.warning("hfcelery does not track task %r (%s): %s", job_id, sender, problem)
         return
+    if any(send.job_id == job_id for send in _open_sends().values()):
+        # Sent again from within its own send (a project's publish signal receiver): its job
+        # is this thread's uncommitted write, which another write would wait for forever.
+        logger.warning("hfcelery does not track task %r sent again within its own send", job_id)
+        return
     stamp = uuid.uuid4().hex
     headers[STAMP_HEADER] = stamp  # the message goes out with it (Celery sends these headers)
     args, kwargs = _body_arguments(body)
@@ -103,7 +108,7 @@ def before_task_publish(
     except HfceleryError as exc:
         logger.warning("hfcelery could not record task %s before sending it: %s", job_id, exc)
         return
-    if job_id not in _open_sends():
+    if stamp not in _open_sends():
         _pending_ids().add(job_id)
 
 
@@ -120,7 +125,7 @@ def _record_through_filters(extension: Extension, job: NewJob) -> None:
         if _wrapped(job.id) and store.dialect == "postgresql":
             send = store.open_celery_send(job)
             if send is not None:
-                _open_sends()[job.id] = send  # ended with the send: see sending()
+                _open_sends()[send.stamp] = send  # ended with the send: see sending()
                 return
         else:
             store.record_celery_send(job)
@@ -177,7 +182,7 @@ def sending(message: Any) -> Iterator[None]:
         raise
     finally:
         wrapped.pop()
-        left = _open_sends().pop(job_id, None) if isinstance(job_id, str) else None
+        left = _open_send_of(message)
         if left is not None:
             try:
                 left.discard() if failed else left.sent()
@@ -191,9 +196,15 @@ def _wrapped(job_id: str) -> bool:
     return wrapped is not None and bool(wrapped) and wrapped[-1] == job_id
 
 
-def _open_sends() -> dict[str, CelerySend]:
-    """This thread's sends whose job's transaction is still open."""
-    sends: dict[str, CelerySend] = _pending.__dict__.setdefault("open", {})
+def _open_send_of(message: Any) -> CelerySend | None:
+    """The open send of ``message`` (by its stamp), forgotten here."""
+    return _open_sends().pop(_headers_of(message).get(STAMP_HEADER), None)
+
+
+def _open_sends() -> dict[object, CelerySend]:
+    """This thread's sends whose job's transaction is still open, by their message's stamp
+    (a send nested in another, of the same id, has a message of its own)."""
+    sends: dict[object, CelerySend] = _pending.__dict__.setdefault("open", {})
     return sends
 
 
@@ -219,7 +230,7 @@ def _settle_pending(job_id: object) -> TypeGuard[str]:
 
 def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
     job_id = (headers or {}).get("id")
-    send = _open_sends().pop(job_id, None) if isinstance(job_id, str) else None
+    send = _open_sends().pop((headers or {}).get(STAMP_HEADER), None)
     if send is not None:
         try:
             send.sent()
@@ -246,7 +257,7 @@ def send_failed(message: Any, exc: BaseException) -> None:
     job_id = headers.get("id")
     reason = storable_text(f"Its message could not be sent: {type(exc).__name__}: {exc}")
     data = {"exception_type": type(exc).__qualname__}
-    send = _open_sends().pop(job_id, None) if isinstance(job_id, str) else None
+    send = _open_send_of(message)
     if send is not None:
         try:
             send.failed(reason=reason, data=data)

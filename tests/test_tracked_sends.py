@@ -390,3 +390,42 @@ def test_a_send_whose_after_publish_signal_never_came_is_committed_when_it_retur
         signals.after_task_publish.connect(after_task_publish, weak=False, dispatch_uid=uid)
     committed = row(store_url, task_id)
     assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
+
+
+def test_a_send_of_the_same_id_from_within_its_own_send_does_not_wait_for_itself(
+    sender: tuple[Celery, Any, str],
+) -> None:
+    """A project's ``before_task_publish`` receiver sending the same task id again, before the
+    first message has left: the job is that thread's own uncommitted write, so the inner send
+    is not tracked (a warning says so) instead of waiting for it forever; each send ends its
+    own transaction only."""
+    from celery import signals
+
+    app, plain, store_url = sender
+    task_id = str(uuid.uuid4())
+    nested: list[str] = []
+
+    def send_again(sender: str | None = None, headers: Any = None, **_: Any) -> None:
+        if headers.get("id") == task_id and not nested:
+            nested.append("sent")
+            plain.apply_async((8,), task_id=task_id)
+
+    signals.before_task_publish.connect(send_again, weak=False)
+    try:
+        done = threading.Event()
+
+        def send() -> None:
+            plain.apply_async((7,), task_id=task_id)
+            done.set()
+
+        threading.Thread(target=send, daemon=True).start()
+        assert done.wait(20), "the nested send waited for its own outer send"
+    finally:
+        signals.before_task_publish.disconnect(send_again)
+    assert nested == ["sent"]
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
+    job = extension_of(app).store.job(task_id)
+    assert job is not None and job.args == [7]
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.client.llen(app.conf.task_default_queue) == 2

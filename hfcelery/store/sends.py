@@ -34,7 +34,7 @@ class CelerySend:
         written: SentAhead,
     ) -> None:
         self.job_id = job_id
-        self._stamp = stamp
+        self.stamp = stamp
         self._transaction: AbstractContextManager[SentAhead] | None = transaction
         self._written = written
 
@@ -55,7 +55,7 @@ class CelerySend:
         entry = _state_row(None, State.FAILED, reason, data, now)
         params = {
             "p_id": self.job_id,
-            "p_stamp": self._stamp,
+            "p_stamp": self.stamp,
             "p_now": now,
             **{f"h_{key}": value for key, value in entry.items() if key != "job_id"},
         }
