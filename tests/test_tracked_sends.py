@@ -72,6 +72,18 @@ def row(store_url: str, job_id: str) -> Any:
 Check = Callable[[dict[str, Any]], object]
 
 
+def assert_sent(
+    app: Celery, store_url: str, task_id: str, *, args: list[Any], messages: int
+) -> None:
+    """The job is committed Enqueued and published, with ``args``; ``messages`` are queued."""
+    committed = row(store_url, task_id)
+    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
+    job = extension_of(app).store.job(task_id)
+    assert job is not None and job.args == args
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.client.llen(app.conf.task_default_queue) == messages
+
+
 @pytest.fixture
 def while_publishing(monkeypatch: pytest.MonkeyPatch) -> Callable[[Check], None]:
     """Runs a check, given the message's headers, inside kombu's publish of each message,
@@ -251,12 +263,7 @@ def test_a_send_by_an_app_without_hfcelery_is_recorded_too(
     other.conf.task_default_queue = app.conf.task_default_queue
     task_id = str(uuid.uuid4())
     other.send_task(plain.name, (5,), task_id=task_id)
-    committed = row(store_url, task_id)
-    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
-    job = extension_of(app).store.job(task_id)
-    assert job is not None and job.args == [5]
-    with app.connection_for_write() as conn:
-        assert conn.default_channel.client.llen(app.conf.task_default_queue) == 1
+    assert_sent(app, store_url, task_id, args=[5], messages=1)
 
 
 def sent_job(**changes: Any) -> NewJob:
@@ -423,9 +430,4 @@ def test_a_send_of_the_same_id_from_within_its_own_send_does_not_wait_for_itself
     finally:
         signals.before_task_publish.disconnect(send_again)
     assert nested == ["sent"]
-    committed = row(store_url, task_id)
-    assert committed is not None and (committed.state, committed.published) == ("Enqueued", True)
-    job = extension_of(app).store.job(task_id)
-    assert job is not None and job.args == [7]
-    with app.connection_for_write() as conn:
-        assert conn.default_channel.client.llen(app.conf.task_default_queue) == 2
+    assert_sent(app, store_url, task_id, args=[7], messages=2)

@@ -5,6 +5,7 @@ Bind parameter names carry a prefix: SQLAlchemy reserves the plain column names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -22,8 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import BindParameter
-from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.selectable import CTE, Select
 
 from hfcelery.states import State
 from hfcelery.store.models import (
@@ -41,15 +42,18 @@ def _param(name: str, type_: Any) -> BindParameter[Any]:
     return param
 
 
-def _with_history(job_update: ReturningDML) -> Select[Any]:
-    """PostgreSQL: ``job_update`` and the insert of its history entries, as one statement."""
+def _with_history(
+    job_update: ReturningDML, reason: Callable[[CTE], ColumnElement[Any]] | None = None
+) -> Select[Any]:
+    """PostgreSQL: ``job_update`` and the insert of its history entries, as one statement.
+    Their reason is ``h_reason``, or what ``reason`` makes of the rows written."""
     changed = job_update.cte("changed")
     history = insert(JobState).from_select(
         ["job_id", "state", "reason", "data", "created_at"],
         select(
             changed.c.id,
             _param("h_state", JobState.state.type),
-            _param("h_reason", JobState.reason.type),
+            _param("h_reason", JobState.reason.type) if reason is None else reason(changed),
             _param("h_data", JobState.data.type),
             _param("h_created_at", JobState.created_at.type),
         ),
@@ -221,21 +225,14 @@ def _record_send() -> Select[Any]:
             "retry_count": 0,
         },
     ).returning(Job.id, literal_column("xmax = 0", Boolean).label("inserted"))
-    changed = upsert.cte("changed")
-    history = insert(JobState).from_select(
-        ["job_id", "state", "reason", "data", "created_at"],
-        select(
-            changed.c.id,
-            _param("h_state", JobState.state.type),
-            case(
-                (changed.c.inserted, _param("h_reason", JobState.reason.type)),
-                else_=_param("h_resent_reason", JobState.reason.type),
-            ),
-            _param("h_data", JobState.data.type),
-            _param("h_created_at", JobState.created_at.type),
-        ),
-    )
-    return select(changed).add_cte(history.cte("history"))
+
+    def reason(changed: CTE) -> ColumnElement[Any]:
+        return case(
+            (changed.c.inserted, _param("h_reason", JobState.reason.type)),
+            else_=_param("h_resent_reason", JobState.reason.type),
+        )
+
+    return _with_history(upsert, reason)
 
 
 _RECORD_SEND_H = _record_send()
