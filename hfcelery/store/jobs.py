@@ -751,7 +751,7 @@ class JobStore(ContinuationStore):
                 job_id, State.FAILED, reason=reason, data=data, transition=transition
             )
 
-        return change() if transition == "fail_unsendable" else self._once_written(job_id, change)
+        return self._once_written(job_id, change)
 
     def _once_written(self, job_id: str, change: Callable[[], bool]) -> bool:
         """``change`` a job whose message a worker received; if it changed nothing, once more
