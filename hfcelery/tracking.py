@@ -188,6 +188,24 @@ def sending(message: Any) -> Iterator[None]:
                 left.discard() if failed else left.sent()
             except HfceleryError as exc:
                 logger.warning("hfcelery could not record task %s as sent: %s", job_id, exc)
+        if not wrapped:
+            _discard_strays()
+
+
+def _discard_strays() -> None:
+    """Once this thread's outermost send has ended, no send of it may be left open: one that
+    is (its message never named it) is rolled back, so that it holds no transaction and hides
+    no later send of its id."""
+    strays = _open_sends()
+    while strays:
+        _, stray = strays.popitem()
+        logger.warning(
+            "hfcelery rolls back the job of task %s: its send ended untold", stray.job_id
+        )
+        try:
+            stray.discard()
+        except HfceleryError as exc:
+            logger.warning("hfcelery could not roll back task %s: %s", stray.job_id, exc)
 
 
 def _wrapped(job_id: str) -> bool:
