@@ -182,12 +182,9 @@ def sending(message: Any) -> Iterator[None]:
         raise
     finally:
         wrapped.pop()
-        left = _open_send_of(message)
+        left = _open_send_of(_headers_of(message))
         if left is not None:
-            try:
-                left.discard() if failed else left.sent()
-            except HfceleryError as exc:
-                logger.warning("hfcelery could not record task %s as sent: %s", job_id, exc)
+            left.discard() if failed else _commit_sent(left)
         if not wrapped:
             _discard_strays()
 
@@ -214,9 +211,18 @@ def _wrapped(job_id: str) -> bool:
     return wrapped is not None and bool(wrapped) and wrapped[-1] == job_id
 
 
-def _open_send_of(message: Any) -> CelerySend | None:
-    """The open send of ``message`` (by its stamp), forgotten here."""
-    return _open_sends().pop(_headers_of(message).get(STAMP_HEADER), None)
+def _open_send_of(headers: dict[str, Any]) -> CelerySend | None:
+    """The open send of the message with these ``headers`` (by its stamp), forgotten here."""
+    return _open_sends().pop(headers.get(STAMP_HEADER), None)
+
+
+def _commit_sent(send: CelerySend) -> None:
+    """Its message has left: commit its job (should the store be gone, the worker that takes
+    the message writes the job from it)."""
+    try:
+        send.sent()
+    except HfceleryError as exc:
+        logger.warning("hfcelery could not record task %s as sent: %s", send.job_id, exc)
 
 
 def _open_sends() -> dict[object, CelerySend]:
@@ -248,12 +254,9 @@ def _settle_pending(job_id: object) -> TypeGuard[str]:
 
 def after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
     job_id = (headers or {}).get("id")
-    send = _open_sends().pop((headers or {}).get(STAMP_HEADER), None)
+    send = _open_send_of(headers or {})
     if send is not None:
-        try:
-            send.sent()
-        except HfceleryError as exc:  # the worker that takes the message writes the job
-            logger.warning("hfcelery could not record task %s as sent: %s", job_id, exc)
+        _commit_sent(send)
         return
     if not _settle_pending(job_id):
         return
@@ -275,7 +278,7 @@ def send_failed(message: Any, exc: BaseException) -> None:
     job_id = headers.get("id")
     reason = storable_text(f"Its message could not be sent: {type(exc).__name__}: {exc}")
     data = {"exception_type": type(exc).__qualname__}
-    send = _open_send_of(message)
+    send = _open_send_of(headers)
     if send is not None:
         try:
             send.failed(reason=reason, data=data)
