@@ -431,3 +431,39 @@ def test_a_send_of_the_same_id_from_within_its_own_send_does_not_wait_for_itself
         signals.before_task_publish.disconnect(send_again)
     assert nested == ["sent"]
     assert_sent(app, store_url, task_id, args=[7], messages=2)
+
+
+def test_a_send_its_message_does_not_name_is_rolled_back_when_the_send_ends(
+    sender: tuple[Celery, Any, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A project's ``before_task_publish`` receiver that rewrites hfcelery's stamp header: the
+    open send is no longer found by its message, so nothing commits it on the way. When the
+    thread's outermost send ends it is rolled back with a warning: no transaction is left open
+    on the store's connections, and a later send of the same task id is tracked as usual (the
+    message that left is recorded by the worker that takes it, from the message)."""
+    from celery import signals
+
+    app, plain, store_url = sender
+    task_id = str(uuid.uuid4())
+
+    def restamp(sender: str | None = None, headers: Any = None, **_: Any) -> None:
+        if headers.get("id") == task_id and STAMP_HEADER in headers:
+            headers[STAMP_HEADER] = "restamped-by-the-project"
+
+    signals.before_task_publish.connect(restamp, weak=False)
+    try:
+        with caplog.at_level("WARNING", logger="hfcelery.tracking"):
+            plain.apply_async((9,), task_id=task_id)
+    finally:
+        signals.before_task_publish.disconnect(restamp)
+    assert any(
+        "rolls back the job of task" in r.getMessage() and task_id in r.getMessage()
+        for r in caplog.records
+    )
+    assert row(store_url, task_id) is None  # rolled back: never committed
+    fast = extension_of(app).store._fast
+    assert fast is not None
+    statuses = {c.info.transaction_status for _, c in fast._opened if not c.closed}
+    assert statuses == {psycopg.pq.TransactionStatus.IDLE}
+    plain.apply_async((10,), task_id=task_id)  # the same id, sent again, untouched
+    assert_sent(app, store_url, task_id, args=[10], messages=2)

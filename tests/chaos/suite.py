@@ -593,7 +593,9 @@ def run(settings: Settings, logs: Path) -> Account:
             finally:
                 loader.join()
             print(f"  {len(created)} jobs created; waiting for them to finish", flush=True)
+            settling = time.monotonic()
             states = settle(settings, store, created)
+            print(f"  settled in {time.monotonic() - settling:.0f} s", flush=True)
             stop.set()
             supervisor.join()
             effects = redis.Redis.from_url(effects_server.url)
@@ -604,8 +606,10 @@ def run(settings: Settings, logs: Path) -> Account:
                 print(history_of(store, str(item).split()[0]))
             return result
         finally:
+            stopping = time.monotonic()
             workers.stop_all()
             store.dispose()
+            print(f"  workers stopped in {time.monotonic() - stopping:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
