@@ -6,8 +6,9 @@ install`` does it). Each run starts Celery's own in-process worker (the suite's
 ``celery_session_worker``, prefork pool) with a real Redis as broker and result backend (a
 private ``redis-server``, so that nothing shared is emptied); the hfcelery run adds
 ``hfcelery.init_app`` to every app the suite creates, with a new PostgreSQL database as the
-store. Both runs record each test's outcome; a test whose outcome differs fails ``make compat``
-unless ``docs/celery-compat.md`` lists it with the reason.
+store. The two runs go at the same time, and each records each test's outcome; a test whose
+outcome differs fails ``make compat`` unless ``docs/celery-compat.md`` lists it with the
+reason.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,25 +345,31 @@ def compare(tests: Sequence[str], *, extra_args: Sequence[str] = (), reruns: int
     more both ways (``reruns``): a difference counts when it comes back; one that does not is
     reported as unstable in the run it came from, not hidden."""
     known = known_differences()
+    fetch()  # once, before the two runs start
     with new_store_database() as store_url, suite_redis() as redis:
-        plain = run_suite(
-            "plain", tests, redis=redis, db=PLAIN_DB, store_url=None, extra_args=extra_args
-        )
-        hf = run_suite(
-            "hfcelery", tests, redis=redis, db=HFCELERY_DB, store_url=store_url,
-            extra_args=extra_args,
-        )  # fmt: skip
+
+        def both(name: str, tests: Sequence[str], extra: Sequence[str] = ()) -> tuple[Run, Run]:
+            """The plain run and the hfcelery run at once: each waits on its worker most of
+            the time, and they share nothing but the Redis server (databases of their own;
+            kombu prefixes its broadcasts with the database)."""
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                plain = pool.submit(
+                    run_suite, f"plain{name}", tests, redis=redis, db=PLAIN_DB, store_url=None,
+                    extra_args=extra,
+                )  # fmt: skip
+                hf = pool.submit(
+                    run_suite, f"hfcelery{name}", tests, redis=redis, db=HFCELERY_DB,
+                    store_url=store_url, extra_args=extra,
+                )  # fmt: skip
+                return plain.result(), hf.result()
+
+        plain, hf = both("", tests, extra_args)
         comparison = Comparison(plain, hf, known)
         for attempt in range(1, reruns + 1):
             retry = sorted(comparison.unexplained)
             if not retry:
                 break
-            again_plain = run_suite(
-                f"plain-rerun{attempt}", retry, redis=redis, db=PLAIN_DB, store_url=None
-            )
-            again_hf = run_suite(
-                f"hfcelery-rerun{attempt}", retry, redis=redis, db=HFCELERY_DB, store_url=store_url
-            )
+            again_plain, again_hf = both(f"-rerun{attempt}", retry)
             for test in retry:
                 pair = (
                     again_plain.outcomes.get(test, "not run"),
