@@ -248,6 +248,9 @@ def start_worker(
         raise RuntimeError(f"worker did not start in time:\n{worker.log()}")
 
     yield start
+    for worker in started:  # all at once: each warm shutdown takes a while
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
     for worker in started:
         worker.stop()
 
