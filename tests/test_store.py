@@ -1281,24 +1281,26 @@ def test_a_connection_closed_with_its_commit_under_way_is_answered_first(
 ) -> None:
     """With enough connections idle, the enqueue's own is closed when it is released: the
     COMMIT's answer is read before, so what the process reads next sees the job."""
+    from hfcelery.store.fast import MAX_IDLE_CONNECTIONS
+
     store = slow_commit_store
     other = _other_reader(store.url)
     try:
         store.create_job(new_job(), sending_to([]))  # the fast path's first connection
         fast = store._fast
         assert fast is not None
-        spare = [fast._acquire(), fast._acquire(), fast._acquire()]  # idle: none left
-        fast._release(spare[0])
-        fast._release(spare[1])
+        spare = [fast._acquire() for _ in range(MAX_IDLE_CONNECTIONS + 1)]  # idle: none left
+        for conn in spare[:-1]:
+            fast._release(conn)
         job = new_job()
 
         def fill_the_idle_ones(dispatch: Dispatch, *, before_send: Any = None) -> None:
             before_send()
-            fast._release(spare[2])  # while the enqueue holds its own
+            fast._release(spare[-1])  # while the enqueue holds its own
 
         with caplog.at_level("WARNING", logger="hfcelery"):
             assert store.create_job(job, fill_the_idle_ones) is True
-            assert len(fast._idle) == 2
+            assert len(fast._idle) == MAX_IDLE_CONNECTIONS
             assert not fast._pending
             assert states_of(other, job.id) == [State.ENQUEUED]
         assert "could not commit" not in caplog.text
@@ -1348,6 +1350,70 @@ def test_threads_enqueueing_at_once_each_read_their_jobs(
     assert not fast._pending
     assert len(fast._idle) <= MAX_IDLE_CONNECTIONS
     assert "could not commit" not in caplog.text
+
+
+def test_threads_writing_at_once_share_a_bounded_set_of_connections(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As many threads as connections may stay idle write at once, again and again: they
+    reuse the connections they opened, none is opened and closed per write. Once
+    ``MAX_CONNECTIONS_IN_USE`` are in use, another thread waits for one to be released, and
+    gets a typed error after ``CONNECTION_WAIT_SECONDS``."""
+    import psycopg
+
+    from hfcelery.errors import StoreUnavailableError
+    from hfcelery.store import fast as fast_module
+
+    connects: list[object] = []
+    real_connect = psycopg.connect
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        connects.append(args)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counted)
+    threads_count = fast_module.MAX_IDLE_CONNECTIONS
+    start = threading.Barrier(threads_count)
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            start.wait()
+            for _ in range(40):
+                assert pg_store.create_job(new_job(), sending_to([])) is True
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert 1 <= len(connects) <= threads_count  # 200 writes
+    fast = pg_store._fast
+    assert fast is not None
+    held = [fast._acquire() for _ in range(fast_module.MAX_CONNECTIONS_IN_USE)]
+    try:
+        monkeypatch.setattr(fast_module, "CONNECTION_WAIT_SECONDS", 0.2)
+        with pytest.raises(StoreUnavailableError, match="connections of this process"):
+            pg_store.create_job(new_job(), sending_to([]))
+        waiter_done = threading.Event()
+        monkeypatch.setattr(fast_module, "CONNECTION_WAIT_SECONDS", 20.0)
+
+        def waiter() -> None:
+            pg_store.create_job(new_job(), sending_to([]))
+            waiter_done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        assert not waiter_done.wait(0.3)  # every connection is in use: it waits
+        fast._release(held.pop())
+        assert waiter_done.wait(10)  # and takes the one released
+    finally:
+        for conn in held:
+            fast._release(conn)
+    with pg_store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 201
 
 
 def test_a_server_that_never_answers_makes_the_store_unavailable_in_time(

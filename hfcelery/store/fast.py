@@ -16,7 +16,8 @@ goes out with its BEGIN without waiting (:meth:`FastStatements.sent_ahead`) whil
 is built, and its COMMIT, once the message has left, without waiting for the answer.
 
 The connections behave as the engine's do: one the server dropped (a restart) is replaced and
-the statement tried once more; after a fork the child opens its own.
+the statement tried once more; after a fork the child opens its own; a process keeps up to
+:data:`MAX_IDLE_CONNECTIONS` open and uses at most :data:`MAX_CONNECTIONS_IN_USE` at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 import weakref
 from collections import namedtuple
@@ -46,9 +48,13 @@ from hfcelery.errors import StoreDataError, StoreError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
-#: Connections kept open when not in use, per store and process: a worker process uses one at a
-#: time; threads that write at once (a web server's) open more, closed once they are done.
-MAX_IDLE_CONNECTIONS = 2
+#: Connections kept open when not in use, per store and process (the engine's pool size): a
+#: worker process uses one at a time; threads that write at once (a web server's) use more.
+MAX_IDLE_CONNECTIONS = 5
+#: Connections in use at once, per store and process (the engine's pool size and overflow):
+#: a thread beyond waits for one, up to :data:`CONNECTION_WAIT_SECONDS`, as for the engine's.
+MAX_CONNECTIONS_IN_USE = 15
+CONNECTION_WAIT_SECONDS = 30.0
 #: How long a read waits for a COMMIT's answer that another thread of the process is reading.
 SETTLE_WAIT_SECONDS = 5.0
 
@@ -118,6 +124,9 @@ class FastStatements:
         self._pending: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, int]] = (
             weakref.WeakKeyDictionary()
         )
+        #: The process's connections in use at once, bounded (a fork's child starts its own:
+        #: a parent's thread may hold the semaphore's lock at the fork).
+        self._in_use = (os.getpid(), threading.BoundedSemaphore(MAX_CONNECTIONS_IN_USE))
         weakref.finalize(self, _close, self._opened)
 
     def execute(self, statement: ClauseElement, params: dict[str, Any]) -> Sequence[Any]:
@@ -272,7 +281,7 @@ class FastStatements:
         for owner, conn in taken:
             if owner == pid:
                 self._settle(conn)
-                self._release(conn)
+                self._put_back(conn)
             else:  # a parent's, after a fork: left alone, and forgotten here
                 self._pending.pop(conn, None)
                 self._idle.append((owner, conn))
@@ -327,7 +336,24 @@ class FastStatements:
         return result
 
     def _acquire(self) -> psycopg.Connection[Any]:
+        """A connection of this process, from the idle ones or new; once
+        :data:`MAX_CONNECTIONS_IN_USE` are in use, the first one another thread releases."""
         pid = os.getpid()
+        owner, in_use = self._in_use
+        if owner != pid:
+            self._in_use = (pid, in_use := threading.BoundedSemaphore(MAX_CONNECTIONS_IN_USE))
+        if not in_use.acquire(timeout=CONNECTION_WAIT_SECONDS):
+            raise StoreUnavailableError(
+                f"the store is unavailable: all {MAX_CONNECTIONS_IN_USE} connections of this "
+                f"process were in use for {CONNECTION_WAIT_SECONDS:.0f} s"
+            )
+        try:
+            return self._take(pid)
+        except BaseException:
+            in_use.release()
+            raise
+
+    def _take(self, pid: int) -> psycopg.Connection[Any]:
         while True:
             try:
                 owner, conn = self._idle.pop()
@@ -353,6 +379,16 @@ class FastStatements:
         return conn
 
     def _release(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to the idle ones (see :meth:`_put_back`); another thread may take one."""
+        try:
+            self._put_back(conn)
+        finally:
+            owner, in_use = self._in_use
+            if owner == os.getpid():
+                with suppress(ValueError):  # taken before a fork, released after
+                    in_use.release()
+
+    def _put_back(self, conn: psycopg.Connection[Any]) -> None:
         """Back to the idle ones, unless it is broken or enough are idle already."""
         pid = os.getpid()
         pending = bool(self._pending) and conn in self._pending
