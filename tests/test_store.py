@@ -1416,6 +1416,39 @@ def test_threads_writing_at_once_share_a_bounded_set_of_connections(
         assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 201
 
 
+def test_an_enqueue_blocked_longer_than_the_transaction_timeout_leaves_its_job_to_the_worker(
+    pg_store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publish that blocks holds the new job's transaction open only for
+    ``SEND_TRANSACTION_TIMEOUT_SECONDS``: PostgreSQL ends the session. The enqueue does not
+    fail (its message left), a warning says so, the job is written by the worker that takes
+    the message, and the next enqueue goes out on a new connection."""
+    import time
+
+    from hfcelery.store import base
+
+    monkeypatch.setattr(base, "SEND_TRANSACTION_TIMEOUT_SECONDS", 0.5)
+    sent: list[Dispatch] = []
+
+    def blocking(dispatch: Dispatch, *, before_send: Any = None) -> None:
+        before_send()
+        time.sleep(2.0)  # the publish blocks
+        sent.append(dispatch)
+
+    job = new_job()
+    with caplog.at_level("WARNING", logger="hfcelery"):
+        assert pg_store.create_job(job, blocking) is True
+        assert pg_store.job(job.id) is None  # the transaction was ended by the server
+    assert [d.id for d in sent] == [job.id]
+    assert "could not commit" in caplog.text
+    after = new_job()
+    assert pg_store.create_job(after, sending_to(sent)) is True
+    assert pg_store.job(after.id) is not None
+    pg_store.register_server(server("s1"))
+    assert claim(pg_store, job.id, untracked=lambda: job) is not None
+    assert states_of(pg_store, job.id)[-1] is State.PROCESSING
+
+
 def test_a_server_that_never_answers_makes_the_store_unavailable_in_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -11,6 +11,7 @@ without hfcelery (outside ``sending``) is still recorded, the engine's way.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -467,3 +468,50 @@ def test_a_send_its_message_does_not_name_is_rolled_back_when_the_send_ends(
     assert statuses == {psycopg.pq.TransactionStatus.IDLE}
     plain.apply_async((10,), task_id=task_id)  # the same id, sent again, untouched
     assert_sent(app, store_url, task_id, args=[10], messages=2)
+
+
+def test_a_send_blocked_longer_than_the_transaction_timeout_leaves_its_job_to_the_worker(
+    sender: tuple[Celery, Any, str],
+    while_publishing: Callable[[Check], None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A publish that blocks (RabbitMQ's flow control, kombu retrying an unreachable broker)
+    holds the job's transaction open only for ``SEND_TRANSACTION_TIMEOUT_SECONDS``: PostgreSQL
+    then ends the session. The send still succeeds once its message leaves, a warning says the
+    job was not committed, the worker that takes the message writes the job from it, and the
+    next send goes out on a new connection."""
+    from hfcelery.store import base
+
+    monkeypatch.setattr(base, "SEND_TRANSACTION_TIMEOUT_SECONDS", 0.5)
+    app, plain, store_url = sender
+    blocked = str(uuid.uuid4())
+
+    def block(headers: dict[str, Any]) -> None:
+        if headers.get("id") == blocked:
+            time.sleep(2.0)
+
+    while_publishing(block)
+    with caplog.at_level("WARNING", logger="hfcelery"):
+        plain.apply_async((3,), task_id=blocked)
+        assert row(store_url, blocked) is None  # the transaction was ended by the server
+        later = str(uuid.uuid4())
+        plain.apply_async((4,), task_id=later)
+    assert "could not" in caplog.text and "worker that takes" in caplog.text
+    assert_sent(app, store_url, later, args=[4], messages=2)
+    worker_store = Store(store_url)
+    try:
+        worker_store.register_server(server("s1"))
+
+        def from_message() -> NewJob:
+            return sent_job(id=blocked, function=plain.name, task_name=plain.name)
+
+        claimed = worker_store.claim(
+            blocked, server_id="s1", worker_id="w1", server_timeout=TIMEOUT,
+            stamp=None, untracked=from_message,
+        )  # fmt: skip
+        assert claimed is not None
+        job = worker_store.job(blocked)
+        assert job is not None and job.state is State.PROCESSING
+    finally:
+        worker_store.dispose()

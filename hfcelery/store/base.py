@@ -96,6 +96,12 @@ class Changes:
 
 
 ASYNC_COMMIT_CONNECT_ARGS = {"options": "-c synchronous_commit=off"}
+#: How long a transaction of the libpq connections (``FastStatements``) may stay open while
+#: its messages are sent (a publish that blocks: kombu retrying an unreachable broker,
+#: RabbitMQ's flow control): PostgreSQL then ends the session, the transaction with it, and
+#: the worker that takes each message writes its job from it. Not held longer, it holds back
+#: no vacuum of the jobs table.
+SEND_TRANSACTION_TIMEOUT_SECONDS = 60.0
 #: How long a new PostgreSQL connection may take (a host that drops packets, a server that
 #: hangs) before the store counts as unavailable; ``connect_timeout`` in the URL overrides it.
 CONNECT_TIMEOUT_SECONDS = 10
@@ -306,7 +312,13 @@ class StoreBase:
     def _fast_statements(self) -> FastStatements:
         engine = self.engine  # the schema is checked once per process
         if self._fast is None:
-            options = None if "options" in self.url.query else ASYNC_COMMIT_CONNECT_ARGS["options"]
+            options = None
+            if "options" not in self.url.query:
+                timeout_ms = round(SEND_TRANSACTION_TIMEOUT_SECONDS * 1000)
+                options = (
+                    f"{ASYNC_COMMIT_CONNECT_ARGS['options']}"
+                    f" -c idle_in_transaction_session_timeout={timeout_ms}"
+                )
             timeout = None if "connect_timeout" in self.url.query else CONNECT_TIMEOUT_SECONDS
             self._fast = FastStatements(self.url, engine.dialect, options, timeout)
         return self._fast
