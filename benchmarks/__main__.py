@@ -522,7 +522,8 @@ def bottleneck(steps: list[Result]) -> str:
     if index + 1 < len(steps):
         following = steps[index + 1]
         gain = following["drain_per_second"] / step["drain_per_second"] - 1
-        where += f"; {following['processes'] // 2} workers drained only {gain:+.0%} faster"
+        change = f"only {gain:.0%} faster" if gain >= 0 else f"{-gain:.0%} slower"
+        where += f"; {following['processes'] // 2} workers drained {change}"
     if broker >= SATURATED:
         return f"the broker (Redis, one core) - {where}"
     if machine >= SATURATED:
