@@ -598,6 +598,8 @@ def run(settings: Settings, logs: Path) -> Account:
         client = BackgroundJobClient(app)
         store = extension_of(app).store
         workers = Workers(env, logs)
+        stop = threading.Event()  # ends the load and the supervisor's restarts
+        supervisor = threading.Thread(target=workers.supervise, args=(stop,), daemon=True)
         try:
             for _ in range(3):
                 workers.start()
@@ -605,8 +607,6 @@ def run(settings: Settings, logs: Path) -> Account:
             created: list[Created] = []
             faults: list[Fault] = []
             refused: list[int] = []
-            stop = threading.Event()
-            supervisor = threading.Thread(target=workers.supervise, args=(stop,), daemon=True)
             supervisor.start()
             loader = threading.Thread(
                 target=lambda: refused.append(create_load(settings, client, created, stop))
@@ -614,6 +614,9 @@ def run(settings: Settings, logs: Path) -> Account:
             loader.start()
             try:
                 run_faults(settings, workers, broker, postgres, faults)
+            except BaseException:
+                stop.set()  # interrupted (SIGTERM, an error): no more jobs
+                raise
             finally:
                 loader.join()
             print(f"  {len(created)} jobs created; waiting for them to finish", flush=True)
@@ -631,6 +634,9 @@ def run(settings: Settings, logs: Path) -> Account:
             return result
         finally:
             stopping = time.monotonic()
+            stop.set()
+            if supervisor.is_alive():  # no worker restarted once they are being stopped
+                supervisor.join()
             workers.stop_all()
             store.dispose()
             print(f"  workers stopped in {time.monotonic() - stopping:.0f} s", flush=True)
@@ -648,4 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     for old in logs.glob("*.log"):
         old.unlink()
     print(f"chaos suite: seed {seed}, worker logs in {logs}", flush=True)
+    # A SIGTERM (make test's timeout) unwinds the run: its workers, PostgreSQL and Redis
+    # servers are stopped rather than left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return 0 if run(settings, logs).ok else 1
