@@ -222,6 +222,10 @@ def _clear(redis_url: str) -> None:
         client.close()
 
 
+#: The runs under way (see :func:`compare`, which stops them if it is interrupted).
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
 def run_suite(
     name: str,
     tests: Sequence[str],
@@ -256,14 +260,16 @@ def run_suite(
         "-q", "-rfE", "--timeout", "300", *extra_args, *tests,
     ]  # fmt: skip
     with open(log, "w", encoding="utf-8") as out:
+        process = subprocess.Popen(cmd, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _RUNNING.add(process)
         try:
-            done = subprocess.run(
-                cmd, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
-            )
-            returncode = done.returncode
+            returncode = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            returncode = -1
+            process.kill()
+            returncode = process.wait()
             out.write(f"\nhfcelery compat: the run took longer than {timeout:.0f} s\n")
+        finally:
+            _RUNNING.discard(process)
     outcomes = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
     return Run(name, outcomes, returncode, log)
 
@@ -361,7 +367,12 @@ def compare(tests: Sequence[str], *, extra_args: Sequence[str] = (), reruns: int
                     run_suite, f"hfcelery{name}", tests, redis=redis, db=HFCELERY_DB,
                     store_url=store_url, extra_args=extra,
                 )  # fmt: skip
-                return plain.result(), hf.result()
+                try:
+                    return plain.result(), hf.result()
+                except BaseException:  # interrupted (make test's timeout): stop both runs
+                    for process in list(_RUNNING):
+                        process.kill()
+                    raise
 
         plain, hf = both("", tests, extra_args)
         comparison = Comparison(plain, hf, known)
