@@ -338,20 +338,26 @@ class FastStatements:
     def _acquire(self) -> psycopg.Connection[Any]:
         """A connection of this process, from the idle ones or new; once
         :data:`MAX_CONNECTIONS_IN_USE` are in use, the first one another thread releases."""
-        pid = os.getpid()
-        owner, in_use = self._in_use
-        if owner != pid:
-            self._in_use = (pid, in_use := threading.BoundedSemaphore(MAX_CONNECTIONS_IN_USE))
+        in_use = self._slots()
         if not in_use.acquire(timeout=CONNECTION_WAIT_SECONDS):
             raise StoreUnavailableError(
                 f"the store is unavailable: all {MAX_CONNECTIONS_IN_USE} connections of this "
                 f"process were in use for {CONNECTION_WAIT_SECONDS:.0f} s"
             )
         try:
-            return self._take(pid)
+            return self._take(os.getpid())
         except BaseException:
             in_use.release()
             raise
+
+    def _slots(self) -> threading.BoundedSemaphore:
+        """This process's count of connections in use (a fork's child starts its own)."""
+        owner, in_use = self._in_use
+        pid = os.getpid()
+        if owner != pid:
+            in_use = threading.BoundedSemaphore(MAX_CONNECTIONS_IN_USE)
+            self._in_use = (pid, in_use)
+        return in_use
 
     def _take(self, pid: int) -> psycopg.Connection[Any]:
         while True:
@@ -383,10 +389,8 @@ class FastStatements:
         try:
             self._put_back(conn)
         finally:
-            owner, in_use = self._in_use
-            if owner == os.getpid():
-                with suppress(ValueError):  # taken before a fork, released after
-                    in_use.release()
+            with suppress(ValueError):  # taken before a fork, released after
+                self._slots().release()
 
     def _put_back(self, conn: psycopg.Connection[Any]) -> None:
         """Back to the idle ones, unless it is broken or enough are idle already."""
