@@ -31,7 +31,8 @@ from hfcelery.jsonutil import to_json
 from hfcelery.options import JobOptions, options_of
 from hfcelery.validation import (
     MAX_ARGUMENT_DEPTH,
-    nesting_depth_exceeds,
+    TYPE_MARKER,
+    argument_problem,
     problem_with_function_path,
 )
 
@@ -203,9 +204,19 @@ def dumps_json(value: object, *, what: str, target: object = None) -> str:
     """Serialise with the message serializer's JSON (kombu's), raising a typed error.
 
     Structures nested deeper than :data:`~hfcelery.validation.MAX_ARGUMENT_DEPTH` are refused:
-    Celery's worker cannot take them.
+    Celery's worker cannot take them. So is a dict whose keys are exactly ``__type__`` and
+    ``__value__``: kombu's JSON reads it back as a value of another type (or refuses it).
     """
-    if nesting_depth_exceeds(value, MAX_ARGUMENT_DEPTH + 1):
+    problem = argument_problem(value, MAX_ARGUMENT_DEPTH + 1)
+    if problem == TYPE_MARKER:
+        raise ArgumentSerializationError(
+            f"{what} hold a dict whose only keys are '__type__' and '__value__': Celery's JSON "
+            "(kombu) reads such a dict back as a typed value, not as the dict; give it "
+            "another key or another shape",
+            target=target,
+            value=value,
+        )
+    if problem is not None:
         raise ArgumentSerializationError(
             f"{what} nest deeper than {MAX_ARGUMENT_DEPTH} levels (or contain a cycle)",
             target=target,

@@ -152,23 +152,43 @@ def check_parameter(name: object, value: object) -> str:
 def nesting_depth_exceeds(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
     """Whether lists, tuples and dicts in ``value`` nest deeper than ``limit`` (iteratively,
     so a structure too deep for recursion is measured too)."""
+    return _argument_problem(value, limit, markers=False) is not None
+
+
+#: The keys of kombu's JSON marker of a typed value (``{"__type__": "bytes", "__value__": ...}``).
+TYPE_MARKER_KEYS = frozenset({"__type__", "__value__"})
+#: What :func:`argument_problem` finds.
+TOO_DEEP, TYPE_MARKER = "too deep", "type marker"
+
+
+def argument_problem(value: Any, limit: int = MAX_ARGUMENT_DEPTH) -> str | None:
+    """Why ``value`` cannot go out as a job's arguments through Celery's JSON (kombu's), if it
+    cannot: :data:`TOO_DEEP` (lists, tuples and dicts nested deeper than ``limit``, or a cycle)
+    or :data:`TYPE_MARKER` (a dict with exactly the keys of kombu's marker of a typed value,
+    which the message's reader turns into a value of another type, or refuses)."""
+    return _argument_problem(value, limit, markers=True)
+
+
+def _argument_problem(value: Any, limit: int, *, markers: bool) -> str | None:
     stack: list[tuple[Any, int]] = [(value, 0)]
     seen: set[int] = set()
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
+            if markers and item.keys() == TYPE_MARKER_KEYS:
+                return TYPE_MARKER
             children: Iterable[Any] = item.values()
         elif isinstance(item, list | tuple):
             children = item
         else:
             continue
         if depth >= limit:
-            return True
+            return TOO_DEEP
         if id(item) in seen:  # a cycle: JSON cannot carry it, and it is deep without end
-            return True
+            return TOO_DEEP
         seen.add(id(item))
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
 
 
 def storable_text(text: str, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> str:

@@ -20,6 +20,7 @@ import hfcelery
 from hfcelery import BackgroundJobClient, Cron, RecurringJobManager, call
 from hfcelery.calls import resolve_function
 from hfcelery.errors import (
+    ArgumentSerializationError,
     ConfigurationError,
     ForbiddenFunctionError,
     FunctionNotFoundError,
@@ -80,6 +81,16 @@ BAD_CLIENT_CALLS = {
     "nested-2000": lambda c: c.enqueue(call(jobs.echo, _nested(2000))),
     "nested-past-limit": lambda c: c.enqueue(call(jobs.echo, _nested(MAX_ARGUMENT_DEPTH + 1))),
     "cycle": lambda c: c.enqueue(call(jobs.echo, _cycle())),
+    "type-marker": lambda c: c.enqueue(call(jobs.echo, {"__type__": "money", "__value__": "1"})),
+    "type-marker-bytes-kwarg": lambda c: c.enqueue(
+        call(jobs.echo, value=[{"__value__": "YQ==", "__type__": "bytes"}])
+    ),
+    "type-marker-scheduled": lambda c: c.schedule(
+        call(jobs.echo, {"k": {"__type__": "x", "__value__": 1}}), timedelta(1)
+    ),
+    "type-marker-many": lambda c: c.enqueue_many(
+        [call(jobs.echo, 1), call(jobs.echo, ({"__type__": "uuid", "__value__": "u"},))]
+    ),
     "queue-int": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue=5),
     "queue-long": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="q" * 256),
     "queue-nul": lambda c: c.enqueue(call(jobs.multiply, 1, 2), queue="q\x00"),
@@ -122,6 +133,9 @@ BAD_RECURRING = {
     "queue-nul": lambda m: m.add_or_update(
         "r", call(jobs.multiply, 1, 2), Cron.daily(), queue="a\x00"
     ),
+    "call-type-marker": lambda m: m.add_or_update(
+        "r", call(jobs.echo, {"__type__": "decimal", "__value__": "1.5"}), Cron.daily()
+    ),
     "remove-nul": lambda m: m.remove_if_exists("r\x00"),
     "pause-long": lambda m: m.pause("r" * 101),
 }
@@ -135,6 +149,28 @@ def test_bad_recurring_input_gets_a_typed_error_and_writes_nothing(
     with pytest.raises(HfceleryError):
         BAD_RECURRING[name](manager)
     assert nothing_written(extension)
+
+
+def test_a_dict_shaped_like_kombu_s_type_marker_is_refused_before_anything_is_written(
+    extension: Extension,
+) -> None:
+    """kombu's JSON reads ``{"__type__": ..., "__value__": ...}`` back as a typed value (or
+    refuses an unknown type): as an argument it would reach the function as another value,
+    or leave a job whose message cannot be built. A continuation too is refused before it is
+    stored; a dict with other keys beside them goes out and comes back as it is."""
+    client = BackgroundJobClient(extension.app)
+    parent = client.schedule(call(jobs.multiply, 1, 2), timedelta(hours=1))
+    marker = {"__type__": "bytes", "__value__": "YQ=="}
+    with pytest.raises(ArgumentSerializationError, match="'__type__' and '__value__'"):
+        client.continue_job_with(parent, call(jobs.echo, marker))
+    with pytest.raises(ArgumentSerializationError, match="keyword arguments"):
+        client.enqueue(call(jobs.echo, value=marker))
+    assert sum(extension.store.state_counts().values()) == 1  # the parent alone
+
+    plain = {"__type__": "bytes", "__value__": "YQ==", "note": "a form's fields"}
+    job_id = client.enqueue(call(jobs.echo, [plain]))
+    details = extension.store.job(job_id)
+    assert details is not None and details.args == [[plain]]
 
 
 def test_specific_error_types(extension: Extension) -> None:
