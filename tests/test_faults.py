@@ -162,6 +162,34 @@ def test_an_outage_longer_than_the_server_timeout_runs_nothing_again(
     assert len(log.splitlines()) < 30, log
 
 
+def test_messages_handed_back_during_an_outage_are_a_few_lines_in_the_log(
+    fault_worker: WorkerProcess,
+    private_pg: PrivatePostgres,
+    fault_app: Celery,
+    queue: str,
+    side_effects: redis.Redis,
+) -> None:
+    """A claim the store cannot take hands its message back to the broker, again and again
+    while the outage lasts: the log says so once (and once a minute), not with a traceback per
+    message and redelivery as Celery logs a rejected message. The jobs run once it is back."""
+    tokens = [token() for _ in range(3)]
+    mark = len(fault_worker.log())
+    private_pg.stop("fast")
+    try:
+        for tok in tokens:  # plain Celery sends: they go out while the store is away
+            fault_app.send_task("tests.record", args=[tok, "ran"], queue=queue)
+        time.sleep(SERVER_TIMEOUT + 2)  # each message handed back a few times meanwhile
+    finally:
+        private_pg.start()
+    for tok in tokens:
+        wait_for(lambda tok=tok: traces(side_effects, tok) == ["ran"], what=f"{tok} to run")
+    log = log_since(fault_worker, mark)
+    assert "Traceback" not in log, log
+    assert "requeue=True" not in log, log
+    assert 1 <= log.count("the store (claims) is unreachable") <= 2, log  # per pool process
+    assert len(log.splitlines()) < 60, log  # beside Celery's own "received" per redelivery
+
+
 def test_a_store_stalled_longer_than_the_server_timeout_runs_nothing_twice(
     start_fault_worker: Any,
     fault_worker: WorkerProcess,

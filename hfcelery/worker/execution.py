@@ -360,12 +360,34 @@ def _skipped(extension: Extension, task_id: str) -> SkippedMessage:
 _CLAIM_STORE = ServiceHealth("store (claims)")
 
 
+class HandedBack(Reject):  # type: ignore[misc]
+    """A message given back to the broker because the store could not take its claim."""
+
+
+class _QuietHandBacks(logging.Filter):
+    """Celery logs every rejected message at WARNING, with its traceback: during a store
+    outage that is a traceback per message and redelivery. A hand-back is logged by
+    :data:`_CLAIM_STORE` instead (once when the outage starts, then once a minute) and at
+    DEBUG per message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], HandedBack))
+
+
+_QUIET_HAND_BACKS = _QuietHandBacks()
+
+
+def quiet_hand_backs() -> None:
+    """Keep Celery's tracer from logging hand-backs (once per process, idempotent)."""
+    logging.getLogger("celery.app.trace").addFilter(_QUIET_HAND_BACKS)
+
+
 def _hand_back(task_id: object, exc: BaseException) -> NoReturn:
     """The store is unreachable: give the message back to the broker after a pause."""
     _CLAIM_STORE.failed(exc, "claim")
     logger.debug("hfcelery cannot claim job %r, message handed back: %s", task_id, exc)
     time.sleep(STORE_DOWN_BACKOFF_SECONDS)
-    raise Reject(exc, requeue=True) from exc
+    raise HandedBack(exc, requeue=True) from exc
 
 
 def message_problem(task: Task, request: Any, args: Any) -> str | None:

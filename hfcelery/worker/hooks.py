@@ -33,6 +33,7 @@ class WorkerHooks:
         """Connect the handlers to Celery's task signals (once)."""
         if self._connected:
             return
+        execution.quiet_hand_backs()
         for signal, handler in (
             (signals.task_success, self.on_task_success),
             (signals.task_failure, self.on_task_failure),
