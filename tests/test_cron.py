@@ -45,7 +45,9 @@ def test_cron_helpers_match_hangfire(expression: str, expected: str) -> None:
     CronExpression(expression)  # and every one of them is valid
 
 
-@pytest.mark.parametrize("bad", ["", "* * *", "61 * * * *", "* * * * * * *", "@reboot", "nope"])
+@pytest.mark.parametrize(
+    "bad", ["", "* * *", "61 * * * *", "* * * * * * *", "@reboot", "@every_hour", "@", "nope"]
+)
 def test_invalid_cron_expressions(bad: str) -> None:
     with pytest.raises(InvalidCronError):
         CronExpression(bad)
@@ -504,6 +506,58 @@ def test_six_fields_put_seconds_first() -> None:
 def test_macros_and_never() -> None:
     assert CronExpression("@daily").next_after(utc(2026, 1, 1, 5)) == utc(2026, 1, 2)
     assert CronExpression(Cron.never()).next_after(utc(2026, 1, 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("macro", "after", "expected"),
+    [
+        ("@every_second", utc(2026, 1, 1, 5, 0, 7),
+         [utc(2026, 1, 1, 5, 0, 8), utc(2026, 1, 1, 5, 0, 9)]),
+        ("@every_minute", utc(2026, 1, 1, 5, 0, 7), [utc(2026, 1, 1, 5, 1), utc(2026, 1, 1, 5, 2)]),
+        ("@EVERY_MINUTE", utc(2026, 1, 1, 5), [utc(2026, 1, 1, 5, 1), utc(2026, 1, 1, 5, 2)]),
+        ("@hourly", utc(2026, 1, 1, 5, 30), [utc(2026, 1, 1, 6), utc(2026, 1, 1, 7)]),
+        ("@midnight", utc(2026, 1, 1, 5), [utc(2026, 1, 2), utc(2026, 1, 3)]),
+        ("@weekly", utc(2026, 1, 1), [utc(2026, 1, 4), utc(2026, 1, 11)]),  # Sundays
+        ("@monthly", utc(2026, 1, 1), [utc(2026, 2, 1), utc(2026, 3, 1)]),
+        ("@annually", utc(2026, 1, 1), [utc(2027, 1, 1), utc(2028, 1, 1)]),
+    ],
+)  # fmt: skip
+def test_cronos_macros(macro: str, after: datetime, expected: list[datetime]) -> None:
+    cron = CronExpression(macro)
+    occurrences = cron.occurrences(after)
+    assert [next(occurrences), next(occurrences)] == expected
+    assert cron.expression == macro  # shown as written
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        # Friday the 13th: Cronos matches both day fields (Vixie cron: either)
+        ("0 0 13 * 5", [utc(2026, 2, 13), utc(2026, 3, 13), utc(2026, 11, 13)]),
+        ("0 0 13 * FRI", [utc(2026, 2, 13), utc(2026, 3, 13), utc(2026, 11, 13)]),
+        # a Monday that is the first of its month
+        ("0 0 1 * MON", [utc(2026, 6, 1), utc(2027, 2, 1), utc(2027, 3, 1)]),
+        # the first Monday of the month, as a range of days and a weekday
+        ("30 9 1-7 * 1", [utc(2026, 1, 5, 9, 30), utc(2026, 2, 2, 9, 30), utc(2026, 3, 2, 9, 30)]),
+        # one field restricted: every matching day
+        ("0 0 * * 5", [utc(2026, 1, 2), utc(2026, 1, 9), utc(2026, 1, 16)]),
+        ("0 0 ? * 5", [utc(2026, 1, 2), utc(2026, 1, 9), utc(2026, 1, 16)]),
+        ("0 0 13 * ?", [utc(2026, 1, 13), utc(2026, 2, 13), utc(2026, 3, 13)]),
+        ("0 0 13 * *", [utc(2026, 1, 13), utc(2026, 2, 13), utc(2026, 3, 13)]),
+        # the last day of the month when it is a Sunday
+        ("0 0 L * 0", [utc(2026, 5, 31), utc(2027, 1, 31), utc(2027, 2, 28)]),
+    ],
+)  # fmt: skip
+def test_day_of_month_and_day_of_week_both_match_as_in_cronos(
+    expression: str, expected: list[datetime]
+) -> None:
+    occurrences = CronExpression(expression).occurrences(utc(2026, 1, 1))
+    assert [next(occurrences) for _ in expected] == expected
+
+
+def test_friday_the_13th_in_a_zone() -> None:
+    cron = CronExpression("0 9 13 * 5", "Europe/Berlin")
+    assert cron.next_after(utc(2026, 11, 27)) == utc(2027, 8, 13, 7)  # CEST
 
 
 def test_new_york_time_zone() -> None:

@@ -1,7 +1,10 @@
 """Cron expressions: Hangfire's ``Cron`` helpers, validation, and next runs in a time zone.
 
 croniter parses and iterates. Five fields are minute precision; six fields put seconds first
-(``"*/10 * * * * *"`` is every ten seconds); ``@daily``-style macros are accepted.
+(``"*/10 * * * * *"`` is every ten seconds); Cronos's macros (``@daily``, ``@every_minute``, ...)
+are accepted. As in Cronos, an expression that restricts both the day of the month and the day
+of the week runs on days that match both (``0 0 13 * 5``: Friday the 13th), not on either as in
+Vixie cron.
 
 Daylight saving time follows Cronos, Hangfire's cron library: occurrences are matched on the
 wall clock of the job's zone. On the night the clocks go forward, the occurrences in the skipped
@@ -119,13 +122,16 @@ class CronExpression:
             raise InvalidCronError(
                 f"cron expression {self.expression!r} contains a control character"
             )
-        fields = self.expression.split()
-        if not self.expression.startswith("@") and len(fields) not in (5, 6):
+        if self.expression.startswith("@") and self.expression.lower() not in _MACROS:
+            macros = ", ".join(_MACROS)
+            raise InvalidCronError(f"unknown cron macro {self.expression!r}: use one of {macros}")
+        fields = self._fields.split()
+        if len(fields) not in (5, 6):
             raise InvalidCronError(
                 f"cron expression {self.expression!r} has {len(fields)} fields: "
                 "use 5 (minute precision) or 6 (seconds first)"
             )
-        unsupported = _unsupported_cronos_form(self.expression)
+        unsupported = _unsupported_cronos_form(self._fields)
         if unsupported is not None:
             raise InvalidCronError(
                 f"cron expression {self.expression!r} uses {unsupported}, which Hangfire's "
@@ -136,12 +142,15 @@ class CronExpression:
         time_zone(self.zone)
 
     @cached_property
+    def _fields(self) -> str:
+        """The expression in fields: a macro as Cronos expands it."""
+        return _MACROS.get(self.expression.lower(), self.expression)
+
+    @cached_property
     def _croniter_form(self) -> str:
         """The expression as croniter reads it: Cronos's ``5L`` (the last Friday of the month)
         is croniter's ``L5``; ``FRIL`` becomes ``L5`` too."""
-        if self.expression.startswith("@"):
-            return self.expression
-        fields = self.expression.split()
+        fields = self._fields.split()
         day_of_week = fields[-1]
         match = _LAST_WEEKDAY.fullmatch(day_of_week)
         if match:
@@ -152,7 +161,7 @@ class CronExpression:
 
     @property
     def has_seconds(self) -> bool:
-        return len(self.expression.split()) == 6
+        return len(self._fields.split()) == 6
 
     @cached_property
     def tz(self) -> ZoneInfo:
@@ -163,9 +172,7 @@ class CronExpression:
         """Cronos's ``Interval`` flag: a ``*``, ``?``, range or step in the second, minute or hour
         field. Such an expression also runs in the second of two repeated hours; one with only
         fixed values and lists there runs in the first only. ``@hourly`` is ``0 * * * *``."""
-        if self.expression.startswith("@"):
-            return self.expression.lower() == "@hourly"
-        fields = self.expression.split()
+        fields = self._fields.split()
         time_fields = fields[:3] if self.has_seconds else fields[:2]
         return any(mark in field for field in time_fields for mark in "*?-/")
 
@@ -224,6 +231,18 @@ class CronExpression:
         return found
 
 
+#: Cronos's macros and the expressions they stand for.
+_MACROS = {
+    "@every_second": "* * * * * *",
+    "@every_minute": "* * * * *",
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
 _LAST_WEEKDAY = re.compile(r"([0-7]|[A-Za-z]{3})L")
 _WEEKDAY_NUMBERS = {
     "SUN": "0",
@@ -243,7 +262,7 @@ _CRONOS_DAY_OF_MONTH = {
 def _unsupported_cronos_form(expression: str) -> str | None:
     """The Cronos form in ``expression`` croniter cannot evaluate, described, or None."""
     fields = expression.split()
-    if expression.startswith("@") or len(fields) not in (5, 6):
+    if len(fields) not in (5, 6):
         return None
     day_of_month = fields[-3]
     for part in day_of_month.split(","):
@@ -271,7 +290,11 @@ class _WallClock:
             start -= timedelta(seconds=1)  # croniter is exclusive; matches are whole seconds
         if self._iterator is None:
             self._iterator = croniter(
-                self._expression, start, ret_type=datetime, second_at_beginning=self._has_seconds
+                self._expression,
+                start,
+                ret_type=datetime,
+                second_at_beginning=self._has_seconds,
+                day_or=False,  # Cronos: both day fields must match
             )
         elif start != self._last:
             self._iterator.set_current(start, force=True)
