@@ -52,6 +52,24 @@ class StateChange:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessingHolder:
+    """A job's state and, while it is Processing, who runs it: its server and the number of
+    the claim that started the run (a cancellation check compares them with its own)."""
+
+    state: State
+    server_id: str | None
+    claim: int
+
+    def held_by(self, server_id: str | None, claim: int | None) -> bool:
+        """Whether the run of ``claim`` (any, if None) on ``server_id`` still holds the job."""
+        return (
+            self.state is State.PROCESSING
+            and self.server_id == server_id
+            and (claim is None or self.claim == claim)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class JobHead:
     """What a change by request needs of a job: its state and what it runs."""
 

@@ -34,6 +34,7 @@ from hfcelery.records import (
     Dispatch,
     JobHead,
     NewJob,
+    ProcessingHolder,
     StateChange,
 )
 from hfcelery.states import TRANSITIONS, State, sources
@@ -1130,11 +1131,13 @@ class JobStore(ContinuationStore):
         row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
         return None if row is None else (State(row.state), row.reason)
 
-    def processing_holder(self, job_id: str) -> tuple[State, str | None] | None:
-        """A job's state and the server processing it (for cancellation checks)."""
-        stmt = select(Job.state, Job.server_id).where(Job.id == job_id)
+    def processing_holder(self, job_id: str) -> ProcessingHolder | None:
+        """A job's state, and the server and claim processing it (for cancellation checks)."""
+        stmt = select(Job.state, Job.server_id, Job.claims).where(Job.id == job_id)
         row = self._run(lambda conn: conn.execute(stmt).first(), single=True)
-        return None if row is None else (State(row.state), row.server_id)
+        if row is None:
+            return None
+        return ProcessingHolder(State(row.state), row.server_id, row.claims)
 
     def job_head(self, job_id: str) -> JobHead | None:
         """A job's state, function and task (for the filters of a change by request)."""

@@ -13,7 +13,6 @@ from celery._state import get_current_task
 from hfcelery.errors import JobAbortedError, StoreError
 from hfcelery.extension import Extension, find_extension
 from hfcelery.parameters import JobParameterStore
-from hfcelery.states import State
 from hfcelery.worker.running import running_job
 
 logger = logging.getLogger(__name__)
@@ -27,9 +26,12 @@ class CancellationToken:
     interval and remembers the answer in between, so a job may call it in a tight loop.
     """
 
-    def __init__(self, extension: Extension, job_id: str) -> None:
+    def __init__(self, extension: Extension, job_id: str, claim: int | None = None) -> None:
         self._extension = extension
         self._job_id = job_id
+        #: The claim that started this run: a requeue claimed again (by any worker, this one
+        #: too) is another run, and this one should stop.
+        self._claim = claim
         self._requested = False
         self._checked_at = -math.inf
 
@@ -44,7 +46,8 @@ class CancellationToken:
             except StoreError:  # the store is away: nobody can have asked for it meanwhile
                 logger.debug("hfcelery could not check job %s", self._job_id, exc_info=True)
             else:
-                self._requested = holder != (State.PROCESSING, self._extension.server_id)
+                server_id = self._extension.server_id
+                self._requested = holder is None or not holder.held_by(server_id, self._claim)
         return self._requested
 
     def throw_if_cancellation_requested(self) -> None:
@@ -75,7 +78,9 @@ class JobContext:
         job = running_job(request)
         self.attempt: int = job.retry_count if job is not None else 0
         #: Asks whether the job should stop early.
-        self.cancellation_token = CancellationToken(extension, self.id)
+        self.cancellation_token = CancellationToken(
+            extension, self.id, job.claim if job is not None else None
+        )
         self._parameters = parameter_store(extension, request)
 
     @property

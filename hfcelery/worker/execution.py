@@ -518,19 +518,21 @@ def _retention(task: Task, configured_seconds: float) -> timedelta:
 
 
 def cancellation_requested() -> bool:
-    """Whether the running job was deleted (or otherwise taken away) while it runs.
+    """Whether the running job was deleted, requeued or taken over while it runs (a requeued
+    job claimed again, by this worker too, is another run).
 
     Call it now and then from a long job and return early when it says True. Outside a job it
     is False.
     """
     task = get_current_task()
-    if task is None or running_job(task.request) is None:
+    job = running_job(task.request) if task is not None else None
+    if task is None or job is None:
         return False
     extension = find_extension(task.app)
     if extension is None:
         return False
     holder = extension.store.processing_holder(task.request.id)
-    return holder is None or holder != (State.PROCESSING, extension.server_id)
+    return holder is None or not holder.held_by(extension.server_id, job.claim)
 
 
 def on_task_success(extension: Extension, sender: Task, result: Any) -> None:
