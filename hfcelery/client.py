@@ -11,7 +11,7 @@ from uuid import uuid4
 from celery import Celery, Task
 
 from hfcelery.calls import Invocation, to_invocation
-from hfcelery.continuations import JobContinuationOptions
+from hfcelery.continuations import JOIN_WITHOUT_RESULTS, PASSED_RESULTS, JobContinuationOptions
 from hfcelery.elections import (
     StoredJobFilters,
     create_through_filters,
@@ -254,7 +254,7 @@ class BackgroundJobClient:
             the_call,
             options,
             queue,
-            "all" if pass_result else None,
+            "all" if pass_result else JOIN_WITHOUT_RESULTS,
             pass_exception,
             next_state,
             delay,
@@ -297,7 +297,7 @@ class BackgroundJobClient:
             raise InvalidArgumentError(
                 f"a continuation's next state is Enqueued or Scheduled, not {target.value}"
             )
-        extra = (pass_result is not None) + bool(pass_exception)
+        extra = (pass_result in PASSED_RESULTS) + bool(pass_exception)
         job, invocation = self._new(the_call, queue, State.AWAITING, extra_arguments=extra)
         parents = list(dict.fromkeys(parent_ids))  # in the order given, each once
         data: dict[str, object] = {

@@ -27,3 +27,10 @@ class JobContinuationOptions(IntFlag):
         if state is State.DELETED:
             return JobContinuationOptions.ONLY_ON_DELETED_STATE in self
         return False
+
+
+#: A continuation's stored ``pass_result``: "one" appends its parent's result, "all" a join's
+#: list of results; :data:`JOIN_WITHOUT_RESULTS` marks a join that passes none (its exceptions,
+#: if it passes them, still go as a list); None, a single parent's continuation without results.
+PASSED_RESULTS = ("one", "all")
+JOIN_WITHOUT_RESULTS = "join"

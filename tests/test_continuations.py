@@ -19,6 +19,7 @@ from tests.conftest import WorkerProcess, history, wait_state
 pytestmark = pytest.mark.acceptance
 
 SOON = timedelta(seconds=1)
+DELETED_BY_REQUEST = "Deleted by request"  # the reason of a delete by request
 
 
 def started(job: JobDetails) -> datetime:
@@ -139,6 +140,30 @@ def test_join_passes_results_and_exceptions_in_the_order_given(
     assert [e is not None and e["type"] is None for e in exceptions] == [
         p == deleted for p in given
     ]
+
+
+@pytest.mark.parametrize("parents", [3, 1])
+def test_a_join_passes_its_exceptions_as_a_list_without_its_results(
+    worker: WorkerProcess, api: Monitoring, parents: int
+) -> None:
+    """``pass_exception=True`` alone: one argument, the list of every parent's exception, in
+    the order given (a join of one parent too), as with ``pass_result=True`` beside it."""
+    succeeded = [BackgroundJob.enqueue(call(jobs.echo, i)) for i in range(parents - 1)]
+    deleted = BackgroundJob.schedule(call(jobs.echo, "never"), timedelta(hours=1))
+    assert BackgroundJob.delete(deleted)
+    given = [*succeeded, deleted][::-1]
+    child = BackgroundJob.continue_when_all(
+        given,
+        call(jobs.echo),
+        options=JobContinuationOptions.ON_ANY_FINISHED_STATE,
+        pass_exception=True,
+    )
+    job = wait_state(api, child)
+    assert job.state is State.SUCCEEDED
+    exceptions = job.history[-1].data["result"]
+    assert isinstance(exceptions, list) and len(exceptions) == parents
+    assert exceptions[0] == {"type": None, "message": DELETED_BY_REQUEST}, exceptions
+    assert exceptions[1:] == [None] * (parents - 1)
 
 
 def test_pass_result(worker: WorkerProcess, api: Monitoring) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import (
     update,
 )
 
-from hfcelery.continuations import JobContinuationOptions
+from hfcelery.continuations import JOIN_WITHOUT_RESULTS, PASSED_RESULTS, JobContinuationOptions
 from hfcelery.errors import JobNotFoundError
 from hfcelery.jsonutil import from_json_or_raw, to_json
 from hfcelery.records import (
@@ -190,13 +190,14 @@ class ContinuationStore(StoreBase):
                 values["state"] = State.SCHEDULED
                 values["due_at"] = due_at
                 data["enqueue_at"] = due_at.isoformat()
-            if first.pass_result or first.pass_exception:
+            results = first.pass_result in PASSED_RESULTS
+            if results or first.pass_exception:
                 values["args"] = self._args_with_outcomes(
                     conn,
                     child_id,
                     [p.id for p in parents],
-                    as_list=(first.pass_result or "one") == "all",
-                    results=bool(first.pass_result),
+                    as_list=first.pass_result in ("all", JOIN_WITHOUT_RESULTS),
+                    results=results,
                     exceptions=bool(first.pass_exception),
                 )
         else:

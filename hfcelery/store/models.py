@@ -178,7 +178,8 @@ class Continuation(Base):
     #: ``JobContinuationOptions`` flags.
     options: Mapped[int] = mapped_column(Integer)
     #: Append the parents' results to the child's arguments when it is released: "one"
-    #: appends the parent's result, "all" the list of every parent's (a join); None neither.
+    #: appends the parent's result, "all" the list of every parent's (a join); "join" none,
+    #: but a join's exceptions (``pass_exception``) go as a list too; None neither.
     pass_result: Mapped[str | None] = mapped_column(String(8))
     #: Append the parents' exceptions too (Hangfire's ``FromException``): None for a parent
     #: that succeeded, else its exception's type and message.
