@@ -66,6 +66,11 @@ def raise_with(message: str) -> None:
     raise RuntimeError(message)
 
 
+def keywords(**values: object) -> dict[str, object]:
+    """Return the keyword arguments it was given."""
+    return values
+
+
 def echo(value: object) -> object:
     return value
 

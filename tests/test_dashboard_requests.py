@@ -236,6 +236,43 @@ def test_nul_in_an_action_on_a_filter_is_a_bad_request(pg_app: Celery) -> None:
     assert "NUL" in json.loads(response.body)["error"]
 
 
+# -- what jobs hold ------------------------------------------------------------------------
+
+
+def test_a_job_whose_arguments_hold_a_lone_surrogate_is_shown(pg_app: Celery) -> None:
+    """Python text the client accepts and the store keeps (escaped in JSON), which UTF-8 cannot
+    encode: the page shows U+FFFD in its place, the API escapes it as JSON does."""
+    client = hfcelery.BackgroundJobClient(pg_app)
+    in_value = client.enqueue(call(jobs.echo, "x\ud800y"))
+    in_name = client.enqueue(call(jobs.keywords, **{"value\udfff": 1}))
+    dashboard = Dashboard(pg_app)
+    for job_id, text in ((in_value, "x\ud800y"), (in_name, "value\udfff")):
+        page = get(dashboard, f"/job/{job_id}")
+        assert page.status == 200, page.body
+        page.body.decode()  # UTF-8 throughout
+        shown = "\ufffd".encode() in page.body or b"\\ud" in page.body.lower()
+        assert shown, page.body  # in its place, or escaped in the JSON of the arguments
+        detail = get(dashboard, f"/api/v1/jobs/{job_id}")
+        assert detail.status == 200, detail.body
+        assert text in json.dumps(json.loads(detail.body), ensure_ascii=False)
+    listing = get(dashboard, "/api/v1/jobs", "state=enqueued")
+    assert listing.status == 200, listing.body
+
+
+def test_an_action_s_way_back_with_other_than_latin_1_is_percent_encoded(pg_app: Celery) -> None:
+    """A redirect's Location header carries Latin-1 only: the path back goes percent-encoded
+    (the action applied, and the browser sent where it asked)."""
+    job_id = send(pg_app, f"back-{token()}")
+    back = "/jobs/enqueued?text=Zürich €"
+    body = f"action=delete&id={job_id}&back={quote(back)}".encode()
+    response = post(Dashboard(pg_app), "/actions/jobs", body, "application/x-www-form-urlencoded")
+    assert response.status == 303, response.body
+    location = response.header("location") or ""
+    location.encode("latin-1")  # a header value Tornado and ASGI servers send
+    assert location.startswith("/jobs/enqueued?text=Z%C3%BCrich%20%E2%82%AC"), location
+    assert monitoring(pg_app).job(job_id).state is State.DELETED
+
+
 # -- bodies --------------------------------------------------------------------------------
 
 

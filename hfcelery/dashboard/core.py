@@ -32,6 +32,7 @@ from hfcelery.monitoring import Monitoring, monitoring
 from hfcelery.records import JobFilter
 from hfcelery.recurring import RecurringJobManager
 from hfcelery.states import State
+from hfcelery.validation import without_surrogates
 
 #: The double-submit cookie and the form field / header that must repeat it on a POST.
 XSRF_COOKIE = "hf_xsrf"
@@ -299,17 +300,29 @@ def _basic_auth_ok(request: Request, credentials: Sequence[str]) -> bool:
     return matched
 
 
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (a job's arguments may hold one) shown as U+FFFD."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return without_surrogates(text).encode()
+
+
 def text_response(status: int, text: str) -> Response:
-    return Response(status, text.encode(), [("Content-Type", "text/plain; charset=utf-8")])
+    return Response(status, _utf8(text), [("Content-Type", "text/plain; charset=utf-8")])
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    body = json.dumps(data, default=str, ensure_ascii=False).encode()
+    text = json.dumps(data, default=str, ensure_ascii=False)
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: escaped (\udXXX), as JSON can carry it
+        body = json.dumps(data, default=str).encode()
     return Response(status, body, [("Content-Type", "application/json; charset=utf-8")])
 
 
 def html_response(text: str, status: int = 200) -> Response:
-    return Response(status, text.encode(), [("Content-Type", "text/html; charset=utf-8")])
+    return Response(status, _utf8(text), [("Content-Type", "text/html; charset=utf-8")])
 
 
 def redirect(location: str) -> Response:

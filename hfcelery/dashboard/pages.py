@@ -84,7 +84,8 @@ def _back(page: Page, default: str) -> str:
         or any(c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in back)
     ):
         back = page.url(default)
-    return back
+    # A header carries Latin-1 only: anything else in the path goes percent-encoded.
+    return quote(back, safe="/?&=%#:;,+@!$'()*[]~")
 
 
 def _with_outcome(url: str, message: str) -> str:
