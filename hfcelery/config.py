@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -163,6 +164,39 @@ class HfConfig:
             raise ConfigurationError("hfcelery_maintenance_batch_size must be an integer >= 1")
         if not isinstance(self.store_url, str) or not self.store_url:
             raise ConfigurationError("hfcelery_store_url must be a SQLAlchemy URL string")
+        _check_store_url(self.store_url)
+
+
+#: The databases the store runs on, and the driver each needs beside SQLAlchemy.
+STORE_BACKENDS = {"sqlite": None, "postgresql": "psycopg"}
+
+
+def _check_store_url(text: str) -> None:
+    """Refuse a store URL the store could not open, before anything uses it."""
+    from sqlalchemy.exc import ArgumentError
+
+    from hfcelery.store.base import normalise_url
+
+    try:
+        url = normalise_url(text)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(f"hfcelery_store_url is not a SQLAlchemy URL: {exc}") from exc
+    backend = url.get_backend_name()
+    if backend not in STORE_BACKENDS:
+        raise ConfigurationError(
+            f"hfcelery_store_url names {backend!r}: the store runs on SQLite or PostgreSQL"
+        )
+    driver = STORE_BACKENDS[backend]
+    if driver is not None and url.get_driver_name() != driver:
+        raise ConfigurationError(
+            f"hfcelery_store_url: the store talks to PostgreSQL through {driver} (version 3), "
+            f"not {url.get_driver_name()}: use postgresql://... or postgresql+{driver}://..."
+        )
+    if driver is not None and importlib.util.find_spec(driver) is None:
+        raise ConfigurationError(
+            f"hfcelery_store_url names PostgreSQL, whose driver {driver} is not installed: "
+            "pip install 'hfcelery[postgres]'"
+        )
 
 
 def _module_tuple(value: str | Iterable[str]) -> tuple[str, ...]:

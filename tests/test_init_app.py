@@ -74,11 +74,35 @@ def test_settings_come_from_app_conf_read_on_first_use() -> None:
         ({"server_timeout_seconds": 1, "heartbeat_interval_seconds": 2}, "must be longer"),
         ({"poll_interval_seconds": -1}, ">= 0"),
         ({"allowed_modules": ["not a module"]}, "not a module name"),
+        ({"store_url": "notaurl"}, "not a SQLAlchemy URL"),
+        ({"store_url": "mysql://user@127.0.0.1/jobs"}, "'mysql': the store runs on SQLite or"),
+        ({"store_url": "postgresql+psycopg2://127.0.0.1/jobs"}, "through psycopg"),
+        ({"store_url": 5432}, "must be a SQLAlchemy URL string"),
     ],
 )
 def test_bad_options_are_rejected_at_init(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         hfcelery.init_app(make_app(), **options)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://127.0.0.1/jobs", "postgresql+psycopg://u:p@db/jobs", "sqlite://"]
+)
+def test_store_urls_of_the_stores_are_accepted(url: str) -> None:
+    assert hfcelery.init_app(make_app(), store_url=url).config.store_url == url
+
+
+def test_a_postgresql_store_without_its_driver_is_refused_at_init(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else find_spec(name)
+    )
+    with pytest.raises(ConfigurationError, match=r"hfcelery\[postgres\]"):
+        hfcelery.init_app(make_app(), store_url="postgresql://127.0.0.1/jobs")
 
 
 def test_app_task_modules_are_allowed(tmp_path: Path) -> None:
