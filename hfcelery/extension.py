@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Any
 
 from celery import Celery
+from celery.utils.functional import maybe_list
 
 from hfcelery.calls import module_allowed
 from hfcelery.config import RELIABLE_CELERY_DEFAULTS, HfConfig
@@ -57,8 +58,9 @@ class Extension:
     @cached_property
     def _own_task_modules(self) -> frozenset[str]:
         modules = {type(task).__module__ for task in self.app.tasks.values()}
-        modules.update(self.app.conf.include or ())
-        modules.update(self.app.conf.imports or ())
+        # As Celery's loader reads them: one module name may be given as a string.
+        modules.update(maybe_list(self.app.conf.include) or ())
+        modules.update(maybe_list(self.app.conf.imports) or ())
         return frozenset(m for m in modules if not m.startswith(("celery.", "hfcelery.")))
 
     def module_allowed(self, module: str) -> bool:

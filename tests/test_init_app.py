@@ -105,6 +105,19 @@ def test_a_postgresql_store_without_its_driver_is_refused_at_init(
         hfcelery.init_app(make_app(), store_url="postgresql://127.0.0.1/jobs")
 
 
+@pytest.mark.parametrize("setting", ["imports", "include"])
+def test_a_module_named_by_a_string_in_imports_or_include_is_allowed_and_no_other(
+    tmp_path: Path, setting: str
+) -> None:
+    """Celery reads ``imports = "proj.tasks"`` as one module: so does the allowlist (it once
+    allowed each of its characters as a module)."""
+    app = make_app()
+    app.conf[setting] = "proj.tasks"
+    extension = hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
+    assert extension.module_allowed("proj.tasks")
+    assert not any(extension.module_allowed(name) for name in ("p", "r", "o", "j", "."))
+
+
 def test_app_task_modules_are_allowed(tmp_path: Path) -> None:
     app = make_app()
     hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'a.db'}")
