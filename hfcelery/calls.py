@@ -31,9 +31,11 @@ from hfcelery.jsonutil import to_json
 from hfcelery.options import JobOptions, options_of
 from hfcelery.validation import (
     MAX_ARGUMENT_DEPTH,
+    MAX_NAME_LENGTH,
     TYPE_MARKER,
     argument_problem,
     problem_with_function_path,
+    without_surrogates,
 )
 
 #: Name of the generic Celery task that performs plain functions.
@@ -88,7 +90,10 @@ class Invocation:
     def display_name(self) -> str | None:
         """The ``@display_name`` template filled with the arguments, if there is one."""
         name = self._fill(self.job_options.display_name, "display name")
-        return None if name is None else name[:255]
+        if name is None:
+            return None
+        # Filled from arguments that may hold what a store cannot (NUL, lone surrogates).
+        return without_surrogates(name.replace("\x00", "\\x00"))[:MAX_NAME_LENGTH]
 
     def queue(self) -> str | None:
         """The ``@queue`` name, filled with the arguments as Hangfire does (``"reports-{0}"``),

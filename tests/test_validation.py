@@ -173,6 +173,22 @@ def test_a_dict_shaped_like_kombu_s_type_marker_is_refused_before_anything_is_wr
     assert details is not None and details.args == [[plain]]
 
 
+@pytest.mark.parametrize(
+    ("argument", "shown"), [("a\x00b", "a\\x00b"), ("a\ud800b", "a\ufffdb"), ("é" * 300, "é" * 240)]
+)
+def test_a_display_name_filled_from_any_storable_argument_is_stored(
+    extension: Extension, argument: str, shown: str
+) -> None:
+    """Arguments go as JSON, which holds NUL and lone surrogates; the display name filled from
+    them is text, shown with NUL escaped and U+FFFD in place of a surrogate, and cut to the
+    column's 255 characters."""
+    job_id = BackgroundJobClient(extension.app).enqueue(call(jobs.critical_report, argument))
+    details = extension.store.job(job_id)
+    assert details is not None
+    assert details.display_name == f"Critical report {shown}"[:255]
+    assert details.args == [argument]
+
+
 def test_specific_error_types(extension: Extension) -> None:
     client = BackgroundJobClient(extension.app)
     with pytest.raises(InvalidScheduleError):
