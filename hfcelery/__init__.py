@@ -29,6 +29,7 @@ from hfcelery.errors import (
     NotInitializedError,
     RecurringJobNotFoundError,
     SchemaOutOfDateError,
+    SchemaTooNewError,
     StoreError,
 )
 from hfcelery.filters import (
@@ -144,5 +145,6 @@ __all__ = [
     "NotInitializedError",
     "RecurringJobNotFoundError",
     "SchemaOutOfDateError",
+    "SchemaTooNewError",
     "StoreError",
 ]

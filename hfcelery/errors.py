@@ -240,6 +240,21 @@ class SchemaOutOfDateError(StoreError):
         return (self.current, self.head)
 
 
+class SchemaTooNewError(SchemaOutOfDateError):
+    """The store's schema was migrated by a newer hfcelery than this one (a deploy rolled
+    back): this version cannot use it, and ``hf migrate`` cannot help."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        StoreError.__init__(
+            self,
+            f"the hfcelery store schema is at {current}, which this version of hfcelery does "
+            f"not know (it needs {head}): a newer hfcelery migrated the store. Run that "
+            "version, or downgrade the store's schema with it before running this one",
+        )
+        self.current = current
+        self.head = head
+
+
 class JobNotFoundError(HfceleryError, LookupError):
     """No job with the given id exists in the store."""
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hfcelery.store import schema
 from tests.conftest import ROOT, new_postgres_database
 
@@ -77,3 +79,37 @@ def test_migrate_with_the_store_unreachable_is_a_one_line_error() -> None:
         assert ran.returncode != 0
         assert "the store is unavailable" in ran.stderr, ran.stderr
         assert "Traceback" not in ran.stderr, ran.stderr
+
+
+def test_a_store_migrated_by_a_newer_hfcelery_is_named_so_everywhere(tmp_path: Path) -> None:
+    """A deploy rolled back onto a store a newer version migrated: `hf migrate` (and its
+    `--sql`), the store's own check and the other commands say so in one line, instead of
+    Alembic's traceback or advice to run `hf migrate`."""
+    from sqlalchemy import create_engine, text
+
+    import hfcelery
+    from hfcelery.store import Store
+
+    with new_postgres_database("hfcelery_cli") as url:
+        for store_url in (url, f"sqlite:///{tmp_path / 'newer.db'}"):
+            assert "schema" in migrate(store_url)
+            engine = create_engine(store_url)
+            with engine.begin() as conn:
+                conn.execute(text(f"UPDATE {schema.VERSION_TABLE} SET version_num = '9999'"))
+            engine.dispose()
+            for args in (("migrate",), ("migrate", "--sql"), ("stats",)):
+                if store_url.startswith("sqlite") and args == ("migrate", "--sql"):
+                    continue  # a SQLite store has no SQL to print
+                ran = run_hf(store_url, *args)
+                assert ran.returncode != 0, (args, ran.stdout)
+                assert "at 9999, which this version of hfcelery does not know" in ran.stderr, (
+                    args,
+                    ran.stderr,
+                )
+                assert "Traceback" not in ran.stderr, ran.stderr
+            store = Store(store_url)
+            try:
+                with pytest.raises(hfcelery.SchemaTooNewError, match="a newer hfcelery"):
+                    store.state_counts()
+            finally:
+                store.dispose()

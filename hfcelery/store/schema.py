@@ -9,10 +9,16 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicError
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from hfcelery.errors import SchemaOutOfDateError, StoreError, StoreUnavailableError
+from hfcelery.errors import (
+    SchemaOutOfDateError,
+    SchemaTooNewError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,20 @@ def current_revision(engine: Engine) -> str | None:
         raise _unavailable(exc) from exc
 
 
+def _known(current: str | None) -> str | None:
+    """``current``, a revision this hfcelery knows (or None); raises SchemaTooNewError for one
+    only a newer hfcelery has."""
+    if current is None:
+        return None
+    try:
+        found = ScriptDirectory.from_config(_alembic_config()).get_revision(current)
+    except AlembicError:
+        found = None
+    if found is None:
+        raise SchemaTooNewError(current, head_revision())
+    return current
+
+
 def _unavailable(exc: DBAPIError) -> StoreUnavailableError:
     """The store could not be reached or read: one line (the driver's first)."""
     lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
@@ -53,6 +73,7 @@ def _unavailable(exc: DBAPIError) -> StoreUnavailableError:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the store's schema (creating it if needed)."""
+    _known(current_revision(engine))
     config = _alembic_config()
     try:
         with engine.begin() as conn:
@@ -71,7 +92,7 @@ def upgrade_sql(engine: Engine) -> str:
     itself."""
     if engine.dialect.name == "sqlite":
         raise StoreError("a SQLite store migrates itself on first use; there is no SQL to print")
-    current = current_revision(engine)
+    current = _known(current_revision(engine))
     head = head_revision()
     if current == head:
         return ""
@@ -101,6 +122,7 @@ def ensure(engine: Engine, *, auto_upgrade: bool) -> None:
     current = current_revision(engine)
     if current == head:
         return
+    _known(current)
     if not auto_upgrade:
         raise SchemaOutOfDateError(current, head)
     try:
