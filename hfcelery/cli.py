@@ -56,10 +56,22 @@ def _dashboard_options(
     read_only: bool, basic_auth: tuple[str, ...], authorization: str | None
 ) -> dict[str, Any]:
     options: dict[str, Any] = {"read_only": read_only, "basic_auth": tuple(basic_auth)}
+    if any(":" not in pair for pair in basic_auth):
+        raise click.BadParameter("use USER:PASSWORD", param_hint="--basic-auth")
     if authorization:
         from kombu.utils.imports import symbol_by_name
 
-        options["authorization"] = symbol_by_name(authorization)  # type: ignore[no-untyped-call]
+        try:
+            found = symbol_by_name(authorization)  # type: ignore[no-untyped-call]
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise click.BadParameter(
+                f"cannot import {authorization!r}: {exc}", param_hint="--authorization"
+            ) from None
+        if not callable(found):
+            raise click.BadParameter(
+                f"{authorization!r} is not a callable", param_hint="--authorization"
+            )
+        options["authorization"] = found
     return options
 
 
@@ -76,7 +88,7 @@ _AUTHORIZATION = click.option(
 
 @hf.command()
 @click.option("--address", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5556, show_default=True, type=int)
+@click.option("--port", default=5556, show_default=True, type=click.IntRange(0, 65535))
 @_READ_ONLY
 @_BASIC_AUTH
 @_AUTHORIZATION
@@ -96,7 +108,12 @@ def dashboard(
     from hfcelery.dashboard.tornado import make_app
 
     options = DashboardOptions(**_dashboard_options(read_only, basic_auth, authorization))
-    server = make_app(Dashboard(ctx.obj.app, options)).listen(port, address=address)
+    try:
+        server = make_app(Dashboard(ctx.obj.app, options)).listen(port, address=address)
+    except OSError as exc:  # the port taken, an address not on this machine
+        raise click.ClickException(
+            f"cannot serve the pages on {address}:{port}: {exc.strerror or exc}"
+        ) from None
     bound = next(iter(server._sockets.values())).getsockname()[1]
     click.echo(f"hfcelery pages at http://{address}:{bound}/", err=False)
     with contextlib.suppress(KeyboardInterrupt):

@@ -65,14 +65,25 @@ def _since(value: str | None) -> datetime | None:
         return None
     match = _DURATION.match(value.strip())
     if match:
-        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        except OverflowError:
+            raise click.BadParameter(
+                f"{value} goes back past year 1", param_hint="--since"
+            ) from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(
             "use a duration (30m, 2h, 7d) or an ISO time", param_hint="--since"
         ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        when.astimezone(UTC)  # the store compares in UTC: 9999-12-31T23:59-14:00 has no UTC time
+    except OverflowError:
+        raise click.BadParameter(f"{value} is out of range in UTC", param_hint="--since") from None
+    return when
 
 
 def _age(when: datetime | None) -> str:

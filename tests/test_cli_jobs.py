@@ -113,6 +113,13 @@ def test_requeue_by_id_reports_each_and_fails_when_one_did_not_apply(
         ("jobs", "show", "no-such-job"),
         ("jobs", "list", "--state", "sleeping"),
         ("jobs", "list", "--since", "yesterday-ish"),
+        ("jobs", "list", "--since", "99999999d"),
+        ("jobs", "list", "--since", "9999-12-31T23:59:59-14:00"),
+        ("dashboard", "--port", "99999"),
+        ("dashboard", "--basic-auth", "nocolon"),
+        ("dashboard", "--authorization", "no_such_module_here:allow"),
+        ("dashboard", "--authorization", "os.path:sep"),
+        ("dashboard", "--address", "192.0.2.1", "--port", "0"),  # not an address of this machine
         ("jobs", "delete"),
         ("recurring", "trigger", "no-such-recurring"),
     ],
@@ -155,3 +162,19 @@ def test_servers_stats_and_cleanup(seeded: tuple[Extension, str]) -> None:
     assert json.loads(hf(url, "servers", "--json").stdout) == []
     cleaned = hf(url, "cleanup")
     assert cleaned.returncode == 0 and "removed 0 job(s)" in cleaned.stdout
+
+
+def test_pages_on_a_port_already_taken_are_a_one_line_error(
+    seeded: tuple[Extension, str],
+) -> None:
+    import socket
+
+    _, url = seeded
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = hf(url, "dashboard", "--port", str(port))
+    assert ran.returncode != 0
+    assert "Traceback" not in ran.stderr, ran.stderr
+    assert f"cannot serve the pages on 127.0.0.1:{port}" in ran.stderr, ran.stderr

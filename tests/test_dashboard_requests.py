@@ -343,3 +343,18 @@ def test_pages_and_api_answer_503_while_the_store_is_unreachable(
         assert record.levelno == logging.WARNING and record.exc_info is None
         assert "\n" not in record.getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"basic_auth": ("nocolon",)}, {"basic_auth": "user:password"}, {"authorization": "yes"}],
+)
+def test_options_that_would_let_nobody_in_are_refused(options: dict[str, Any]) -> None:
+    """A browser sends basic auth as user:password: a pair without a colon (or one string read
+    as its characters) would answer 401 to everyone."""
+    from hfcelery.dashboard import DashboardOptions
+    from hfcelery.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        DashboardOptions(**options)
+    assert DashboardOptions(basic_auth=("admin:", ":secret", "a:b:c")).basic_auth

@@ -27,7 +27,7 @@ from celery import Celery
 from tornado.httputil import parse_cookie
 
 from hfcelery.client import BackgroundJobClient
-from hfcelery.errors import InvalidArgumentError
+from hfcelery.errors import ConfigurationError, InvalidArgumentError
 from hfcelery.monitoring import Monitoring, monitoring
 from hfcelery.records import JobFilter
 from hfcelery.recurring import RecurringJobManager
@@ -164,6 +164,18 @@ class DashboardOptions:
     #: Where "back to Flower" points, when the pages run inside Flower.
     flower_url: str | None = None
     title: str = "hfcelery"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.basic_auth, str):
+            raise ConfigurationError("basic_auth is a list of 'user:password' pairs, not one")
+        for pair in self.basic_auth:
+            if not isinstance(pair, str) or ":" not in pair:
+                # A browser always sends user:password: a pair without a colon lets nobody in.
+                raise ConfigurationError(
+                    "each basic_auth entry is 'user:password'; one has no colon"
+                )
+        if self.authorization is not None and not callable(self.authorization):
+            raise ConfigurationError("authorization must be a callable (request) -> bool")
 
 
 class Dashboard:
