@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -25,7 +26,7 @@ from hfcelery.errors import (
     JobCreationCanceledError,
     JobCreationError,
 )
-from hfcelery.extension import default_app, extension_of
+from hfcelery.extension import Extension, default_app, extension_of
 from hfcelery.filters import (
     ApplyStateContext,
     CandidateState,
@@ -48,6 +49,28 @@ LATEST_DUE_AT = datetime(9998, 12, 31, tzinfo=UTC)
 #: How often a change by request goes through the job's filters again when the job moved to
 #: another state while they ran.
 REQUEST_ATTEMPTS = 5
+
+
+logger = logging.getLogger(__name__)
+
+#: Modules this process has warned about (once each).
+_WARNED_MODULES: set[str] = set()
+
+
+def _warn_if_not_allowed(extension: Extension, function: str) -> None:
+    """Say once per module when this app's own settings do not allow a job's function: workers
+    with the same settings fail such a job with ForbiddenFunctionError."""
+    module = function.partition(":")[0]
+    if module in _WARNED_MODULES or extension.module_allowed(module):
+        return
+    _WARNED_MODULES.add(module)
+    logger.warning(
+        "hfcelery: %s is in module %r, which is neither a task module of this Celery app nor "
+        "listed in its hfcelery_allowed_modules; workers with these settings will fail the job "
+        "with ForbiddenFunctionError",
+        function,
+        module,
+    )
 
 
 class BackgroundJobClient:
@@ -508,8 +531,11 @@ class BackgroundJobClient:
         if queue is not None:
             check_job_queue(queue)
         # The function must be one a worker may call (defined where its name says, see
-        # calls.resolve_function); whether its module is allowed is the worker's setting.
+        # calls.resolve_function); whether its module is allowed is the workers' setting: a
+        # client's app may be configured apart from theirs (a web process's own Celery app).
         invocation = to_invocation(the_call, extra_arguments=extra_arguments)
+        if invocation.is_plain_function:
+            _warn_if_not_allowed(self._extension, invocation.function)
         # A name given to hfcelery (queue=, @queue) follows Hangfire's rule; one that comes
         # from the project's Celery routing (a signature's queue, the default) is the project's.
         decorated = invocation.queue()

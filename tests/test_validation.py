@@ -6,6 +6,7 @@ Run against both stores: what the store would refuse is refused before it is rea
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -187,6 +188,25 @@ def test_a_display_name_filled_from_any_storable_argument_is_stored(
     assert details is not None
     assert details.display_name == f"Critical report {shown}"[:255]
     assert details.args == [argument]
+
+
+def test_a_function_this_app_does_not_allow_is_enqueued_with_one_warning(
+    extension: Extension, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' settings decide (a client's app may be configured apart from theirs), but
+    one whose own settings would refuse the function says so, once per module."""
+    from hfcelery import client as client_module
+
+    monkeypatch.setattr(client_module, "_WARNED_MODULES", set())
+    client = BackgroundJobClient(extension.app)
+    with caplog.at_level(logging.WARNING, logger="hfcelery.client"):
+        first = client.enqueue(call(print, "a"))
+        client.enqueue(call(print, "b"))
+        client.enqueue(call(jobs.multiply, 1, 2))  # allowed: nothing said
+    assert extension.store.job(first) is not None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hfcelery.client"]
+    assert len(warnings) == 1, warnings
+    assert "builtins:print" in warnings[0] and "ForbiddenFunctionError" in warnings[0]
 
 
 def test_specific_error_types(extension: Extension) -> None:
