@@ -23,7 +23,7 @@ from celery import Celery
 
 import hfcelery
 from hfcelery import call
-from hfcelery.dashboard import Dashboard, Request, wsgi_app
+from hfcelery.dashboard import Dashboard, Request, asgi_app, wsgi_app
 from hfcelery.dashboard.core import XSRF_COOKIE
 from hfcelery.dashboard.tornado import make_app, mount_in_flower
 from hfcelery.extension import extension_of
@@ -184,6 +184,50 @@ def test_wsgi_paths_are_decoded_as_utf_8(pg_app: Celery) -> None:
     body = b"".join(wsgi_app(pg_app)(environ, lambda status, _: statuses.append(status)))
     assert statuses == ["200 OK"], body
     assert json.loads(body)["id"] == job_id
+
+
+def _delete_form(job_ids: list[str], size: int) -> bytes:
+    """A form deleting ``job_ids`` padded past ``size`` bytes with ids of no job, the real
+    ones first: a body cut short would still name them."""
+    form = "action=delete&" + "&".join(f"id={job_id}" for job_id in job_ids)
+    padding = "&id=" + "n" * 60
+    return (form + padding * (size // len(padding) + 1)).encode()
+
+
+def test_a_body_over_the_limit_is_refused_whole_by_the_asgi_and_wsgi_apps(pg_app: Celery) -> None:
+    """Not cut to the limit and acted on in part: 413, and nothing deleted."""
+    from hfcelery.dashboard.web import MAX_BODY_BYTES
+
+    first, second = send(pg_app, f"big-{token()}"), send(pg_app, f"big-{token()}")
+    headers = {
+        "cookie": f"{XSRF_COOKIE}=tok",
+        "x-hf-xsrf": "tok",
+        "content-type": "application/x-www-form-urlencoded",
+    }
+
+    async def over_asgi() -> httpx.Response:
+        local = httpx.ASGITransport(app=asgi_app(pg_app), client=(LOCAL, 1234))
+        async with httpx.AsyncClient(transport=local, base_url="http://t") as client:
+            body = _delete_form([first], MAX_BODY_BYTES)
+            return await client.post("/actions/jobs", content=body, headers=headers)
+
+    assert asyncio.run(over_asgi()).status_code == 413
+    statuses: list[str] = []
+    body = _delete_form([second], MAX_BODY_BYTES)
+    environ = {
+        "REQUEST_METHOD": "POST", "QUERY_STRING": "", "REMOTE_ADDR": LOCAL, "SCRIPT_NAME": "",
+        "PATH_INFO": "/actions/jobs", "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": headers["content-type"], "HTTP_COOKIE": headers["cookie"],
+        "HTTP_X_HF_XSRF": "tok", "wsgi.input": io.BytesIO(body),
+    }  # fmt: skip
+    b"".join(wsgi_app(pg_app)(environ, lambda status, _: statuses.append(status)))
+    assert statuses == ["413 Request Entity Too Large"]
+    api = monitoring(pg_app)
+    assert [api.job(j).state for j in (first, second)] == [State.ENQUEUED, State.ENQUEUED]
+    # Under the limit, the same form acts.
+    small = _delete_form([first], 1000)
+    response = post(Dashboard(pg_app), "/actions/jobs", small, headers["content-type"])
+    assert response.status == 303 and api.job(first).state is State.DELETED
 
 
 # -- bad filter values -------------------------------------------------------------------------

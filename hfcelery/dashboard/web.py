@@ -14,7 +14,14 @@ from typing import Any
 
 from celery import Celery
 
-from hfcelery.dashboard.core import Authorization, Dashboard, DashboardOptions, Request
+from hfcelery.dashboard.core import (
+    Authorization,
+    Dashboard,
+    DashboardOptions,
+    Request,
+    Response,
+    text_response,
+)
 
 ASGIApp = Callable[
     [
@@ -65,6 +72,9 @@ def asgi_app(
             body += message.get("body", b"")
             if len(body) > MAX_BODY_BYTES or not message.get("more_body"):
                 break
+        if len(body) > MAX_BODY_BYTES:  # refused whole: never acted on in part
+            await _send(send, _too_large())
+            return
         root = scope.get("root_path", "")
         path = scope["path"]
         if root and path.startswith(root):  # some servers keep the mount in ``path``
@@ -79,16 +89,24 @@ def asgi_app(
             root=root,
         )
         response = await asyncio.to_thread(dashboard.handle, request)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [(k.lower().encode(), v.encode()) for k, v in response.headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await _send(send, response)
 
     return application
+
+
+def _too_large() -> Response:
+    return text_response(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+
+
+async def _send(send: Callable[[dict[str, Any]], Awaitable[None]], response: Response) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in response.headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -106,10 +124,12 @@ def wsgi_app(
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
-            length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_BODY_BYTES)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        body = environ["wsgi.input"].read(length) if length else b""
+        if length > MAX_BODY_BYTES:  # refused whole: never acted on in part
+            return _wsgi_answer(start_response, _too_large())
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
         headers = {
             key[5:].replace("_", "-").lower(): value
             for key, value in environ.items()
@@ -126,11 +146,14 @@ def wsgi_app(
             client=environ.get("REMOTE_ADDR"),
             root=_wsgi_text(environ.get("SCRIPT_NAME", "")),
         )
-        response = dashboard.handle(request)
-        start_response(f"{response.status} {HTTPStatus(response.status).phrase}", response.headers)
-        return [response.body]
+        return _wsgi_answer(start_response, dashboard.handle(request))
 
     return application
+
+
+def _wsgi_answer(start_response: Callable[..., Any], response: Response) -> Iterable[bytes]:
+    start_response(f"{response.status} {HTTPStatus(response.status).phrase}", response.headers)
+    return [response.body]
 
 
 def _wsgi_text(value: str) -> str:
