@@ -765,7 +765,8 @@ def test_recurring_occurrences_go_through_client_elect_and_apply_state_filters(
     watch = global_filter(Watch())
     job_id = manager.trigger("nightly")
     assert extension_of(client_app).store.job_parameters(job_id) == {"tenant": "acme"}
-    assert watch.applied == [(job_id, None, State.ENQUEUED, "Triggered by request")]
+    triggered = "Triggered using recurring job manager"  # Hangfire's reason
+    assert watch.applied == [(job_id, None, State.ENQUEUED, triggered)]
 
     # Beat's occurrence: a veto writes nothing and the fire task returns None.
     global_filter(Veto())

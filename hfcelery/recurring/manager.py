@@ -88,7 +88,7 @@ class RecurringJobManager:
             recurring_id,
             job_id=str(uuid4()),
             scheduled_for=None,
-            reason="Triggered by request",
+            reason="Triggered using recurring job manager",  # Hangfire's reason
             publish=lambda dispatch: publish(self.app, dispatch),
             when_paused=True,
         )
