@@ -402,3 +402,25 @@ def test_options_that_would_let_nobody_in_are_refused(options: dict[str, Any]) -
     with pytest.raises(ConfigurationError):
         DashboardOptions(**options)
     assert DashboardOptions(basic_auth=("admin:", ":secret", "a:b:c")).basic_auth
+
+
+@pytest.mark.parametrize(
+    ("client", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 client as a dual-stack server (bound to ::) sees it
+        ("::ffff:10.1.2.3", False),
+        ("10.1.2.3", False),
+        ("fe80::1%eth0", False),
+        ("not an address", False),
+        (None, False),
+    ],
+)
+def test_loopback_clients_are_recognised_as_every_server_reports_them(
+    client: str | None, local: bool
+) -> None:
+    from hfcelery.dashboard.core import is_loopback
+
+    assert is_loopback(client) is local

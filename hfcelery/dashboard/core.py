@@ -287,13 +287,17 @@ class Dashboard:
 
 
 def is_loopback(client: str | None) -> bool:
-    """Whether a client address is this machine's (127.0.0.0/8, ::1)."""
+    """Whether a client address is this machine's (127.0.0.0/8, ::1, and 127.0.0.0/8 as a
+    dual-stack server sees it: ``::ffff:127.0.0.1``)."""
     if not client:
         return False
     try:
-        return ipaddress.ip_address(client.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(client.split("%")[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _basic_auth_ok(request: Request, credentials: Sequence[str]) -> bool:
