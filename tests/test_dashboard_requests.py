@@ -424,3 +424,27 @@ def test_loopback_clients_are_recognised_as_every_server_reports_them(
     from hfcelery.dashboard.core import is_loopback
 
     assert is_loopback(client) is local
+
+
+def test_only_an_action_s_own_outcome_is_shown_on_the_page_it_returns_to(pg_app: Celery) -> None:
+    """A link from elsewhere with ``?outcome=`` would show a text of its choosing on the pages:
+    the message shows only with the seal the action made with this browser's XSRF token."""
+    dashboard = Dashboard(pg_app)
+    job_id = send(pg_app, f"seal-{token()}")
+    form = f"action=delete&id={job_id}&back={quote('/jobs/deleted')}".encode()
+    response = post(dashboard, "/actions/jobs", form, "application/x-www-form-urlencoded")
+    location = response.header("location") or ""
+    path, _, query = location.partition("?")
+    assert "seal=" in query, location
+
+    def shown(query: str, xsrf: str = "tok") -> str:
+        request = Request("GET", path, query, {"cookie": f"{XSRF_COOKIE}={xsrf}"}, b"", LOCAL)
+        page = dashboard.handle(request).body.decode()
+        marker = '<div class="flash" role="status">'
+        return page.split(marker, 1)[1].split("</div>")[0] if marker in page else ""
+
+    assert shown(query) == "Deleted 1 of 1 job(s)"
+    assert shown(query, xsrf="another-browser") == ""
+    crafted = "outcome=" + quote("Your session expired: log in at evil.example")
+    assert "evil" not in shown(crafted)
+    assert "evil" not in shown(crafted + "&seal=" + query.split("seal=")[1])

@@ -7,6 +7,7 @@ Every value from a job, a recurring job or a server goes through ``e()``.
 
 from __future__ import annotations
 
+import hmac
 from datetime import UTC, datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,13 @@ def duration_seconds(data: dict[str, Any]) -> float | None:
 class Page:
     """Builds one page: the layout around a body, links relative to the mount point."""
 
+    def seal(self, message: str) -> str:
+        """What an action's redirect carries beside its outcome message: made with this
+        browser's XSRF token, which another site cannot read, so a link from elsewhere cannot
+        show a message of its choosing on the pages."""
+        digest = hmac.new(self.token.encode(), message.encode("utf-8", "replace"), "sha256")
+        return digest.hexdigest()[:32]
+
     def __init__(self, dashboard: Dashboard, request: Request, token: str) -> None:
         self.d = dashboard
         self.r = request
@@ -102,6 +110,8 @@ class Page:
         if self.d.options.flower_url:
             links += f'<a href="{e(self.d.options.flower_url)}">Flower</a>'
         notice = self.r.arg("outcome")
+        if notice and not hmac.compare_digest(self.r.arg("seal") or "", self.seal(notice)):
+            notice = None  # not an action's own outcome: a crafted link shows no text of its own
         flash = f'<div class="flash" role="status">{e(notice)}</div>' if notice else ""
         ro = '<span class="badge">read-only</span>' if self.d.options.read_only else ""
         text = f"""<!doctype html>

@@ -148,7 +148,7 @@ def _fields(where: JobFilter) -> dict[str, Any]:
 
 
 def _query(r: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in r.query.items() if k != "outcome"}
+    return {k: v[-1] for k, v in r.query.items() if k not in ("outcome", "seal")}
 
 
 def _filter_form(page: Page, base: str, where: JobFilter) -> str:

@@ -88,10 +88,11 @@ def _back(page: Page, default: str) -> str:
     return quote(back, safe="/?&=%#:;,+@!$'()*[]~")
 
 
-def _with_outcome(url: str, message: str) -> str:
+def _with_outcome(page: Page, url: str, message: str) -> str:
     base, _, query = url.partition("?")
-    kept = [p for p in query.split("&") if p and not p.startswith("outcome=")]
+    kept = [p for p in query.split("&") if p and not p.startswith(("outcome=", "seal="))]
     kept.append("outcome=" + quote(message))
+    kept.append("seal=" + page.seal(message))
     return base + "?" + "&".join(kept)
 
 
@@ -119,7 +120,7 @@ def _post(page: Page, parts: list[str]) -> Response:
             return page.layout("Not found", "", "<h1>Not found</h1>", 404)
     except HfceleryError as exc:
         message = f"Failed: {exc}"
-    return redirect(_with_outcome(_back(page, "/"), message))
+    return redirect(_with_outcome(page, _back(page, "/"), message))
 
 
 # -- overview ----------------------------------------------------------------------------------
