@@ -93,7 +93,9 @@ TRANSITIONS: Mapping[str, Transition] = {
         _t("enqueue_due", (S.SCHEDULED,), (S.ENQUEUED,), "scheduler"),
         _t("release_continuation", (S.AWAITING,), (S.ENQUEUED, S.SCHEDULED, S.DELETED), "store"),
         _t("delete", _ALL - {S.DELETED}, (S.DELETED,), "request"),
-        _t("requeue", _ALL - {S.ENQUEUED}, (S.ENQUEUED,), "request"),
+        # From Enqueued too, as Hangfire's: it sends the message again (one the broker lost);
+        # were the first still queued, the claim of the second skips it.
+        _t("requeue", _ALL, (S.ENQUEUED,), "request"),
         _t("enqueue_now", (S.SCHEDULED,), (S.ENQUEUED,), "request"),
         _t("reschedule", _ALL, (S.SCHEDULED,), "request"),
         _t("revoke", (S.ENQUEUED, S.PROCESSING), (S.DELETED,), "Celery revoke"),

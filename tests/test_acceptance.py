@@ -98,6 +98,25 @@ def test_deleted_job_does_not_run(
     assert runs(side_effects, tok) == []
 
 
+def test_an_enqueued_job_whose_message_the_broker_lost_is_requeued_by_hand(
+    worker: WorkerProcess, api: Monitoring, test_app: Celery, side_effects: redis.Redis
+) -> None:
+    """A plain Celery task's lost message is not sent again by itself: it stays Enqueued, and
+    a requeue from Enqueued (as Hangfire allows) sends it again; it runs once."""
+    held = f"held-{token()}"
+    tok = token()
+    job_id = test_app.send_task("tests.record", args=[tok, "ran"], queue=held).id
+    assert api.job(job_id).state is State.ENQUEUED
+    with test_app.connection_for_write() as conn:
+        assert conn.default_channel.queue_purge(held) == 1  # the broker lost it
+    assert BackgroundJob.requeue(job_id, expected_state=State.ENQUEUED)
+    test_app.control.add_consumer(held, destination=[worker.hostname], reply=True)
+    job = wait_state(api, job_id)
+    assert history(job) == [State.ENQUEUED, State.ENQUEUED, State.PROCESSING, State.SUCCEEDED]
+    assert job.history[1].reason == "Requeued by request"
+    assert runs(side_effects, tok) == ["ran"]
+
+
 def test_revoked_job_is_deleted_without_running(
     worker: WorkerProcess, api: Monitoring, test_app: Celery, side_effects: redis.Redis
 ) -> None:

@@ -709,7 +709,7 @@ class JobStore(ContinuationStore):
         expected_state: State | None = None,
         publish: Callable[[Dispatch], None] | None = None,
     ) -> bool:
-        """Enqueue a job again (any state but Enqueued) and send it; True if applied."""
+        """Enqueue a job again (from any state, Enqueued too) and send it; True if applied."""
         return self.change_state(
             job_id, State.ENQUEUED, reason=reason, expected_state=expected_state,
             publish=publish, transition="requeue",
