@@ -448,3 +448,12 @@ def test_only_an_action_s_own_outcome_is_shown_on_the_page_it_returns_to(pg_app:
     crafted = "outcome=" + quote("Your session expired: log in at evil.example")
     assert "evil" not in shown(crafted)
     assert "evil" not in shown(crafted + "&seal=" + query.split("seal=")[1])
+
+
+def test_text_beyond_ascii_in_a_job_s_data_is_shown_as_it_is(pg_app: Celery) -> None:
+    """State data and parameters that are not text are shown as JSON, with their letters as
+    they are (not ``\\u65e5``)."""
+    job_id = hfcelery.BackgroundJobClient(pg_app).enqueue(call(jobs.echo, "x"))
+    extension_of(pg_app).store.set_job_parameter(job_id, "région", {"city": "Zürich 日本"})
+    page = get(Dashboard(pg_app), f"/job/{job_id}").body.decode()
+    assert "Zürich 日本" in page and "\\u00fc" not in page

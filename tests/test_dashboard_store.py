@@ -23,6 +23,29 @@ def fail(store: Store, job_id: str, message: str) -> None:
     assert store.change_state(job_id, State.FAILED, reason="boom", data=data)
 
 
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [("Grüße", "Grüße"), ("日本", "日本"), ("😀", "😀"), ('say "hi"', 'SAY "Hi"'),
+     ("back\\slash", "BACK\\slash")],
+)  # fmt: skip
+def test_text_search_finds_what_the_arguments_hold_as_typed(
+    store: Store, text: str, stored: str
+) -> None:
+    """Arguments are stored as the messages' JSON writes them (beyond ASCII escaped, quotes
+    and backslashes too); a search finds the text as a user types it (ASCII letters in any
+    case)."""
+    from hfcelery.jsonutil import to_json
+
+    holder = new_job(args_json=to_json([f"a {text} b"]), kwargs_json=to_json({"k": "plain"}))
+    in_kwargs = new_job(args_json="[]", kwargs_json=to_json({"note": stored}))
+    other = new_job(args_json=to_json(["nothing to see"]))
+    for job in (holder, in_kwargs, other):
+        store.create_job(job)
+    found = {r.job.id for r in Monitoring(store).search(JobFilter(text=text), limit=10).items}
+    assert found == {holder.id, in_kwargs.id}
+    assert Monitoring(store).count(JobFilter(text=text)) == 2
+
+
 def test_search_filters_and_pages_with_the_current_state_data(store: Store) -> None:
     jobs = [new_job(queue="a" if i % 2 else "b", args_json=f'["item-{i}"]') for i in range(7)]
     for job in jobs:

@@ -52,7 +52,7 @@ def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
         ]
     if state == State.SUCCEEDED:
         result = data.get("result")
-        shown = "" if result is None else json.dumps(result, default=str)[:200]
+        shown = "" if result is None else json.dumps(result, default=str, ensure_ascii=False)[:200]
         return [
             e(duration(duration_seconds(data))),
             f"<code>{e(shown)}</code>",

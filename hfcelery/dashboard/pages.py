@@ -196,7 +196,7 @@ def job(page: Page, job_id: str) -> Response:
         data = dict(h.data)
         tb = next((data.pop(k) for k in ("exception_details", "traceback") if k in data), None)
         rows = "".join(
-            f"<dt>{e(k)}</dt><dd><code>{e(json.dumps(v, default=str) if not isinstance(v, str) else v)}</code></dd>"
+            f"<dt>{e(k)}</dt><dd><code>{e(json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v)}</code></dd>"
             for k, v in data.items()
         )
         trace = f'<h3>Traceback</h3><pre class="trace">{e(tb)}</pre>' if tb else ""
@@ -218,7 +218,7 @@ def job(page: Page, job_id: str) -> Response:
     params = ""
     if d.parameters:
         rows = "".join(
-            f"<dt>{e(k)}</dt><dd><code>{e(json.dumps(v, default=str))}</code></dd>"
+            f"<dt>{e(k)}</dt><dd><code>{e(json.dumps(v, default=str, ensure_ascii=False))}</code></dd>"
             for k, v in d.parameters.items()
         )
         params = f'<h2>Parameters</h2><dl class="parameters">{rows}</dl>'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, func, or_, select, tuple_
@@ -43,10 +44,17 @@ def filter_conditions(where: JobFilter) -> list[ColumnElement[bool]]:
     if where.until is not None:
         conditions.append(Job.state_changed_at < where.until)
     if where.text:
-        pattern = "%" + _like_escape(where.text) + "%"
-        conditions.append(
-            or_(Job.args.ilike(pattern, escape="\\"), Job.kwargs.ilike(pattern, escape="\\"))
-        )
+        # Arguments are stored as the messages' JSON writes them: anything beyond ASCII (and a
+        # quote or backslash) escaped. The text is looked for as typed and as JSON writes it.
+        forms = dict.fromkeys([where.text, json.dumps(where.text)[1:-1]])
+        matches = []
+        for form in forms:
+            pattern = "%" + _like_escape(form) + "%"
+            matches += [
+                Job.args.ilike(pattern, escape="\\"),
+                Job.kwargs.ilike(pattern, escape="\\"),
+            ]
+        conditions.append(or_(*matches))
     return conditions
 
 
