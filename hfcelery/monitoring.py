@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import datetime, timedelta
 
 from celery import Celery
@@ -108,12 +109,20 @@ class Monitoring:
             return dict.fromkeys(queues)
         lengths: dict[str, int | None] = {}
         with self._app.connection_for_read() as conn:
+            # Redis keeps no empty list: a queue it does not find holds no message.
+            missing_is_empty = conn.transport.driver_type == "redis"
             for name in queues:
+                channel = conn.channel()  # one each: AMQP closes a channel a check failed on
                 try:
-                    declared = conn.default_channel.queue_declare(queue=name, passive=True)
+                    declared = channel.queue_declare(queue=name, passive=True)
                     lengths[name] = int(declared.message_count)
-                except Exception:  # a missing queue or a broker that does not count
+                except conn.channel_errors:  # no such queue
+                    lengths[name] = 0 if missing_is_empty else None
+                except Exception:  # a broker that does not count
                     lengths[name] = None
+                finally:
+                    with suppress(Exception):
+                        channel.close()
         return lengths
 
     def statistics(self) -> dict[str, int]:

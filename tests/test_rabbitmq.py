@@ -125,3 +125,33 @@ def test_a_batch_the_store_refuses_sends_nothing_through_rabbitmq(rabbit_app: Ce
             assert "NOT_FOUND" in str(exc) or "404" in str(exc), exc
         else:
             channel.queue_delete(queue=queue)
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+def test_the_queues_page_counts_each_broker_queue(
+    broker: str, rabbit_app: Celery, redis_url: str, test_env: dict[str, str]
+) -> None:
+    """Messages waiting in each queue: 0 for an empty Redis queue (Redis keeps no empty list),
+    and on RabbitMQ a queue that does not exist leaves the others counted (a failed check
+    closes its AMQP channel)."""
+    from kombu import Exchange, Queue
+
+    app = rabbit_app
+    if broker == "redis":
+        app = Celery("hftests-queues", broker=redis_url, set_as_current=False)
+        hfcelery.init_app(app, store_url=test_env["HF_TEST_STORE_URL"])
+    tag = uuid.uuid4().hex[:8]
+    full, empty, missing = f"qlen-full-{tag}", f"qlen-empty-{tag}", f"qlen-missing-{tag}"
+    with app.connection_for_write() as conn:
+        for name, messages in ((full, 2), (empty, 0)):
+            queue = Queue(name, Exchange(name), name, auto_delete=True)(conn.default_channel)
+            queue.declare()
+            with conn.Producer() as producer:
+                for _ in range(messages):
+                    producer.publish({"n": 1}, exchange=name, routing_key=name, declare=[queue])
+        try:
+            lengths = hfcelery.monitoring(app).broker_queue_lengths([missing, full, empty])
+            assert lengths == {missing: 0 if broker == "redis" else None, full: 2, empty: 0}
+        finally:
+            for name in (full, empty):
+                conn.default_channel.queue_delete(name)
