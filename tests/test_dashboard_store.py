@@ -11,7 +11,7 @@ from hfcelery.errors import InvalidArgumentError
 from hfcelery.monitoring import Monitoring
 from hfcelery.records import JobFilter
 from hfcelery.states import State
-from hfcelery.store import Store
+from hfcelery.store import Store, utcnow
 from hfcelery.store.stats import MAX_LOG_LINE_CHARS, MAX_LOG_LINES
 from tests.test_store import new_job
 
@@ -106,6 +106,40 @@ def test_statistics_are_rolled_up_once_from_history(store: Store) -> None:
     assert store.job(jobs[1].id) is None
     assert api.statistics() == {"succeeded": 0, "failed": 2, "deleted": 1}
     assert api.daily_statistics(7)[-1][1]["failed"] == 2
+
+
+def test_a_failure_that_a_retry_moved_on_from_is_not_counted_as_failed(store: Store) -> None:
+    """As Hangfire's statistics: automatic retry elects Scheduled instead of Failed, so an
+    attempt it retries counts as no failure (its Failed entry stays in the history); the
+    attempt that fails for good counts once. Rolled up or not."""
+    from tests.test_store import claim, server
+
+    api = Monitoring(store)
+    store.register_server(server("s1"))
+    job = new_job()
+    store.create_job(job)
+    for attempt in range(2):
+        taken = claim(store, job.id)
+        assert taken is not None
+        assert store.retry(
+            job.id, server_id="s1", worker_id=None, due_at=utcnow() - timedelta(seconds=1),
+            failed_reason="boom", failed_data={"exception_type": "ValueError"},
+            reason=f"Retry attempt {attempt + 1} of 2: boom", claim=taken.number,
+            publish=lambda _: None,  # due at once: Enqueued again
+        )  # fmt: skip
+    taken = claim(store, job.id)
+    assert taken is not None
+    assert store.finish(
+        job.id, server_id="s1", state=State.FAILED, reason="boom", data={}, claim=taken.number
+    )
+    details = store.job(job.id)
+    assert details is not None
+    assert [h.state for h in details.history].count(State.FAILED) == 3  # every attempt shown
+    assert api.statistics()["failed"] == 1  # not rolled up yet
+    while store.roll_up_statistics(grace=NOW):
+        pass
+    assert api.statistics()["failed"] == 1
+    assert api.hourly_statistics(1)[-1][1].get("failed") == 1
 
 
 def test_progress_and_log_are_bounded_and_removed_with_the_job(store: Store) -> None:

@@ -12,8 +12,10 @@ import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from hfcelery.jsonutil import from_json, to_json
 from hfcelery.records import JobProgress
@@ -39,6 +41,17 @@ MAX_LOG_LINE_CHARS = 2_000
 
 def hour_of(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _moved_on() -> ColumnElement[bool]:
+    """A history entry that a later entry of the same change followed (the same job, the same
+    time): a state an elect-state filter moved on from (see ``_passed_through``)."""
+    later = aliased(JobState)
+    return exists().where(
+        later.job_id == JobState.job_id,
+        later.created_at == JobState.created_at,
+        later.id > JobState.id,
+    )
 
 
 class StatisticsStore(StoreBase):
@@ -69,8 +82,9 @@ class StatisticsStore(StoreBase):
             if not rows:
                 return 0
             counts: Counter[tuple[str, datetime]] = Counter()
+            passed = self._passed_through(conn, [r.id for r in rows if r.state == State.FAILED])
             for row in rows:
-                if row.state in COUNTED_STATES:
+                if row.state in COUNTED_STATES and row.id not in passed:
                     name = State(row.state).value.lower()
                     counts[(name, hour_of(row.created_at))] += 1
                     counts[(name, STATISTIC_TOTAL_HOUR)] += 1
@@ -79,6 +93,16 @@ class StatisticsStore(StoreBase):
             return len(rows)
 
         return self._run(work, durable=True)
+
+    def _passed_through(self, conn: Connection, entry_ids: list[int]) -> set[int]:
+        """Of these history entries, those a later entry of the same change followed (the
+        same job, the same time): a Failed state an elect-state filter moved on from, as
+        automatic retry does to Scheduled. As Hangfire's statistics, they count as the state
+        the job ended in, not as failures."""
+        if not entry_ids:
+            return set()
+        stmt = select(JobState.id).where(JobState.id.in_(entry_ids), _moved_on())
+        return set(conn.execute(stmt).scalars())
 
     def _mark(self, conn: Connection) -> int:
         value = conn.execute(
@@ -113,7 +137,11 @@ class StatisticsStore(StoreBase):
                     totals[name] += int(value)
             for state, n in conn.execute(
                 select(JobState.state, func.count())
-                .where(JobState.id > self._mark(conn), JobState.state.in_(COUNTED_STATES))
+                .where(
+                    JobState.id > self._mark(conn),
+                    JobState.state.in_(COUNTED_STATES),
+                    or_(JobState.state != State.FAILED, ~_moved_on()),
+                )
                 .group_by(JobState.state)
             ):
                 totals[State(state).value.lower()] += n
