@@ -457,3 +457,30 @@ def test_text_beyond_ascii_in_a_job_s_data_is_shown_as_it_is(pg_app: Celery) -> 
     extension_of(pg_app).store.set_job_parameter(job_id, "région", {"city": "Zürich 日本"})
     page = get(Dashboard(pg_app), f"/job/{job_id}").body.decode()
     assert "Zürich 日本" in page and "\\u00fc" not in page
+
+
+def test_the_retries_api_filters_as_the_retries_page(pg_app: Celery) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_store import claim, server
+
+    store = extension_of(pg_app).store
+    store.register_server(server("s-retries"))
+    client = hfcelery.BackgroundJobClient(pg_app)
+    retried = {}
+    for name, the_call in (("echo", call(jobs.echo, 1)), ("multiply", call(jobs.multiply, 1, 2))):
+        job_id = client.enqueue(the_call)
+        taken = claim(store, job_id, server_id="s-retries")
+        assert taken is not None
+        assert store.retry(
+            job_id, server_id="s-retries", worker_id=None,
+            due_at=datetime.now(UTC) + timedelta(hours=1), failed_reason="boom",
+            failed_data={}, reason="Retry attempt 1 of 2: boom", claim=taken.number,
+        )  # fmt: skip
+        retried[name] = job_id
+    dashboard = Dashboard(pg_app)
+    for name, job_id in retried.items():
+        answer = get(dashboard, "/api/v1/retries", f"function=tests.jobs:{name}")
+        assert [row["job"]["id"] for row in json.loads(answer.body)["items"]] == [job_id]
+        page = get(dashboard, "/retries", f"function=tests.jobs:{name}").body.decode()
+        assert job_id in page and retried["echo" if name != "echo" else "multiply"] not in page

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -214,8 +215,10 @@ def _route(dashboard: Dashboard, request: Request, path: str) -> Response:
         return json_response(plain(page))
     if get and parts == ["jobs", "count"]:
         return json_response({"count": m.count(parse_filter(request.query))})
-    if get and parts == ["retries"]:
-        return json_response(plain(m.retries(limit=page_size(request), after=request.arg("after"))))
+    if get and parts == ["retries"]:  # the retries, filtered as the Retries page is
+        where = replace(parse_filter(request.query), retries=True, state=None)
+        page = m.search(where, limit=page_size(request), after=request.arg("after"))
+        return json_response(plain(page))
     if get and len(parts) >= 2 and parts[0] == "jobs":
         job_id = checked_text("/".join(parts[1:]), "job id")
         details = m.job(job_id)

@@ -31,7 +31,7 @@ def ago(when: datetime | None) -> str:
     seconds = abs(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         if seconds >= size or unit == "s":
-            text = f"{int(seconds // size)} {unit}"
+            text = f"{round(seconds / size)} {unit}"  # 2 d 23 h is "3 d", as Hangfire's
             break
     return f"in {text}" if future else f"{text} ago"
 
@@ -118,6 +118,7 @@ class Page:
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(title)} · {e(self.d.options.title)}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="{e(self.url("/static/uPlot.min.css"))}">
 <link rel="stylesheet" href="{e(self.url("/static/app.css"))}">
 </head><body data-root="{e(self.root)}" data-xsrf="{e(self.token)}">
