@@ -46,6 +46,27 @@ def test_text_search_finds_what_the_arguments_hold_as_typed(
     assert Monitoring(store).count(JobFilter(text=text)) == 2
 
 
+def test_scheduled_jobs_are_listed_by_due_time_the_soonest_first(store: Store) -> None:
+    """As Hangfire's Scheduled page, whatever order they were scheduled in; paged the same."""
+    now = utcnow()
+    due = [now + timedelta(days=2), now + timedelta(minutes=9), now + timedelta(hours=4)]
+    jobs = [new_job(State.SCHEDULED, due_at=when) for when in due]
+    for job in jobs:
+        store.create_job(job)
+    expected = [jobs[1].id, jobs[2].id, jobs[0].id]
+    api = Monitoring(store)
+    where = JobFilter(state=State.SCHEDULED)
+    assert [r.job.id for r in api.search(where, limit=10).items] == expected
+    paged, after = [], None
+    while True:
+        page = api.search(where, limit=1, after=after)
+        paged += [r.job.id for r in page.items]
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    assert paged == expected
+
+
 def test_search_filters_and_pages_with_the_current_state_data(store: Store) -> None:
     jobs = [new_job(queue="a" if i % 2 else "b", args_json=f'["item-{i}"]') for i in range(7)]
     for job in jobs:

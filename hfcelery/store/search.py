@@ -64,16 +64,20 @@ class SearchStore(StoreBase):
     def search_jobs(
         self, where: JobFilter, *, limit: int = 20, after: str | None = None
     ) -> JobRowPage:
-        """Jobs matching ``where``, most recently changed first, a page at a time."""
-        stmt = (
-            select(*_ROW_COLUMNS)
-            .where(*filter_conditions(where))
-            .order_by(Job.state_changed_at.desc(), Job.id.desc())
-            .limit(limit + 1)
-        )
+        """Jobs matching ``where``, a page at a time: most recently changed first; Scheduled
+        jobs (and retries) by due time, the soonest first, as Hangfire lists them."""
+        by_due_time = where.state is State.SCHEDULED or where.retries
+        stmt = select(*_ROW_COLUMNS).where(*filter_conditions(where)).limit(limit + 1)
+        if by_due_time:
+            stmt = stmt.where(Job.due_at.is_not(None)).order_by(Job.due_at, Job.id)
+        else:
+            stmt = stmt.order_by(Job.state_changed_at.desc(), Job.id.desc())
         if after is not None:
-            changed_at, last_id = _decode_cursor(after)
-            stmt = stmt.where(tuple_(Job.state_changed_at, Job.id) < tuple_(changed_at, last_id))
+            moment, last_id = _decode_cursor(after)
+            if by_due_time:
+                stmt = stmt.where(tuple_(Job.due_at, Job.id) > tuple_(moment, last_id))
+            else:
+                stmt = stmt.where(tuple_(Job.state_changed_at, Job.id) < tuple_(moment, last_id))
 
         def work(conn: Connection) -> JobRowPage:
             rows = conn.execute(stmt).all()
@@ -96,7 +100,10 @@ class SearchStore(StoreBase):
                 items.append(JobRow(_summary(r), reason, data, parents.get(r.id, [])))
             cursor = None
             if more and items:
-                cursor = _encode_cursor(items[-1].job.state_changed_at, items[-1].job.id)
+                last = items[-1].job
+                moment = last.due_at if by_due_time else last.state_changed_at
+                assert moment is not None
+                cursor = _encode_cursor(moment, last.id)
             return JobRowPage(items, cursor)
 
         return self._run(work)
