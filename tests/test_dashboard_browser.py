@@ -174,6 +174,47 @@ def test_bulk_delete_a_filtered_set(page: Any, pages_url: str, api: Monitoring) 
     assert api.job(other).state == State.ENQUEUED
 
 
+def test_a_refused_bulk_action_says_so_without_a_script_error(
+    page: Any, pages_url: str, api: Monitoring
+) -> None:
+    """The pages' XSRF cookie gone (expired, cleared in another tab): the server refuses the
+    batch, and the page says so instead of failing silently with a script error."""
+    marker = token()
+    job_id = BackgroundJob.enqueue(call(jobs.record, marker), queue="nobody-listens")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{pages_url}/jobs/enqueued?text={marker}")
+    page.context.clear_cookies()
+    page.check("input[name='scope']")
+    page.click("#bulk button[value='delete']")
+    page.wait_for_selector(".progress-text[data-failed='1']", timeout=30_000)
+    assert "XSRF" in page.inner_text(".progress-text")
+    assert errors == []
+    assert api.job(job_id).state == State.ENQUEUED
+
+
+def test_a_running_job_s_page_follows_its_progress(
+    page: Any, pages_url: str, test_app: Any
+) -> None:
+    """The bar and the percentage beside it, while the job runs (here a run the test holds in
+    the store, on a server of its own)."""
+    from hfcelery.extension import extension_of
+    from tests.test_store import claim, server
+
+    store = extension_of(test_app).store
+    holder = f"progress-{token()[:8]}"
+    store.register_server(server(holder))
+    job_id = BackgroundJob.enqueue(call(jobs.record, token()), queue="nobody-listens")
+    assert claim(store, job_id, server_id=holder) is not None
+    store.record_progress(job_id, fraction=0.25)
+    page.goto(f"{pages_url}/job/{job_id}")
+    assert page.inner_text("#progress .percent") == "25%"
+    store.record_progress(job_id, fraction=0.75)
+    page.wait_for_selector("#progress .percent:text-is('75%')", timeout=15_000)
+    assert page.eval_on_selector("#progress progress", "bar => bar.value") == 0.75
+    assert BackgroundJob.delete(job_id)
+
+
 def test_trigger_a_recurring_job(page: Any, pages_url: str, api: Monitoring) -> None:
     rid = f"browser-{token()[:8]}"
     RecurringJob.add_or_update(rid, call(jobs.record, token()), "0 0 31 2 *")

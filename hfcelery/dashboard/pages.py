@@ -209,7 +209,8 @@ def job(page: Page, job_id: str) -> Response:
     if progress is not None:
         fraction = progress.fraction
         bar = (
-            f'<progress max="1" value="{fraction}"></progress> {fraction * 100:.0f}%'
+            f'<progress max="1" value="{fraction}"></progress> '
+            f'<span class="percent">{fraction * 100:.0f}%</span>'
             if fraction is not None
             else ""
         )

@@ -4,16 +4,27 @@
   var body = document.body;
   var xsrf = body.getAttribute("data-xsrf");
 
+  // An answer's JSON; an error answer (JSON or not) throws with the server's reason.
+  function answer(r) {
+    return r.text().then(function (text) {
+      var o = null;
+      try { o = JSON.parse(text); } catch (e) { o = null; }
+      if (!r.ok) {
+        throw new Error((o && o.error) || text.trim() || ("the server answered " + r.status));
+      }
+      return o;
+    });
+  }
   function getJSON(url) {
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (r) { if (!r.ok) { throw new Error(r.status); } return r.json(); });
+      .then(answer);
   }
   function postForm(url, data) {
     return fetch(url, {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/x-www-form-urlencoded", "X-HF-XSRF": xsrf },
       body: new URLSearchParams(data).toString()
-    }).then(function (r) { return r.json(); });
+    }).then(answer);
   }
   function chart(el, series, data) {
     if (!el || typeof uPlot === "undefined") { return null; }
@@ -74,6 +85,10 @@
       ev.preventDefault();
       var action = ev.submitter ? ev.submitter.value : "requeue";
       var text = bulk.querySelector(".progress-text");
+      var failed = function (err) {
+        text.textContent = "Failed: " + err.message;
+        text.setAttribute("data-failed", "1");
+      };
       getJSON(bulk.getAttribute("data-count")).then(function (c) {
         if (!window.confirm(action + " " + c.count + " job(s) matching the filter?")) { return; }
         var data = {};
@@ -90,10 +105,10 @@
               text.setAttribute("data-finished", "1");
               window.setTimeout(function () { window.location.reload(); }, 800);
             }
-          });
+          }).catch(failed);
         };
         step(null);
-      });
+      }).catch(failed);
     });
   }
 
@@ -107,7 +122,11 @@
         var p = document.getElementById("progress");
         if (j.progress && p) {
           var bar = p.querySelector("progress");
-          if (bar && j.progress.fraction !== null) { bar.value = j.progress.fraction; }
+          if (bar && j.progress.fraction !== null) {
+            bar.value = j.progress.fraction;
+            var percent = p.querySelector(".percent");
+            if (percent) { percent.textContent = Math.round(j.progress.fraction * 100) + "%"; }
+          }
           var log = p.querySelector(".log");
           if (log) { log.textContent = j.progress.log.join("\n"); }
         } else if (j.progress && !p) { window.location.reload(); }
