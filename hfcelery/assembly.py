@@ -36,7 +36,16 @@ def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension
         if default:
             set_default(app)
         return existing
-    HfConfig.from_app({}, options)  # reject unknown or invalid options now, not at first use
+    # Reject unknown or invalid settings now, not at first use. Settings from a source Celery
+    # reads lazily (``config_from_object``: a Django project's settings, which may still be
+    # loading) are checked as Celery loads them: logged then, and raised at first use.
+    if app.configured or getattr(app, "_config_source", None) is None:
+        HfConfig.from_app(app.conf, options)
+    else:
+        HfConfig.from_app({}, options)
+        app.on_after_configure.connect(
+            lambda sender, source, **_: HfConfig.from_app(source, options), weak=False
+        )
     extension = Extension(app, dict(options))
     extension.state_filters = StoredJobFilters(extension)
     register(app, extension)

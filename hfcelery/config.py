@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -108,6 +110,19 @@ class HfConfig:
         unknown = set(options) - names
         if unknown:
             raise ConfigurationError(f"unknown hfcelery option(s): {', '.join(sorted(unknown))}")
+        # A misspelt setting (or a Django one without its _SECONDS) would be ignored silently.
+        misspelt = sorted(
+            key
+            for key in conf
+            if isinstance(key, str) and key.startswith("hfcelery_") and key[9:] not in names
+        )
+        if misspelt:
+            hints = [
+                f"{key} (did you mean hfcelery_{close[0]}?)" if close else key
+                for key in misspelt
+                for close in [difflib.get_close_matches(key[9:], names, n=1)]
+            ]
+            raise ConfigurationError(f"unknown hfcelery setting(s): {', '.join(hints)}")
         values: dict[str, Any] = {}
         for name in names:
             if name in options:
@@ -126,28 +141,38 @@ class HfConfig:
         for name in (
             "succeeded_retention_seconds",
             "deleted_retention_seconds",
-            "heartbeat_interval_seconds",
             "server_timeout_seconds",
-            "poll_interval_seconds",
             "publish_grace_seconds",
-            "schedule_poll_interval_seconds",
-            "cleanup_interval_seconds",
             "outcome_retry_seconds",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
+            if not _is_number(value) or value < 0:
                 raise ConfigurationError(f"hfcelery_{name} must be a number >= 0, got {value!r}")
+        for name in (  # how often a loop runs: 0 would spin
+            "heartbeat_interval_seconds",
+            "poll_interval_seconds",
+            "schedule_poll_interval_seconds",
+            "cleanup_interval_seconds",
+        ):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                raise ConfigurationError(f"hfcelery_{name} must be a number > 0, got {value!r}")
+        for name in ("track_celery_tasks", "celery_defaults", "retry_celery_tasks"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"hfcelery_{name} must be True or False, got {value!r}")
         if self.server_timeout_seconds <= self.heartbeat_interval_seconds:
             raise ConfigurationError(
                 "hfcelery_server_timeout_seconds must be longer than "
                 "hfcelery_heartbeat_interval_seconds"
             )
         if self.republish_after_seconds is not None and (
-            not isinstance(self.republish_after_seconds, int | float)
-            or self.republish_after_seconds <= 0
+            not _is_number(self.republish_after_seconds) or self.republish_after_seconds <= 0
         ):
             raise ConfigurationError("hfcelery_republish_after_seconds must be > 0 or None")
-        if self.failed_retention_seconds is not None and self.failed_retention_seconds < 0:
+        if self.failed_retention_seconds is not None and (
+            not _is_number(self.failed_retention_seconds) or self.failed_retention_seconds < 0
+        ):
             raise ConfigurationError("hfcelery_failed_retention_seconds must be >= 0 or None")
         if (
             not isinstance(self.max_lost_worker_processes, int)
@@ -165,6 +190,11 @@ class HfConfig:
         if not isinstance(self.store_url, str) or not self.store_url:
             raise ConfigurationError("hfcelery_store_url must be a SQLAlchemy URL string")
         _check_store_url(self.store_url)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (not a bool, a string, NaN or infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: The databases the store runs on, and the driver each needs beside SQLAlchemy.

@@ -21,8 +21,11 @@ HEADER = """\
 
 Every setting is read from `app.conf.hfcelery_<name>` (Django: `CELERY_HFCELERY_<NAME>` with
 the usual `namespace="CELERY"`), or given to `hfcelery.init_app(app, <name>=value)`, which wins.
-Unknown names and invalid values raise `hfcelery.errors.ConfigurationError` when `init_app` is
-called.
+Unknown names (a misspelt `hfcelery_*` setting too) and invalid values raise
+`hfcelery.errors.ConfigurationError` when `init_app` is called. Settings Celery loads lazily
+(`config_from_object`, as a Django project's) are checked when it loads them: the error is
+logged then, and raised at hfcelery's first use. Numbers must be finite; the intervals of the
+worker's loops must be above 0.
 
 | setting | type | default | meaning |
 | --- | --- | --- | --- |

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -72,7 +73,15 @@ def test_settings_come_from_app_conf_read_on_first_use() -> None:
     [
         ({"store_uri": "x"}, "unknown hfcelery option"),
         ({"server_timeout_seconds": 1, "heartbeat_interval_seconds": 2}, "must be longer"),
-        ({"poll_interval_seconds": -1}, ">= 0"),
+        ({"poll_interval_seconds": -1}, "must be a number > 0"),
+        ({"poll_interval_seconds": 0}, "must be a number > 0"),  # the loop would spin
+        ({"cleanup_interval_seconds": 0.0}, "must be a number > 0"),
+        ({"succeeded_retention_seconds": float("nan")}, "must be a number >= 0"),
+        ({"outcome_retry_seconds": float("inf")}, "must be a number >= 0"),
+        ({"deleted_retention_seconds": "3600"}, "must be a number >= 0"),
+        ({"failed_retention_seconds": "86400"}, "failed_retention_seconds must be >= 0 or None"),
+        ({"track_celery_tasks": "false"}, "must be True or False"),
+        ({"heartbeat_interval_seconds": True}, "must be a number > 0"),
         ({"allowed_modules": ["not a module"]}, "not a module name"),
         ({"store_url": "notaurl"}, "not a SQLAlchemy URL"),
         ({"store_url": "mysql://user@127.0.0.1/jobs"}, "'mysql': the store runs on SQLite or"),
@@ -83,6 +92,33 @@ def test_settings_come_from_app_conf_read_on_first_use() -> None:
 def test_bad_options_are_rejected_at_init(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         hfcelery.init_app(make_app(), **options)
+
+
+def test_settings_in_app_conf_are_checked_when_init_app_is_called() -> None:
+    app = make_app()
+    app.conf.hfcelery_heartbeat_interval = 1  # _seconds missing: would be ignored silently
+    with pytest.raises(ConfigurationError, match="did you mean hfcelery_heartbeat_interval_s"):
+        hfcelery.init_app(app)
+    app = make_app()
+    app.conf.hfcelery_poll_interval_seconds = 0
+    with pytest.raises(ConfigurationError, match="poll_interval_seconds must be a number > 0"):
+        hfcelery.init_app(app)
+
+
+def test_settings_an_app_loads_after_init_app_are_checked_when_it_loads_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Django project's settings load when the app's configuration is first read (Celery's
+    lazy ``config_from_object``), which may be after ``init_app``."""
+    app = Celery("init-test-lazy", broker="memory://", set_as_current=False)
+    app.config_from_object({"hfcelery_track_celery_tasks": "no"})
+    assert not app.configured
+    extension = hfcelery.init_app(app, store_url="sqlite://")
+    with caplog.at_level(logging.ERROR):
+        assert app.conf.task_default_queue == "celery"  # the first read loads the settings
+    assert "track_celery_tasks must be True or False" in caplog.text
+    with pytest.raises(ConfigurationError, match="track_celery_tasks must be True or False"):
+        extension.config  # noqa: B018 - and the first use raises
 
 
 @pytest.mark.parametrize(
