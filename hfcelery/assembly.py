@@ -50,6 +50,9 @@ def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension
     extension.state_filters = StoredJobFilters(extension)
     register(app, extension)
     install(app)
+    from hfcelery.beat import run_recurring_jobs_under_plain_redbeat
+
+    run_recurring_jobs_under_plain_redbeat()
     if default:
         set_default(app)
     return extension

@@ -27,8 +27,8 @@ from celery.schedules import BaseSchedule, schedstate
 from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redis
 
-from hfcelery.errors import HfceleryError, StoreUnavailableError
-from hfcelery.extension import extension_of
+from hfcelery.errors import ConfigurationError, HfceleryError, StoreUnavailableError
+from hfcelery.extension import extension_of, find_extension
 from hfcelery.recurring.cron import CronExpression, MisfireHandling, plan
 from hfcelery.recurring.fire import FIRE_TASK_NAME
 from hfcelery.worker.health import ServiceHealth
@@ -153,12 +153,36 @@ class RecurringEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         return self
 
 
+#: URL schemes of the Redis that RedBeat's client connects to.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis-sentinel", "redis-cluster")
+
+
+def redis_url_problem(app: Any) -> str | None:
+    """Why RedBeat cannot keep its entries and lock where this app points it, if it cannot:
+    RedBeat needs Redis, and without ``redbeat_redis_url`` it uses the broker (RabbitMQ?)."""
+    own = app.conf.get("redbeat_redis_url")
+    url = own or app.conf.get("broker_url") or ""
+    first = str(url[0] if isinstance(url, list | tuple) and url else url).split(";")[0]
+    scheme = first.partition("://")[0].lower()
+    if scheme in REDIS_SCHEMES:
+        return None
+    where = "redbeat_redis_url" if own else "the broker URL"
+    return (
+        f"RedBeat keeps the recurring jobs' entries and its lock in Redis, and {where} is "
+        f"{scheme or 'not set'}://...: set redbeat_redis_url (CELERY_REDBEAT_REDIS_URL in "
+        "deploy/) to a Redis URL"
+    )
+
+
 class RecurringScheduler(RedBeatScheduler):  # type: ignore[misc]
     """RedBeat, plus the recurring jobs of the hfcelery store (see the module docs)."""
 
     Entry = RecurringEntry
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        problem = redis_url_problem(app)
+        if problem is not None:
+            raise ConfigurationError(problem)
         super().__init__(app, *args, **kwargs)
         #: Revisions this process has synced, by recurring id.
         self._synced: dict[str, int] = {}
@@ -282,3 +306,21 @@ class RecurringScheduler(RedBeatScheduler):  # type: ignore[misc]
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _recurring_instead(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``celery beat -S redbeat.RedBeatScheduler`` for an app with hfcelery runs this module's
+    scheduler: plain RedBeat cannot read the recurring jobs' entries (their cron schedules in a
+    zone) and would stop on its first tick."""
+    app = kwargs.get("app", args[0] if args else None)
+    if cls is RedBeatScheduler and app is not None and find_extension(app) is not None:
+        logger.info("hfcelery: redbeat.RedBeatScheduler runs as hfcelery.beat:RecurringScheduler")
+        cls = RecurringScheduler
+    return object.__new__(cls)
+
+
+def run_recurring_jobs_under_plain_redbeat() -> None:
+    """Make ``redbeat.RedBeatScheduler`` start as :class:`RecurringScheduler` for apps that
+    loaded hfcelery (called by ``init_app``; once)."""
+    if RedBeatScheduler.__dict__.get("__new__") is None:
+        RedBeatScheduler.__new__ = staticmethod(_recurring_instead)

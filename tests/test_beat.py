@@ -157,11 +157,16 @@ def test_misfires_after_thirty_seconds_without_beat(
 
 
 class BeatProcess:
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str],
+        scheduler: str = "hfcelery.beat:RecurringScheduler",
+    ) -> None:
         self.log_path = log_path
         command = [
             sys.executable, "-m", "celery", "-A", "tests.app", "beat",
-            "-S", "hfcelery.beat:RecurringScheduler", "-l", "info",
+            "-S", scheduler, "-l", "info",
             "--pidfile=", "-s", str(log_path.with_suffix(".schedule")),
         ]  # fmt: skip
         with log_path.open("wb") as log:
@@ -191,8 +196,8 @@ class BeatProcess:
 def start_beat(test_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     beats: list[BeatProcess] = []
 
-    def start() -> BeatProcess:
-        beat = BeatProcess(tmp_path / f"beat{len(beats)}.log", test_env)
+    def start(**options: str) -> BeatProcess:
+        beat = BeatProcess(tmp_path / f"beat{len(beats)}.log", test_env, **options)
         beats.append(beat)
         return beat
 
@@ -255,6 +260,55 @@ def test_real_beat_fires_one_job_per_occurrence(
         what="runs after resume",
     )
     assert "fired recurring job" in beat.log()
+
+
+@pytest.mark.acceptance
+def test_plain_redbeat_scheduler_runs_the_recurring_jobs_too(
+    worker: WorkerProcess, start_beat: Any, test_app: Celery, recurring_id: str
+) -> None:
+    """``celery beat -S redbeat.RedBeatScheduler``, as a RedBeat project runs it: with
+    hfcelery loaded it runs hfcelery's scheduler (plain RedBeat cannot read the recurring jobs'
+    entries and stopped on its first tick)."""
+    RecurringJobManager(test_app).add_or_update(
+        recurring_id, call(jobs.multiply, 2, 3), "*/2 * * * * *"
+    )
+    beat = start_beat(scheduler="redbeat.RedBeatScheduler")
+    wait_for(lambda: len(recurring_jobs(test_app, recurring_id)) >= 2, timeout=30, what="2 runs")
+    wait_for(
+        lambda: all(s is State.SUCCEEDED for _, s in recurring_jobs(test_app, recurring_id)[:2]),
+        what="the runs to succeed",
+    )
+    assert beat.process.poll() is None
+    log = beat.log()
+    assert "runs as hfcelery.beat:RecurringScheduler" in log and "Traceback" not in log
+
+
+def test_redbeat_s_scheduler_is_hfcelery_s_for_an_app_with_hfcelery(beat_app: Celery) -> None:
+    from redbeat import RedBeatScheduler
+
+    assert type(RedBeatScheduler(app=beat_app)) is RecurringScheduler
+    plain = Celery("beat-test-plain", broker=beat_app.conf.broker_url, set_as_current=False)
+    made = RedBeatScheduler.__new__(RedBeatScheduler, app=plain)
+    assert type(made) is RedBeatScheduler  # no hfcelery: left alone
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"broker_url": "amqp://guest:guest@127.0.0.1:5672//"}, "the broker URL is amqp://"),
+        ({"redbeat_redis_url": "amqp://127.0.0.1//"}, "redbeat_redis_url is amqp://"),
+    ],
+)
+def test_a_beat_without_redis_for_redbeat_says_which_setting_to_give(
+    settings: dict[str, str], named: str, tmp_path: Path
+) -> None:
+    from hfcelery.errors import ConfigurationError
+
+    app = Celery("beat-test-amqp", set_as_current=False)
+    app.conf.update(settings)
+    hfcelery.init_app(app, store_url=f"sqlite:///{tmp_path / 'beat.db'}")
+    with pytest.raises(ConfigurationError, match=f"{named}.*set redbeat_redis_url"):
+        RecurringScheduler(app=app)
 
 
 @pytest.mark.acceptance

@@ -12,13 +12,15 @@ from celery import Celery
 
 import hfcelery
 
-# deploy/ sets CELERY_BROKER_URL and HFCELERY_STORE_URL; `make demo` sets the DEMO_* ones.
+# deploy/ sets CELERY_BROKER_URL (CELERY_REDBEAT_REDIS_URL) and HFCELERY_STORE_URL; `make demo`
+# sets the DEMO_* ones.
 BROKER_URL = os.environ.get("CELERY_BROKER_URL") or os.environ.get("DEMO_BROKER_URL")
 STORE_URL = os.environ.get("HFCELERY_STORE_URL") or os.environ.get("DEMO_STORE_URL")
 
 app = Celery("quickstart", broker=BROKER_URL or "redis://127.0.0.1:6379/0")
 app.conf.task_default_queue = "quickstart"
-app.conf.redbeat_redis_url = app.conf.broker_url  # RedBeat keeps recurring entries there
+# RedBeat keeps the recurring jobs' entries in a Redis: the broker's, unless it is RabbitMQ.
+app.conf.redbeat_redis_url = os.environ.get("CELERY_REDBEAT_REDIS_URL") or app.conf.broker_url
 hfcelery.init_app(
     app,
     store_url=STORE_URL or "sqlite:///hfcelery-demo.db",
