@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import inspect
 import sys
 import weakref
@@ -20,6 +19,7 @@ from typing import Any, cast
 
 from celery import Task
 from celery.canvas import Signature
+from celery.utils.imports import import_from_cwd
 
 from hfcelery.errors import (
     ArgumentSerializationError,
@@ -274,7 +274,9 @@ def resolve_function(module: str, qualname: str) -> Callable[..., Any]:
     if problem is not None:
         raise ForbiddenFunctionError(path, module, problem)
     try:
-        namespace: object = sys.modules.get(module) or importlib.import_module(module)
+        # As Celery imports a worker's task modules: from its working directory too (a job
+        # module beside the app's, which Celery finds there only while importing).
+        namespace: object = sys.modules.get(module) or import_from_cwd(module)
     except ImportError as exc:
         raise FunctionNotFoundError(path, str(exc)) from exc
     parts = qualname.split(".")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -323,6 +324,24 @@ def test_allowed_forms_resolve_to_the_function() -> None:
     assert resolve_function("tests.jobs", "multiply") is jobs.multiply
     assert resolve_function("tests.jobs", "Reports.build")("x") == "report x"
     assert resolve_function("tests.jobs", "Reports.static_build")("x") == "static x"
+
+
+def test_a_job_module_in_the_worker_s_working_directory_resolves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Celery finds a task module beside the app's (``celery -A app`` run there), and
+    leaves ``sys.path`` as it was."""
+    import sys
+
+    name = f"hf_cwd_jobs_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("def greet(who):\n    return 'hello ' + who\n")
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    try:
+        assert resolve_function(name, "greet")("you") == "hello you"
+        assert sys.path == path_before
+    finally:
+        sys.modules.pop(name, None)
 
 
 @given(st.text(max_size=30), st.text(max_size=30))
