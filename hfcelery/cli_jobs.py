@@ -22,7 +22,7 @@ from hfcelery.extension import extension_of
 from hfcelery.monitoring import Monitoring, monitoring
 from hfcelery.records import JobFilter
 from hfcelery.recurring import RecurringJobManager
-from hfcelery.states import State
+from hfcelery.states import State, sources
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,9 +107,21 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> None:
+def _cut_start(text: str, width: int) -> str:
+    """A function's name keeps its end (``…tasks:add``): its start is the shared package."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
+
+
+def _table(
+    rows: list[tuple[str, ...]], widths: tuple[int, ...], keep_end: tuple[int, ...] = ()
+) -> None:
+    """Rows in columns of ``widths``; the columns in ``keep_end`` are cut at their start."""
     for row in rows:
-        click.echo("  ".join(_cut(cell, w).ljust(w) for cell, w in zip(row, widths, strict=True)))
+        cells = (
+            (_cut_start if i in keep_end else _cut)(cell, w).ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        click.echo("  ".join(cells))
 
 
 def job_filter_options(command: F) -> F:
@@ -190,6 +202,7 @@ def list_jobs(
             for row in page.items
         ],
         (36, 10, 18, 9),
+        keep_end=(2,),
     )
     if page.next_cursor:
         click.echo(f"more: --after {page.next_cursor}")
@@ -239,6 +252,7 @@ def show_job(ctx: click.Context, job_id: str, as_json: bool) -> None:
 def _act(
     ctx: click.Context,
     verb: tuple[str, str],
+    transition: str,
     act: Callable[[BackgroundJobClient, str], bool],
     job_ids: tuple[str, ...],
     where: JobFilter,
@@ -261,6 +275,8 @@ def _act(
     if not filtered:
         raise click.UsageError("give job ids, or filter options (--state, --function, ...)")
     api = _api(ctx)
+    # Only the jobs the action can change: a second delete of a queue finds nothing to do.
+    where = dataclasses.replace(where, among=sources(transition))
     total = api.count(where)
     if total == 0:
         click.echo("no jobs match")
@@ -283,6 +299,7 @@ def _act(
 def _job_action(
     name: str, verb: tuple[str, str], act: Callable[[BackgroundJobClient, str], bool]
 ) -> None:
+    transition = name  # the store's transition of the same name (hfcelery.states)
     """Register ``jobs <name>``: act on the given job ids, or on every match of the filter."""
 
     @jobs.command(name, help=f"{verb[0]} the given jobs, or every job matching the filter.")
@@ -300,7 +317,8 @@ def _job_action(
         since: str | None,
         yes: bool,
     ) -> None:
-        _act(ctx, verb, act, job_ids, _where(state, queue, function, search, since), yes)
+        where = _where(state, queue, function, search, since)
+        _act(ctx, verb, transition, act, job_ids, where, yes)
 
 
 _job_action("requeue", ("Requeue", "Requeued"), lambda client, job_id: client.requeue(job_id))

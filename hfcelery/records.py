@@ -247,6 +247,8 @@ class JobFilter:
     text: str | None = None
     #: Only jobs that failed before and wait for their next attempt (Scheduled, retried).
     retries: bool = False
+    #: Only jobs in one of these states (empty: any): those an action over a filter can change.
+    among: tuple[State, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ def test_jobs_list_filters_and_fits_80_columns(seeded: tuple[Extension, str]) ->
     lines = listed.stdout.splitlines()
     assert {line.split()[0] for line in lines[1:]} == ids
     assert all(len(line) <= 80 for line in lines)
+    # A long name keeps its end, which tells functions of one module apart.
+    assert {line.split()[2] for line in lines[1:]} == {"…sts.jobs:multiply"}
     as_json = json.loads(hf(url, "jobs", "list", "--state", "scheduled", "--json").stdout)
     assert len(as_json["items"]) == 4
     assert {item["job"]["state"] for item in as_json["items"]} == {"Scheduled"}
@@ -93,6 +95,12 @@ def test_bulk_delete_asks_counts_and_acts_on_every_match(seeded: tuple[Extension
     assert "Deleted 5 of 5 job(s)" in done.stdout
     assert all(extension.store.job(i).state is State.DELETED for i in doomed)  # type: ignore[union-attr]
     assert extension.store.job(kept).state is State.SCHEDULED  # type: ignore[union-attr]
+    # Without --state, only the jobs a delete can change count: the Deleted ones do not.
+    again = hf(url, "jobs", "delete", "--function", "tests.jobs:multiply", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "no jobs match" in again.stdout, again.stdout
+    everything = hf(url, "jobs", "delete", "--function", "tests.jobs:*", stdin="n\n")
+    assert "Delete 1 job(s)?" in everything.stdout, everything.stdout  # the kept one alone
 
 
 def test_requeue_by_id_reports_each_and_fails_when_one_did_not_apply(

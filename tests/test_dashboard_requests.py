@@ -484,3 +484,30 @@ def test_the_retries_api_filters_as_the_retries_page(pg_app: Celery) -> None:
         assert [row["job"]["id"] for row in json.loads(answer.body)["items"]] == [job_id]
         page = get(dashboard, "/retries", f"function=tests.jobs:{name}").body.decode()
         assert job_id in page and retried["echo" if name != "echo" else "multiply"] not in page
+
+
+def test_an_action_on_a_filter_goes_only_to_the_jobs_it_can_change(pg_app: Celery) -> None:
+    """A filter-wide delete passes over the jobs already Deleted (they were counted as
+    requested and not changed); enqueue-now takes only Scheduled ones."""
+    from datetime import timedelta
+
+    client = hfcelery.BackgroundJobClient(pg_app)
+    marker = f"bulk-{token()}"
+    first, second = client.enqueue(call(jobs.echo, marker)), client.enqueue(call(jobs.echo, marker))
+    later = client.schedule(call(jobs.echo, marker), timedelta(hours=1))
+    assert client.delete(first)
+    form = "application/x-www-form-urlencoded"
+
+    def bulk(action: str) -> dict[str, Any]:
+        body = f"action={action}&text={marker}".encode()
+        answer = post(Dashboard(pg_app), "/api/v1/jobs/bulk", body, form)
+        assert answer.status == 200, answer.body
+        outcome: dict[str, Any] = json.loads(answer.body)
+        return outcome
+
+    assert (bulk("enqueue-now")["requested"], bulk("enqueue-now")["requested"]) == (1, 0)
+    outcome = bulk("delete")
+    assert (outcome["requested"], outcome["applied"]) == (2, 2)  # second and later
+    assert bulk("delete")["requested"] == 0
+    api = monitoring(pg_app)
+    assert {api.job(j).state for j in (first, second, later)} == {State.DELETED}

@@ -31,6 +31,8 @@ def filter_conditions(where: JobFilter) -> list[ColumnElement[bool]]:
         conditions += [Job.state == State.SCHEDULED, Job.retry_count > 0]
     if where.state is not None:
         conditions.append(Job.state == where.state)
+    if where.among:
+        conditions.append(Job.state.in_(list(where.among)))
     if where.queue is not None:
         conditions.append(Job.queue == where.queue)
     if where.function:
