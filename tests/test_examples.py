@@ -187,21 +187,29 @@ def test_fastapi_example_enqueues_and_links_to_the_job_page(redis_url: str, tmp_
         _job_runs_and_its_page_shows(base, "/reports/eu", {"x-ops-token": "example-token"}, env)
 
 
+@pytest.mark.parametrize("server", ["runserver", "wsgi"])
 def test_django_example_enqueues_from_a_view_with_pages_at_jobs(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, server: str
 ) -> None:
+    """Served by ``manage.py runserver`` as examples/README.md says (run by its path, from
+    the repository's root), and by a WSGI server given ``proj.wsgi:application``."""
     queue = f"django-{uuid.uuid4().hex[:8]}"
     env = _web_example_env(redis_url, tmp_path, queue)
     port = free_port()
-    serve = (
-        "from wsgiref.simple_server import make_server;"
-        "from examples.django_project.proj.wsgi import application;"
-        f"make_server('127.0.0.1', {port}, application).serve_forever()"
-    )
+    if server == "runserver":
+        manage = str(ROOT / "examples" / "django_project" / "manage.py")
+        command = [sys.executable, manage, "runserver", f"127.0.0.1:{port}", "--noreload"]
+    else:
+        serve = (
+            "from wsgiref.simple_server import make_server;"
+            "from examples.django_project.proj.wsgi import application;"
+            f"make_server('127.0.0.1', {port}, application).serve_forever()"
+        )
+        command = [sys.executable, "-c", serve]
     app = "examples.django_project.proj.celery"
     with (
         celery_worker(app, env, queue, tmp_path / "worker.log"),
-        serving([sys.executable, "-c", serve], env, port, tmp_path / "web.log") as base,
+        serving(command, env, port, tmp_path / "web.log") as base,
     ):
         _job_runs_and_its_page_shows(base, "/reports/eu/", {"x-staff-user": "ops"}, env)
 

@@ -9,6 +9,8 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 INSTALLED_APPS = ["examples.django_project.reports"]
 ROOT_URLCONF = "examples.django_project.proj.urls"
+# Django with hfcelery's pages under /jobs/ (runserver serves this one too).
+WSGI_APPLICATION = "examples.django_project.proj.wsgi.application"
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
 
