@@ -172,6 +172,29 @@ def test_ids_with_a_percent_sign_through_tornado(pg_app: Celery, mount: str) -> 
         manager.remove_if_exists(f"sale-50A-{suffix}")
 
 
+@pytest.mark.parametrize("mount", ["", "/hf"], ids=["standalone", "flower"])
+def test_ids_with_slashes_and_dot_segments_through_tornado(pg_app: Celery, mount: str) -> None:
+    """A Celery task id may hold ``/``: links encode it (``%2F``), so that a browser does not
+    resolve ``..`` in it, and the page takes the rest of the path as it is (a trailing slash
+    too)."""
+    suffix = token()[:12]
+    # Decoys first: what dropping the trailing slash, or resolving "..", would reach.
+    decoys = [send(pg_app, f"trail-{suffix}"), send(pg_app, f"x-{suffix}")]
+    ids = [send(pg_app, f"trail-{suffix}/"), send(pg_app, f"dot/../x-{suffix}"), *decoys]
+
+    async def work(client: httpx.AsyncClient) -> None:
+        for job_id in ids:
+            encoded = quote(job_id, safe="")
+            page = await client.get(f"/job/{encoded}")
+            assert page.status_code == 200, (job_id, page.text[-300:])
+            assert f"<code>{job_id}</code>" in page.text
+            assert f'data-job-api="{mount}/api/v1/jobs/{encoded}"' in page.text
+            detail = await client.get(f"/api/v1/jobs/{encoded}")
+            assert detail.status_code == 200 and detail.json()["id"] == job_id, detail.text
+
+    asyncio.run(_serve_tornado(pg_app, mount, work))
+
+
 def test_wsgi_paths_are_decoded_as_utf_8(pg_app: Celery) -> None:
     """PEP 3333 hands PATH_INFO over as bytes decoded as Latin-1 (as wsgiref does)."""
     job_id = send(pg_app, f"größe-{token()[:12]}")

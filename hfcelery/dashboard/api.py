@@ -220,7 +220,8 @@ def _route(dashboard: Dashboard, request: Request, path: str) -> Response:
         page = m.search(where, limit=page_size(request), after=request.arg("after"))
         return json_response(plain(page))
     if get and len(parts) >= 2 and parts[0] == "jobs":
-        job_id = checked_text("/".join(parts[1:]), "job id")
+        # The rest of the path as it is: an id may end in a slash or hold empty segments.
+        job_id = checked_text(path.lstrip("/")[len("jobs/") :], "job id")
         details = m.job(job_id)
         progress = m.progress(job_id)
         return json_response({**plain(details), "progress": plain(progress)})

@@ -41,7 +41,8 @@ def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
         return [stamp(j.due_at), stamp(j.state_changed_at)]
     if state == State.AWAITING:
         links = " ".join(
-            f'<a href="{e(page.url("/job/" + quote(p)))}">{e(p[:8])}</a>' for p in row.parent_ids
+            f'<a href="{e(page.url("/job/" + quote(p, safe="")))}">{e(p[:8])}</a>'
+            for p in row.parent_ids
         )
         return [links, stamp(j.created_at)]
     if state == State.PROCESSING:
@@ -111,7 +112,7 @@ def jobs(page: Page, state_slug: str | None, *, retries: bool = False) -> Respon
         )
         cells = "".join(f"<td>{c}</td>" for c in _cells(page, shown_state, row))
         rows.append(
-            f'<tr>{check}<td><a href="{e(page.url("/job/" + quote(j.id)))}">'
+            f'<tr>{check}<td><a href="{e(page.url("/job/" + quote(j.id, safe="")))}">'
             f"<code>{e(j.id[:8])}</code></a></td><td>{e(name)}"
             f"{f' <small>retry {j.retry_count}</small>' if j.retry_count else ''}</td>{cells}</tr>"
         )

@@ -50,7 +50,8 @@ def handle(dashboard: Dashboard, request: Request, path: str, token: str) -> Res
         if parts == ["retries"]:
             return jobs(page, None, retries=True)
         if parts[0] == "job" and len(parts) >= 2:
-            return job(page, checked_text("/".join(parts[1:]), "job id"))
+            # The rest of the path as it is: an id may end in a slash or hold empty segments.
+            return job(page, checked_text(path.lstrip("/")[len("job/") :], "job id"))
         if parts == ["recurring"]:
             return recurring(page)
         if parts == ["servers"]:
@@ -162,7 +163,7 @@ def job(page: Page, job_id: str) -> Response:
         + [f"{k}={pprint.pformat(v, width=80)}" for k, v in d.kwargs.items()]
     )
     buttons = ""
-    here = page.url("/job/" + quote(job_id))
+    here = page.url("/job/" + quote(job_id, safe=""))
     for action, label in (("requeue", "Requeue"), ("delete", "Delete")):
         buttons += page.form("/actions/job", {"id": job_id, "action": action, "back": here}, label)
     if d.state == State.SCHEDULED:
@@ -175,10 +176,12 @@ def job(page: Page, job_id: str) -> Response:
             f'<a href="{e(page.d.options.flower_task_url + quote(job_id))}">Celery task in Flower</a>'
         )
     for p in d.parent_ids:
-        links.append(f'Parent <a href="{e(page.url("/job/" + quote(p)))}"><code>{e(p)}</code></a>')
+        links.append(
+            f'Parent <a href="{e(page.url("/job/" + quote(p, safe="")))}"><code>{e(p)}</code></a>'
+        )
     for c in d.continuation_ids:
         links.append(
-            f'Continuation <a href="{e(page.url("/job/" + quote(c)))}"><code>{e(c)}</code></a>'
+            f'Continuation <a href="{e(page.url("/job/" + quote(c, safe="")))}"><code>{e(c)}</code></a>'
         )
     if d.recurring_id:
         links.append(
@@ -225,7 +228,7 @@ def job(page: Page, job_id: str) -> Response:
         params = f'<h2>Parameters</h2><dl class="parameters">{rows}</dl>'
     live = d.state in (State.PROCESSING, State.ENQUEUED, State.SCHEDULED, State.AWAITING)
     body = f"""<h1>{e(d.display_name or d.function)} <span class="state state-{e(d.state.value.lower())}" id="job-state">{e(d.state.value)}</span></h1>
-<div class="job" data-job-api="{e(page.url("/api/v1/jobs/" + quote(job_id)))}" data-live="{"1" if live else "0"}" data-state="{e(d.state.value)}">
+<div class="job" data-job-api="{e(page.url("/api/v1/jobs/" + quote(job_id, safe="")))}" data-live="{"1" if live else "0"}" data-state="{e(d.state.value)}">
 <p><code>{e(d.id)}</code> · queue <b>{e(d.queue)}</b> · created {stamp(d.created_at)}{f" · retries {d.retry_count}" if d.retry_count else ""}</p>
 <div class="actions">{buttons}</div>
 <h2>Call</h2><pre class="call">{e(d.function)}({e(call_args)})</pre>
@@ -260,7 +263,7 @@ def recurring(page: Page) -> Response:
             "/actions/recurring", {"id": r.id, "action": "remove", "back": back}, "Remove", "danger"
         )
         last = (
-            f'<a href="{e(page.url("/job/" + quote(r.last_job_id)))}">{e(r.last_job_state.value if r.last_job_state else "?")}</a>'
+            f'<a href="{e(page.url("/job/" + quote(r.last_job_id, safe="")))}">{e(r.last_job_state.value if r.last_job_state else "?")}</a>'
             if r.last_job_id
             else ""
         )
