@@ -174,6 +174,24 @@ def test_bulk_delete_a_filtered_set(page: Any, pages_url: str, api: Monitoring) 
     assert api.job(other).state == State.ENQUEUED
 
 
+def test_the_header_box_selects_every_job_of_the_page(
+    page: Any, pages_url: str, api: Monitoring
+) -> None:
+    marker = token()
+    ids = [
+        BackgroundJob.enqueue(call(jobs.record, marker), queue="nobody-listens") for _ in range(3)
+    ]
+    page.goto(f"{pages_url}/jobs/enqueued?text={marker}")
+    page.check("input.select-all")
+    assert (
+        page.eval_on_selector_all("input[name='id']", "boxes => boxes.map(box => box.checked)")
+        == [True] * 3
+    )
+    page.click("#bulk button[value='delete']")
+    assert "Deleted 3 of 3" in page.inner_text(".flash")
+    assert {api.job(i).state for i in ids} == {State.DELETED}
+
+
 def test_a_refused_bulk_action_says_so_without_a_script_error(
     page: Any, pages_url: str, api: Monitoring
 ) -> None:

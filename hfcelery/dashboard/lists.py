@@ -116,7 +116,12 @@ def jobs(page: Page, state_slug: str | None, *, retries: bool = False) -> Respon
             f"<code>{e(j.id[:8])}</code></a></td><td>{e(name)}"
             f"{f' <small>retry {j.retry_count}</small>' if j.retry_count else ''}</td>{cells}</tr>"
         )
-    head_check = "" if page.d.options.read_only else "<th></th>"
+    head_check = (
+        ""
+        if page.d.options.read_only
+        else '<th><input type="checkbox" class="select-all" title="Select every job of this page"'
+        ' aria-label="Select every job of this page"></th>'
+    )
     head = "".join(f"<th>{e(c)}</th>" for c in ("Id", "Job", *columns))
     table = (
         f'<div class="table"><table><thead><tr>{head_check}{head}</tr></thead><tbody>'

@@ -76,6 +76,16 @@
     }).catch(function () {});
   });
 
+  // Lists: the header's box selects (or clears) every job of the page.
+  var all = document.querySelector("input.select-all");
+  if (all) {
+    all.addEventListener("change", function () {
+      document.querySelectorAll('input[name="id"][form="bulk"]').forEach(function (box) {
+        box.checked = all.checked;
+      });
+    });
+  }
+
   // Lists: an action on every job matching the filter: confirm with the count, then batches.
   var bulk = document.getElementById("bulk");
   if (bulk) {
