@@ -36,15 +36,17 @@ def init_app(app: Celery, *, default: bool = False, **options: Any) -> Extension
         if default:
             set_default(app)
         return existing
-    # Reject unknown or invalid settings now, not at first use. Settings from a source Celery
-    # reads lazily (``config_from_object``: a Django project's settings, which may still be
-    # loading) are checked as Celery loads them: logged then, and raised at first use.
-    if app.configured or getattr(app, "_config_source", None) is None:
-        HfConfig.from_app(app.conf, options)
+    # Reject unknown or invalid settings now, not at first use, without making Celery load
+    # the app's configuration early (its ``on_after_configure`` handlers would miss it): the
+    # settings given so far now, the loaded ones as Celery loads them (an error is logged
+    # then, and raised at hfcelery's first use).
+    if app.configured:
+        HfConfig.from_app(app.conf, options, app.namespace)
     else:
-        HfConfig.from_app({}, options)
+        HfConfig.from_app(getattr(app, "_preconf", None) or {}, options)
         app.on_after_configure.connect(
-            lambda sender, source, **_: HfConfig.from_app(source, options), weak=False
+            lambda sender, source, **_: HfConfig.from_app(source, options, sender.namespace),
+            weak=False,
         )
     extension = Extension(app, dict(options))
     extension.state_filters = StoredJobFilters(extension)

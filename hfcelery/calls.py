@@ -35,7 +35,7 @@ from hfcelery.validation import (
     TYPE_MARKER,
     argument_problem,
     problem_with_function_path,
-    without_surrogates,
+    storable_chars,
 )
 
 #: Name of the generic Celery task that performs plain functions.
@@ -93,7 +93,7 @@ class Invocation:
         if name is None:
             return None
         # Filled from arguments that may hold what a store cannot (NUL, lone surrogates).
-        return without_surrogates(name.replace("\x00", "\\x00"))[:MAX_NAME_LENGTH]
+        return storable_chars(name)[:MAX_NAME_LENGTH]
 
     def queue(self) -> str | None:
         """The ``@queue`` name, filled with the arguments as Hangfire does (``"reports-{0}"``),

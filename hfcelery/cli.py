@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from hfcelery.cli_jobs import COMMANDS
-from hfcelery.errors import HfceleryError
+from hfcelery.errors import ConfigurationError, HfceleryError
 from hfcelery.extension import extension_of
 
 
@@ -56,8 +56,6 @@ def _dashboard_options(
     read_only: bool, basic_auth: tuple[str, ...], authorization: str | None
 ) -> dict[str, Any]:
     options: dict[str, Any] = {"read_only": read_only, "basic_auth": tuple(basic_auth)}
-    if any(":" not in pair for pair in basic_auth):
-        raise click.BadParameter("use USER:PASSWORD", param_hint="--basic-auth")
     if authorization:
         from kombu.utils.imports import symbol_by_name
 
@@ -67,10 +65,6 @@ def _dashboard_options(
             raise click.BadParameter(
                 f"cannot import {authorization!r}: {exc}", param_hint="--authorization"
             ) from None
-        if not callable(found):
-            raise click.BadParameter(
-                f"{authorization!r} is not a callable", param_hint="--authorization"
-            )
         options["authorization"] = found
     return options
 
@@ -107,7 +101,10 @@ def dashboard(
     from hfcelery.dashboard import Dashboard, DashboardOptions
     from hfcelery.dashboard.tornado import make_app
 
-    options = DashboardOptions(**_dashboard_options(read_only, basic_auth, authorization))
+    try:  # DashboardOptions checks its values (a basic-auth pair, the authorization)
+        options = DashboardOptions(**_dashboard_options(read_only, basic_auth, authorization))
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         server = make_app(Dashboard(ctx.obj.app, options)).listen(port, address=address)
     except OSError as exc:  # the port taken, an address not on this machine

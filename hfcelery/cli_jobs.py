@@ -22,7 +22,7 @@ from hfcelery.extension import extension_of
 from hfcelery.monitoring import Monitoring, monitoring
 from hfcelery.records import JobFilter
 from hfcelery.recurring import RecurringJobManager
-from hfcelery.states import State, sources
+from hfcelery.states import State
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -276,7 +276,7 @@ def _act(
         raise click.UsageError("give job ids, or filter options (--state, --function, ...)")
     api = _api(ctx)
     # Only the jobs the action can change: a second delete of a queue finds nothing to do.
-    where = dataclasses.replace(where, among=sources(transition))
+    where = where.changeable_by(transition)
     total = api.count(where)
     if total == 0:
         click.echo("no jobs match")
@@ -299,8 +299,8 @@ def _act(
 def _job_action(
     name: str, verb: tuple[str, str], act: Callable[[BackgroundJobClient, str], bool]
 ) -> None:
-    transition = name  # the store's transition of the same name (hfcelery.states)
-    """Register ``jobs <name>``: act on the given job ids, or on every match of the filter."""
+    """Register ``jobs <name>``: act on the given job ids, or on every match of the filter
+    (the store's transition of the same name, see ``hfcelery.states``)."""
 
     @jobs.command(name, help=f"{verb[0]} the given jobs, or every job matching the filter.")
     @click.argument("job_ids", nargs=-1)
@@ -318,7 +318,7 @@ def _job_action(
         yes: bool,
     ) -> None:
         where = _where(state, queue, function, search, since)
-        _act(ctx, verb, transition, act, job_ids, where, yes)
+        _act(ctx, verb, name, act, job_ids, where, yes)
 
 
 _job_action("requeue", ("Requeue", "Requeued"), lambda client, job_id: client.requeue(job_id))

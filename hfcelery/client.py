@@ -277,7 +277,8 @@ class BackgroundJobClient:
             the_call,
             options,
             queue,
-            "all" if pass_result else JOIN_WITHOUT_RESULTS,
+            # A join passing exceptions alone says so; otherwise None, as older versions read.
+            "all" if pass_result else (JOIN_WITHOUT_RESULTS if pass_exception else None),
             pass_exception,
             next_state,
             delay,

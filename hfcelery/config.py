@@ -104,23 +104,28 @@ class HfConfig:
     max_stored_text_chars: int = DEFAULT_MAX_TEXT_CHARS
 
     @classmethod
-    def from_app(cls, conf: Mapping[str, Any], options: Mapping[str, Any]) -> HfConfig:
-        """Build the config from ``app.conf`` with ``options`` taking precedence."""
+    def from_app(
+        cls, conf: Mapping[str, Any], options: Mapping[str, Any], namespace: str | None = None
+    ) -> HfConfig:
+        """Build the config from ``app.conf`` with ``options`` taking precedence; the app's
+        settings ``namespace`` (Django's ``CELERY``) prefixes the names in ``conf``."""
         names = {f.name for f in fields(cls)}
         unknown = set(options) - names
         if unknown:
             raise ConfigurationError(f"unknown hfcelery option(s): {', '.join(sorted(unknown))}")
         # A misspelt setting (or a Django one without its _SECONDS) would be ignored silently.
-        misspelt = sorted(
-            key
-            for key in conf
-            if isinstance(key, str) and key.startswith("hfcelery_") and key[9:] not in names
-        )
+        prefix = f"{namespace.lower()}_" if namespace else ""
+        misspelt: dict[str, str] = {}
+        for key in conf:
+            name = key.lower() if isinstance(key, str) else ""
+            name = name[len(prefix) :] if prefix and name.startswith(prefix) else name
+            if name.startswith("hfcelery_") and name[9:] not in names:
+                misspelt[key] = name[9:]
         if misspelt:
             hints = [
-                f"{key} (did you mean hfcelery_{close[0]}?)" if close else key
-                for key in misspelt
-                for close in [difflib.get_close_matches(key[9:], names, n=1)]
+                f"{key} (did you mean {close[0]}?)" if close else key
+                for key, name in sorted(misspelt.items())
+                for close in [difflib.get_close_matches(name, names, n=1)]
             ]
             raise ConfigurationError(f"unknown hfcelery setting(s): {', '.join(hints)}")
         values: dict[str, Any] = {}

@@ -43,7 +43,7 @@ class Extension:
 
     @cached_property
     def config(self) -> HfConfig:
-        return HfConfig.from_app(self.app.conf, self.options)
+        return HfConfig.from_app(self.app.conf, self.options, self.app.namespace)
 
     @cached_property
     def store(self) -> Store:

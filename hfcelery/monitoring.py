@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
 
@@ -109,20 +110,11 @@ class Monitoring:
             return dict.fromkeys(queues)
         lengths: dict[str, int | None] = {}
         with self._app.connection_for_read() as conn:
-            # Redis keeps no empty list: a queue it does not find holds no message.
-            missing_is_empty = conn.transport.driver_type == "redis"
             for name in queues:
-                channel = conn.channel()  # one each: AMQP closes a channel a check failed on
                 try:
-                    declared = channel.queue_declare(queue=name, passive=True)
-                    lengths[name] = int(declared.message_count)
-                except conn.channel_errors:  # no such queue
-                    lengths[name] = 0 if missing_is_empty else None
+                    lengths[name] = broker_queue_length(conn, name)
                 except Exception:  # a broker that does not count
                     lengths[name] = None
-                finally:
-                    with suppress(Exception):
-                        channel.close()
         return lengths
 
     def statistics(self) -> dict[str, int]:
@@ -167,3 +159,21 @@ def _check_limit(limit: int) -> None:
 def monitoring(app: Celery) -> Monitoring:
     """The monitoring API of an app that has hfcelery loaded."""
     return Monitoring(extension_of(app).store, app)
+
+
+def broker_queue_length(conn: Any, queue: str) -> int:
+    """Messages ready in ``queue`` at the broker of the connection ``conn`` (0 for a queue the
+    broker does not know: Redis keeps no empty list, RabbitMQ forgets a non-durable queue when
+    it restarts). On Redis the connection's own channel asks; elsewhere a channel of its own,
+    since AMQP closes a channel whose check failed."""
+    redis = conn.transport.driver_type == "redis"
+    channel = conn.default_channel if redis else conn.channel()
+    try:
+        declared = channel.queue_declare(queue=queue, passive=True)
+    except conn.channel_errors:
+        return 0
+    finally:
+        if not redis:
+            with suppress(Exception):  # a channel the broker closed after a failed check
+                channel.close()
+    return int(declared.message_count)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -249,6 +249,14 @@ class JobFilter:
     retries: bool = False
     #: Only jobs in one of these states (empty: any): those an action over a filter can change.
     among: tuple[State, ...] = ()
+
+    def changeable_by(self, transition: str) -> JobFilter:
+        """This filter, narrowed to the jobs the named transition can leave from (see
+        :data:`hfcelery.states.TRANSITIONS`): what an action over it can change."""
+        from hfcelery.states import sources
+
+        states = sources(transition)
+        return self if len(states) == len(State) else replace(self, among=states)
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,14 @@ def _argument_problem(value: Any, limit: int, *, markers: bool) -> str | None:
     return None
 
 
+def storable_chars(text: str) -> str:
+    """``text`` with NUL written as ``\\x00`` and lone surrogates replaced by U+FFFD (what
+    every store can hold, whole)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return without_surrogates(text)
+
+
 def without_surrogates(text: str) -> str:
     """``text`` with each lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD."""
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
@@ -199,9 +207,7 @@ def without_surrogates(text: str) -> str:
 def storable_text(text: str, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> str:
     """``text`` as every store can keep it: NUL written as ``\\x00``, lone surrogates replaced
     by U+FFFD, and anything past ``max_chars`` cut with a mark saying how much."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    text = without_surrogates(text)
+    text = storable_chars(text)
     if len(text) > max_chars:
         cut = len(text) - max_chars
         text = text[:max_chars] + TRUNCATED_MARK.format(cut)

@@ -470,6 +470,7 @@ def test_only_an_action_s_own_outcome_is_shown_on_the_page_it_returns_to(pg_app:
     assert shown(query, xsrf="another-browser") == ""
     crafted = "outcome=" + quote("Your session expired: log in at evil.example")
     assert "evil" not in shown(crafted)
+    assert "evil" not in shown(crafted + "&seal=%C3%A9")  # a seal beyond ASCII: no 500
     assert "evil" not in shown(crafted + "&seal=" + query.split("seal=")[1])
 
 

@@ -97,12 +97,33 @@ def test_bad_options_are_rejected_at_init(options: dict[str, object], message: s
 def test_settings_in_app_conf_are_checked_when_init_app_is_called() -> None:
     app = make_app()
     app.conf.hfcelery_heartbeat_interval = 1  # _seconds missing: would be ignored silently
-    with pytest.raises(ConfigurationError, match="did you mean hfcelery_heartbeat_interval_s"):
+    with pytest.raises(ConfigurationError, match="did you mean heartbeat_interval_seconds"):
         hfcelery.init_app(app)
     app = make_app()
     app.conf.hfcelery_poll_interval_seconds = 0
     with pytest.raises(ConfigurationError, match="poll_interval_seconds must be a number > 0"):
         hfcelery.init_app(app)
+
+
+def test_init_app_leaves_the_app_s_configuration_to_load_when_celery_loads_it() -> None:
+    """Celery's ``on_after_configure`` handlers (``setup_periodic_tasks``), connected after
+    ``init_app``, still run: checking the settings does not load them early."""
+    app = make_app(hfcelery_poll_interval_seconds=2)
+    hfcelery.init_app(app, store_url="sqlite://")
+    assert not app.configured
+    ran: list[object] = []
+    app.on_after_configure.connect(lambda sender, **_: ran.append(sender), weak=False)
+    assert app.conf.hfcelery_poll_interval_seconds == 2
+    assert ran == [app]
+
+
+def test_a_misspelt_setting_in_a_django_namespace_is_named() -> None:
+    app = Celery("init-test-django", broker="memory://", set_as_current=False)
+    settings = type("Settings", (), {"CELERY_HFCELERY_POLL_INTERVAL": 5})
+    app.config_from_object(settings, namespace="CELERY")
+    extension = hfcelery.init_app(app, store_url="sqlite://")
+    with pytest.raises(ConfigurationError, match=r"CELERY_HFCELERY_POLL_INTERVAL .did you mean poll_interval_seconds"):
+        extension.config  # noqa: B018 - the first use reads the settings
 
 
 def test_settings_an_app_loads_after_init_app_are_checked_when_it_loads_them(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hfcelery.errors import HfceleryError, InvalidArgumentError
 from hfcelery.records import JobFilter
-from hfcelery.states import sources
 
 if TYPE_CHECKING:
     from hfcelery.dashboard.core import Dashboard
@@ -69,7 +68,7 @@ def act_on_filter(
     if action not in JOB_ACTIONS:
         raise InvalidArgumentError(f"unknown job action {action!r}; use one of {JOB_ACTIONS}")
     # Only the jobs the action can change (the store's transition of the same name).
-    where = replace(where, among=sources(action.replace("-", "_")))
+    where = where.changeable_by(action.replace("-", "_"))
     page = dashboard.monitoring.search(where, limit=BULK_BATCH, after=after)
     applied = sum(act_on_job(dashboard, action, row.job.id) for row in page.items)
     return Outcome(action, len(page.items), applied, page.next_cursor)

@@ -30,8 +30,9 @@ def ago(when: datetime | None) -> str:
     future = seconds < 0
     seconds = abs(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-        if seconds >= size or unit == "s":
-            text = f"{round(seconds / size)} {unit}"  # 2 d 23 h is "3 d", as Hangfire's
+        count = round(seconds / size)  # 2 d 23 h is "3 d", 59.6 s "1 min"
+        if count >= 1 or unit == "s":
+            text = f"{count} {unit}"
             break
     return f"in {text}" if future else f"{text} ago"
 
@@ -110,7 +111,8 @@ class Page:
         if self.d.options.flower_url:
             links += f'<a href="{e(self.d.options.flower_url)}">Flower</a>'
         notice = self.r.arg("outcome")
-        if notice and not hmac.compare_digest(self.r.arg("seal") or "", self.seal(notice)):
+        seal = (self.r.arg("seal") or "").encode()
+        if notice and not hmac.compare_digest(seal, self.seal(notice).encode()):
             notice = None  # not an action's own outcome: a crafted link shows no text of its own
         flash = f'<div class="flash" role="status">{e(notice)}</div>' if notice else ""
         ro = '<span class="badge">read-only</span>' if self.d.options.read_only else ""

@@ -25,6 +25,7 @@ from celery.worker import state as worker_state
 
 from hfcelery.errors import HfceleryError, StoreUnavailableError
 from hfcelery.extension import Extension, find_extension
+from hfcelery.monitoring import broker_queue_length
 from hfcelery.publishing import publish
 from hfcelery.records import Dispatch, ServerRecord
 from hfcelery.store import BROKER_UNAVAILABLE
@@ -467,20 +468,9 @@ class Server:
 
 
 def queue_length(app: Any, queue: str) -> int:
-    """Messages ready in ``queue`` at the broker (0 for a queue the broker does not know:
-    Redis drops an empty one, RabbitMQ forgets a non-durable one when it restarts)."""
+    """Messages ready in ``queue`` at the broker (see :func:`broker_queue_length`)."""
     with app.connection_for_write() as conn:
-        channel = conn.channel()
-        try:
-            declared = channel.queue_declare(queue=queue, passive=True)
-        except conn.channel_errors:
-            return 0
-        finally:
-            try:
-                channel.close()
-            except Exception:  # a channel the broker closed after a failed passive declare
-                logger.debug("hfcelery: closing a probe channel failed", exc_info=True)
-        return int(declared.message_count)
+        return broker_queue_length(conn, queue)
 
 
 def _running_job_ids() -> list[str]:
