@@ -122,7 +122,8 @@ def test_a_misspelt_setting_in_a_django_namespace_is_named() -> None:
     settings = type("Settings", (), {"CELERY_HFCELERY_POLL_INTERVAL": 5})
     app.config_from_object(settings, namespace="CELERY")
     extension = hfcelery.init_app(app, store_url="sqlite://")
-    with pytest.raises(ConfigurationError, match=r"CELERY_HFCELERY_POLL_INTERVAL .did you mean poll_interval_seconds"):
+    named = r"CELERY_HFCELERY_POLL_INTERVAL .did you mean poll_interval_seconds"
+    with pytest.raises(ConfigurationError, match=named):
         extension.config  # noqa: B018 - the first use reads the settings
 
 
