@@ -535,3 +535,32 @@ def test_an_action_on_a_filter_goes_only_to_the_jobs_it_can_change(pg_app: Celer
     assert bulk("delete")["requested"] == 0
     api = monitoring(pg_app)
     assert {api.job(j).state for j in (first, second, later)} == {State.DELETED}
+
+
+def test_the_processing_list_marks_a_job_whose_server_is_gone(pg_app: Celery) -> None:
+    """As Hangfire's Processing page: a job held by a server that is not among the live ones
+    (its heartbeat is old) says so, until maintenance requeues it."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.test_store import claim, server, set_heartbeat
+
+    store = extension_of(pg_app).store
+    suffix = token()[:8]
+    live, gone = f"live-{suffix}", f"gone-{suffix}"
+    client = hfcelery.BackgroundJobClient(pg_app)
+    held = {}
+    for server_id in (live, gone):
+        store.register_server(server(server_id))
+        job_id = client.enqueue(call(jobs.echo, server_id))
+        assert claim(store, job_id, server_id=server_id) is not None
+        held[server_id] = job_id
+    set_heartbeat(store, gone, datetime.now(UTC) - timedelta(minutes=5))
+    page = get(Dashboard(pg_app), "/jobs/processing", "limit=500").body.decode()
+    rows = {
+        server_id: next(r for r in page.split("<tr>") if quote(held[server_id], safe="") in r)
+        for server_id in (live, gone)
+    }
+    assert "server gone" in rows[gone]
+    assert "server gone" not in rows[live]
+    for job_id in held.values():
+        assert client.delete(job_id)

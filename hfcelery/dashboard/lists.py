@@ -15,6 +15,7 @@ from hfcelery.dashboard.api import (
     page_size,
     parse_filter,
     parse_state_name,
+    server_rows,
 )
 from hfcelery.dashboard.core import XSRF_FIELD, Request, Response
 from hfcelery.dashboard.layout import Page, ago, duration, duration_seconds, e, stamp
@@ -33,7 +34,9 @@ _STATE_COLUMNS: dict[State | None, tuple[str, ...]] = {
 }
 
 
-def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
+def _cells(
+    page: Page, state: State | None, row: JobRow, live_servers: frozenset[str] = frozenset()
+) -> list[str]:
     j, data = row.job, row.data
     if state == State.ENQUEUED:
         return [e(j.queue), stamp(j.state_changed_at)]
@@ -46,8 +49,15 @@ def _cells(page: Page, state: State | None, row: JobRow) -> list[str]:
         )
         return [links, stamp(j.created_at)]
     if state == State.PROCESSING:
+        gone = ""
+        if j.server_id not in live_servers:  # as Hangfire's Processing page warns
+            gone = (
+                ' <span class="badge" title="Its server is not among the live servers: '
+                "the job is requeued once that server has been silent for the server timeout; "
+                'it can be requeued or deleted now.">server gone</span>'
+            )
         return [
-            e(j.server_id or ""),
+            e(j.server_id or "") + gone,
             e(data.get("worker_id", "")),
             e(ago(j.state_changed_at).removesuffix(" ago")),
         ]
@@ -101,6 +111,9 @@ def jobs(page: Page, state_slug: str | None, *, retries: bool = False) -> Respon
     shown_state = State.SCHEDULED if retries else state
     base = "/retries" if retries else "/jobs" + (f"/{state_slug}" if state_slug else "")
     here = page.url(base) + ("?" + r.query_string if r.query_string else "")
+    live: frozenset[str] = frozenset()
+    if shown_state is State.PROCESSING:
+        live = frozenset(s["id"] for s in server_rows(page.d) if not s["looks_dead"])
     rows = []
     for row in result.items:
         j = row.job
@@ -110,7 +123,7 @@ def jobs(page: Page, state_slug: str | None, *, retries: bool = False) -> Respon
             if page.d.options.read_only
             else f'<td><input type="checkbox" name="id" value="{e(j.id)}" form="bulk"></td>'
         )
-        cells = "".join(f"<td>{c}</td>" for c in _cells(page, shown_state, row))
+        cells = "".join(f"<td>{c}</td>" for c in _cells(page, shown_state, row, live))
         rows.append(
             f'<tr>{check}<td><a href="{e(page.url("/job/" + quote(j.id, safe="")))}">'
             f"<code>{e(j.id[:8])}</code></a></td><td>{e(name)}"
