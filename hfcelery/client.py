@@ -53,17 +53,19 @@ REQUEST_ATTEMPTS = 5
 
 logger = logging.getLogger(__name__)
 
-#: Modules this process has warned about (once each).
-_WARNED_MODULES: set[str] = set()
+#: (extension, module) pairs this process has warned about: once each, per app (two apps may
+#: allow different modules).
+_WARNED_MODULES: set[tuple[int, str]] = set()
 
 
 def _warn_if_not_allowed(extension: Extension, function: str) -> None:
     """Say once per module when this app's own settings do not allow a job's function: workers
     with the same settings fail such a job with ForbiddenFunctionError."""
     module = function.partition(":")[0]
-    if module in _WARNED_MODULES or extension.module_allowed(module):
+    key = (id(extension), module)
+    if key in _WARNED_MODULES or extension.module_allowed(module):
         return
-    _WARNED_MODULES.add(module)
+    _WARNED_MODULES.add(key)
     logger.warning(
         "hfcelery: %s is in module %r, which is neither a task module of this Celery app nor "
         "listed in its hfcelery_allowed_modules; workers with these settings will fail the job "
